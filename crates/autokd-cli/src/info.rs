@@ -1,0 +1,101 @@
+//! `autokd info`: what this build can do.
+
+use std::io::Write;
+
+use anyhow::Context;
+use autokd_data::{DatasetSpec, fashion_mnist};
+
+use crate::device::{Backend, visible_devices};
+
+/// Arguments of `autokd info`.
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Do not probe GPU backends for devices (probing opens every adapter).
+    #[arg(long)]
+    pub no_probe: bool,
+}
+
+/// Prints the version, backends, devices, datasets and models.
+pub fn run(args: &InfoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    writeln!(out, "autokd {}", env!("CARGO_PKG_VERSION"))?;
+    writeln!(out, "burn 0.22.1")?;
+    writeln!(out)?;
+    writeln!(out, "backends:")?;
+    for b in Backend::ALL {
+        if b.compiled() {
+            writeln!(out, "  {:<8} compiled", b.name())?;
+        } else {
+            let note = b.build_note().map(|n| format!("; {n}")).unwrap_or_default();
+            writeln!(
+                out,
+                "  {:<8} not compiled (--features {}{note})",
+                b.name(),
+                b.name()
+            )?;
+        }
+    }
+    writeln!(out)?;
+    writeln!(out, "devices (--device):")?;
+    let mut any = false;
+    for b in Backend::compiled_list() {
+        if args.no_probe && b != Backend::Flex {
+            writeln!(out, "  {:<10} not probed", b.name())?;
+            continue;
+        }
+        let devices = visible_devices(b);
+        if devices.is_empty() {
+            writeln!(out, "  {:<10} none found", b.name())?;
+        }
+        for (name, desc) in devices {
+            any = true;
+            writeln!(out, "  {name:<10} {desc}")?;
+        }
+    }
+    if !any {
+        writeln!(out, "  (no usable device)")?;
+    }
+    writeln!(out)?;
+    writeln!(out, "datasets (--dataset):")?;
+    let d = DatasetSpec::Digits
+        .load()
+        .context("loading the embedded digits")?;
+    writeln!(
+        out,
+        "  {:<22} embedded: {} train + {} test images, {}x{}x{}, {} classes (UCI, CC BY 4.0)",
+        "digits",
+        d.train.len(),
+        d.test.len(),
+        d.info.channels,
+        d.info.height,
+        d.info.width,
+        d.info.num_classes
+    )?;
+    let fm = std::path::Path::new(fashion_mnist::DEFAULT_DIR);
+    let state = if fm.is_dir() {
+        "installed"
+    } else {
+        "not installed: apt-get install dataset-fashion-mnist"
+    };
+    writeln!(
+        out,
+        "  {:<22} 28x28x1, 10 classes; default {} ({state})",
+        "fashion-mnist[:DIR]",
+        fm.display()
+    )?;
+    writeln!(
+        out,
+        "  {:<22} CIFAR-10 binary version, 32x32x3, 10 classes",
+        "cifar10:DIR"
+    )?;
+    writeln!(
+        out,
+        "  {:<22} CIFAR-100 binary version, 32x32x3, 100 classes",
+        "cifar100:DIR"
+    )?;
+    writeln!(
+        out,
+        "  {:<22} DIR/train/<class>/*.jpg|png and DIR/val/<class>/*, RGB 224x224",
+        "imagefolder:DIR"
+    )?;
+    Ok(())
+}

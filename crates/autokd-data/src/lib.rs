@@ -1,0 +1,28 @@
+//! Datasets, augmentation and batching for autokd.
+//!
+//! A dataset is named by a [`DatasetSpec`] string (`digits`, `fashion-mnist[:DIR]`,
+//! `cifar10:DIR`, `cifar100:DIR`, `imagefolder:DIR`), read into a [`Dataset`] of
+//! [`Split`]s, split with [`stratified_split`], and batched onto a device by a [`DataLoader`]
+//! through a [`Transform`]. Nothing here downloads anything; bad input is a [`DataError`] that
+//! names the file.
+
+pub mod augment;
+pub mod cifar;
+pub mod dataset;
+pub mod digits;
+pub mod error;
+pub mod fashion_mnist;
+pub mod folder;
+pub mod idx;
+pub mod image;
+pub mod loader;
+pub mod spec;
+pub mod split;
+
+pub use augment::{Augment, Transform};
+pub use dataset::{Dataset, DatasetInfo, Split};
+pub use error::{DataError, Result};
+pub use image::{Image, ImageSource, InMemory};
+pub use loader::{Batch, DataLoader, HostBatch, LoaderConfig};
+pub use spec::{DATASET_FORMS, DatasetSpec};
+pub use split::{stratified_split, stratified_subset};

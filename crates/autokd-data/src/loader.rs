@@ -1,0 +1,477 @@
+//! Batching to tensors, with batches built ahead of the training step by worker threads.
+//!
+//! Batch `k` of an epoch is built by worker `k mod W` and handed over in order, so batches are
+//! identical for any number of workers (burn's multi-threaded loader hands batches over in the
+//! order they finish, which is not reproducible). The order of an epoch is a seeded shuffle of
+//! `(seed, epoch)`, and each sample's augmentation RNG is seeded by `(seed, epoch, position)`.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Transform;
+use crate::dataset::Split;
+use crate::error::{DataError, Result};
+
+/// How batches are drawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoaderConfig {
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Shuffle every epoch (training) or keep the split's order (evaluation).
+    pub shuffle: bool,
+    /// Drop the last batch if it is smaller than `batch_size`.
+    pub drop_last: bool,
+    /// Seed of the order and the augmentation.
+    pub seed: u64,
+    /// Threads that build batches ahead of the step; 0 builds them on the caller's thread.
+    pub workers: usize,
+    /// Batches each worker may build ahead.
+    pub prefetch: usize,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            shuffle: true,
+            drop_last: false,
+            seed: 0,
+            workers: 1,
+            prefetch: 2,
+        }
+    }
+}
+
+/// One batch in host memory: normalized images `[B, C, H, W]` and class indices.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBatch {
+    /// `B·C·H·W` floats.
+    pub images: Vec<f32>,
+    /// `[B, C, H, W]`.
+    pub shape: [usize; 4],
+    /// Class of each image.
+    pub targets: Vec<i64>,
+    /// Position in the split of each image (for teacher caches keyed by sample).
+    pub positions: Vec<usize>,
+}
+
+/// One batch on a device.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Images `[B, C, H, W]`.
+    pub images: Tensor<4>,
+    /// Classes `[B]`.
+    pub targets: Tensor<1, Int>,
+    /// Position in the split of each image.
+    pub positions: Vec<usize>,
+}
+
+impl HostBatch {
+    /// Moves the batch onto `device`.
+    pub fn to_device(self, device: &Device) -> Batch {
+        let n = self.targets.len();
+        let images = Tensor::<4>::from_data(TensorData::new(self.images, self.shape), device);
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(self.targets, [n]), device);
+        Batch {
+            images,
+            targets,
+            positions: self.positions,
+        }
+    }
+}
+
+/// Draws batches of a [`Split`] through a [`Transform`].
+#[derive(Debug, Clone)]
+pub struct DataLoader {
+    split: Split,
+    transform: Arc<Transform>,
+    config: LoaderConfig,
+}
+
+/// splitmix64: decorrelates the seeds derived from `(seed, epoch, position)`.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn derive(seed: u64, epoch: u64, position: u64) -> u64 {
+    mix(mix(mix(seed) ^ epoch) ^ position)
+}
+
+impl DataLoader {
+    /// A loader over `split`. Fails on a zero batch size or an empty split.
+    pub fn new(split: Split, transform: Transform, config: LoaderConfig) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(DataError::Config("batch_size must be at least 1".into()));
+        }
+        if split.is_empty() {
+            return Err(DataError::Config(
+                "cannot load batches from an empty split".into(),
+            ));
+        }
+        Ok(Self {
+            split,
+            transform: Arc::new(transform),
+            config,
+        })
+    }
+
+    /// The split it draws from.
+    pub fn split(&self) -> &Split {
+        &self.split
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    /// Batches per epoch.
+    pub fn num_batches(&self) -> usize {
+        let (n, b) = (self.split.len(), self.config.batch_size);
+        if self.config.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
+    }
+
+    /// Positions in the split of the batches of `epoch`, in order.
+    pub fn epoch_order(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.split.len()).collect();
+        if self.config.shuffle {
+            let mut rng = ChaCha8Rng::seed_from_u64(derive(self.config.seed, epoch, u64::MAX));
+            order.shuffle(&mut rng);
+        }
+        order
+            .chunks(self.config.batch_size)
+            .take(self.num_batches())
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    /// Builds one batch from split positions (the `k`-th batch of `epoch`).
+    fn build(
+        split: &Split,
+        transform: &Transform,
+        seed: u64,
+        epoch: u64,
+        positions: Vec<usize>,
+    ) -> Result<HostBatch> {
+        let per = transform.output_len();
+        let [c, h, w] = transform.output_shape();
+        let mut images = vec![0.0f32; positions.len() * per];
+        let mut targets = Vec::with_capacity(positions.len());
+        for (slot, &pos) in positions.iter().enumerate() {
+            let img = split.image(pos)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(derive(seed, epoch, pos as u64));
+            transform.apply(&img, &mut rng, &mut images[slot * per..(slot + 1) * per])?;
+            targets.push(split.label(pos) as i64);
+        }
+        Ok(HostBatch {
+            images,
+            shape: [positions.len(), c, h, w],
+            targets,
+            positions,
+        })
+    }
+
+    /// The host batches of `epoch`, built ahead by the worker threads.
+    pub fn host_epoch(&self, epoch: u64) -> HostBatches {
+        let batches = self.epoch_order(epoch);
+        let total = batches.len();
+        let workers = self.config.workers;
+        if workers == 0 {
+            return HostBatches {
+                inner: Inner::Inline {
+                    loader: self.clone(),
+                    epoch,
+                    batches: batches.into_iter(),
+                },
+                next: 0,
+                total,
+            };
+        }
+        let mut receivers = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        let mut per_worker: Vec<Vec<Vec<usize>>> = vec![Vec::new(); workers];
+        for (k, b) in batches.into_iter().enumerate() {
+            per_worker[k % workers].push(b);
+        }
+        for mine in per_worker {
+            let (tx, rx): (SyncSender<Result<HostBatch>>, Receiver<_>) =
+                sync_channel(self.config.prefetch.max(1));
+            let split = self.split.clone();
+            let transform = Arc::clone(&self.transform);
+            let seed = self.config.seed;
+            handles.push(std::thread::spawn(move || {
+                for positions in mine {
+                    let batch = Self::build(&split, &transform, seed, epoch, positions);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            }));
+            receivers.push(rx);
+        }
+        HostBatches {
+            inner: Inner::Threads { receivers, handles },
+            next: 0,
+            total,
+        }
+    }
+
+    /// The batches of `epoch` on `device`.
+    pub fn epoch<'a>(
+        &self,
+        epoch: u64,
+        device: &'a Device,
+    ) -> impl Iterator<Item = Result<Batch>> + 'a {
+        self.host_epoch(epoch)
+            .map(move |b| b.map(|b| b.to_device(device)))
+    }
+}
+
+enum Inner {
+    Inline {
+        loader: DataLoader,
+        epoch: u64,
+        batches: std::vec::IntoIter<Vec<usize>>,
+    },
+    Threads {
+        receivers: Vec<Receiver<Result<HostBatch>>>,
+        handles: Vec<JoinHandle<()>>,
+    },
+}
+
+/// Iterator over the host batches of one epoch, in order. Stops after the first error.
+pub struct HostBatches {
+    inner: Inner,
+    next: usize,
+    total: usize,
+}
+
+impl Iterator for HostBatches {
+    type Item = Result<HostBatch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.total {
+            return None;
+        }
+        let k = self.next;
+        let item = match &mut self.inner {
+            Inner::Inline {
+                loader,
+                epoch,
+                batches,
+            } => {
+                let positions = batches.next()?;
+                DataLoader::build(
+                    &loader.split,
+                    &loader.transform,
+                    loader.config.seed,
+                    *epoch,
+                    positions,
+                )
+            }
+            Inner::Threads { receivers, .. } => {
+                let w = k % receivers.len();
+                receivers[w].recv().unwrap_or(Err(DataError::WorkerLost(w)))
+            }
+        };
+        self.next = if item.is_err() { self.total } else { k + 1 };
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.total - self.next;
+        (left, Some(left))
+    }
+}
+
+impl Drop for HostBatches {
+    fn drop(&mut self) {
+        if let Inner::Threads { receivers, handles } = &mut self.inner {
+            // Closing the channels stops workers at their next send.
+            receivers.clear();
+            for h in handles.drain(..) {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::augment::Augment;
+    use crate::dataset::DatasetInfo;
+    use crate::image::InMemory;
+
+    fn toy(n: usize) -> (Split, DatasetInfo) {
+        let pixels: Vec<u8> = (0..n * 4).map(|v| (v * 7 % 256) as u8).collect();
+        let labels: Vec<u16> = (0..n).map(|i| (i % 3) as u16).collect();
+        let info = DatasetInfo {
+            name: "toy".into(),
+            channels: 1,
+            height: 2,
+            width: 2,
+            num_classes: 3,
+            class_names: vec!["a".into(), "b".into(), "c".into()],
+            pixel_max: 255.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        (
+            Split::all(InMemory::new(1, 2, 2, pixels, labels).unwrap().shared()),
+            info,
+        )
+    }
+
+    fn collect(loader: &DataLoader, epoch: u64) -> Vec<HostBatch> {
+        loader
+            .host_epoch(epoch)
+            .collect::<Result<Vec<_>>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn same_batches_for_any_worker_count() {
+        let (split, info) = toy(23);
+        let t = Transform::train(&info, Augment::shift(1)).unwrap();
+        let cfg = |workers| LoaderConfig {
+            batch_size: 5,
+            seed: 11,
+            workers,
+            ..LoaderConfig::default()
+        };
+        let base = collect(
+            &DataLoader::new(split.clone(), t.clone(), cfg(0)).unwrap(),
+            2,
+        );
+        assert_eq!(base.len(), 5);
+        assert_eq!(base[4].shape, [3, 1, 2, 2]);
+        for w in [1, 2, 3] {
+            let l = DataLoader::new(split.clone(), t.clone(), cfg(w)).unwrap();
+            assert_eq!(collect(&l, 2), base, "workers = {w}");
+        }
+        // Every image once per epoch, targets match labels.
+        let mut seen: Vec<usize> = base.iter().flat_map(|b| b.positions.clone()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..23).collect::<Vec<_>>());
+        for b in &base {
+            for (t, &p) in b.targets.iter().zip(&b.positions) {
+                assert_eq!(*t as usize, p % 3);
+            }
+        }
+        // Another epoch, another order.
+        let l = DataLoader::new(split, t, cfg(2)).unwrap();
+        assert_ne!(collect(&l, 3)[0].positions, base[0].positions);
+    }
+
+    #[test]
+    fn eval_order_drop_last_and_values() {
+        let (split, info) = toy(7);
+        let t = Transform::eval(&info).unwrap();
+        let cfg = LoaderConfig {
+            batch_size: 3,
+            shuffle: false,
+            drop_last: true,
+            ..LoaderConfig::default()
+        };
+        let l = DataLoader::new(split, t, cfg).unwrap();
+        assert_eq!(l.num_batches(), 2);
+        let b = collect(&l, 0);
+        assert_eq!(b[0].positions, vec![0, 1, 2]);
+        // Image 1 holds bytes 4..8 times 7: 28, 35, 42, 49; mean 0, std 1 → v / 255.
+        let expect: Vec<f32> = [28.0, 35.0, 42.0, 49.0].iter().map(|v| v / 255.0).collect();
+        for (got, want) in b[0].images[4..8].iter().zip(&expect) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn to_device_tensors() {
+        let (split, info) = toy(4);
+        let l = DataLoader::new(
+            split,
+            Transform::eval(&info).unwrap(),
+            LoaderConfig {
+                batch_size: 4,
+                shuffle: false,
+                ..LoaderConfig::default()
+            },
+        )
+        .unwrap();
+        let device = Device::flex();
+        let batch = l.epoch(0, &device).next().unwrap().unwrap();
+        assert_eq!(batch.images.dims(), [4, 1, 2, 2]);
+        let t: Vec<i64> = batch
+            .targets
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .unwrap();
+        assert_eq!(t, vec![0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn errors_stop_the_epoch() {
+        let (split, info) = toy(4);
+        assert!(
+            DataLoader::new(
+                split.clone(),
+                Transform::eval(&info).unwrap(),
+                LoaderConfig {
+                    batch_size: 0,
+                    ..LoaderConfig::default()
+                }
+            )
+            .is_err()
+        );
+        let empty = split.subset(&[]).unwrap();
+        assert!(
+            DataLoader::new(
+                empty,
+                Transform::eval(&info).unwrap(),
+                LoaderConfig::default()
+            )
+            .is_err()
+        );
+        // A 3-channel transform on 1-channel images fails in the worker and is reported.
+        let mut rgb = info.clone();
+        rgb.channels = 3;
+        rgb.mean = vec![0.0; 3];
+        rgb.std = vec![1.0; 3];
+        let l = DataLoader::new(
+            split,
+            Transform::eval(&rgb).unwrap(),
+            LoaderConfig {
+                batch_size: 2,
+                workers: 2,
+                ..LoaderConfig::default()
+            },
+        )
+        .unwrap();
+        let items: Vec<_> = l.host_epoch(0).collect();
+        assert_eq!(items.len(), 1);
+        assert!(
+            items[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("channels")
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! The dataset string used in configs and on the command line.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::cifar::{self, Cifar};
+use crate::dataset::Dataset;
+use crate::error::{DataError, Result};
+use crate::{digits, fashion_mnist, folder};
+
+/// Which dataset to read: `digits` (default), `fashion-mnist[:DIR]`, `cifar10:DIR`,
+/// `cifar100:DIR`, `imagefolder:DIR`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum DatasetSpec {
+    /// The embedded handwritten digits.
+    #[default]
+    Digits,
+    /// Fashion-MNIST from a folder (default: Debian's install location).
+    FashionMnist(Option<PathBuf>),
+    /// CIFAR-10 binary version.
+    Cifar10(PathBuf),
+    /// CIFAR-100 binary version.
+    Cifar100(PathBuf),
+    /// An ImageNet-style image folder.
+    ImageFolder(PathBuf),
+}
+
+/// The forms of a dataset string, for help texts and error messages.
+pub const DATASET_FORMS: [&str; 5] = [
+    "digits",
+    "fashion-mnist[:DIR]",
+    "cifar10:DIR",
+    "cifar100:DIR",
+    "imagefolder:DIR",
+];
+
+impl DatasetSpec {
+    /// Reads the dataset. Image folders are sized to [`folder::DEFAULT_IMAGE_SIZE`]; use
+    /// [`DatasetSpec::load_with_size`] for another size.
+    pub fn load(&self) -> Result<Dataset> {
+        self.load_with_size(folder::DEFAULT_IMAGE_SIZE)
+    }
+
+    /// Reads the dataset; `image_size` is the side of the images for image folders.
+    pub fn load_with_size(&self, image_size: usize) -> Result<Dataset> {
+        match self {
+            DatasetSpec::Digits => digits::load(),
+            DatasetSpec::FashionMnist(dir) => fashion_mnist::load(
+                dir.as_deref()
+                    .unwrap_or_else(|| std::path::Path::new(fashion_mnist::DEFAULT_DIR)),
+            ),
+            DatasetSpec::Cifar10(dir) => cifar::load(Cifar::Ten, dir),
+            DatasetSpec::Cifar100(dir) => cifar::load(Cifar::Hundred, dir),
+            DatasetSpec::ImageFolder(dir) => folder::load(dir, image_size),
+        }
+    }
+}
+
+impl FromStr for DatasetSpec {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, dir) = match s.split_once(':') {
+            Some((n, d)) => (n, Some(d)),
+            None => (s, None),
+        };
+        let err = |message: String| DataError::Spec {
+            spec: s.to_string(),
+            message,
+        };
+        let need_dir = |kind: &str| -> Result<PathBuf> {
+            match dir {
+                Some(d) if !d.is_empty() => Ok(PathBuf::from(d)),
+                _ => Err(err(format!("`{kind}` needs a folder: `{kind}:DIR`"))),
+            }
+        };
+        match name.to_ascii_lowercase().as_str() {
+            "digits" => match dir {
+                None => Ok(DatasetSpec::Digits),
+                Some(_) => Err(err("`digits` is embedded and takes no folder".into())),
+            },
+            "fashion-mnist" | "fashion_mnist" | "fashionmnist" => Ok(DatasetSpec::FashionMnist(
+                dir.filter(|d| !d.is_empty()).map(PathBuf::from),
+            )),
+            "cifar10" | "cifar-10" => Ok(DatasetSpec::Cifar10(need_dir("cifar10")?)),
+            "cifar100" | "cifar-100" => Ok(DatasetSpec::Cifar100(need_dir("cifar100")?)),
+            "imagefolder" | "image-folder" => {
+                Ok(DatasetSpec::ImageFolder(need_dir("imagefolder")?))
+            }
+            other => Err(err(format!(
+                "unknown dataset `{other}`; expected one of: {}",
+                DATASET_FORMS.join(", ")
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for DatasetSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatasetSpec::Digits => write!(f, "digits"),
+            DatasetSpec::FashionMnist(None) => write!(f, "fashion-mnist"),
+            DatasetSpec::FashionMnist(Some(d)) => write!(f, "fashion-mnist:{}", d.display()),
+            DatasetSpec::Cifar10(d) => write!(f, "cifar10:{}", d.display()),
+            DatasetSpec::Cifar100(d) => write!(f, "cifar100:{}", d.display()),
+            DatasetSpec::ImageFolder(d) => write!(f, "imagefolder:{}", d.display()),
+        }
+    }
+}
+
+impl Serialize for DatasetSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DatasetSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_display_round_trip() {
+        for s in [
+            "digits",
+            "fashion-mnist",
+            "fashion-mnist:/d/f",
+            "cifar10:/data/c10",
+            "cifar100:rel/c100",
+            "imagefolder:/imagenet",
+        ] {
+            let spec: DatasetSpec = s.parse().unwrap();
+            assert_eq!(spec.to_string(), s);
+        }
+        assert_eq!(
+            "CIFAR-100:/x".parse::<DatasetSpec>().unwrap(),
+            DatasetSpec::Cifar100("/x".into())
+        );
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct C {
+            dataset: DatasetSpec,
+        }
+        let c: C = serde_json::from_str(r#"{"dataset":"cifar10:/a"}"#).unwrap();
+        assert_eq!(c.dataset, DatasetSpec::Cifar10("/a".into()));
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"dataset":"cifar10:/a"}"#
+        );
+    }
+
+    #[test]
+    fn bad_strings_are_explained() {
+        let msg = "mnist".parse::<DatasetSpec>().unwrap_err().to_string();
+        assert!(
+            msg.contains("unknown dataset `mnist`") && msg.contains("cifar100:DIR"),
+            "{msg}"
+        );
+        let msg = "cifar10".parse::<DatasetSpec>().unwrap_err().to_string();
+        assert!(msg.contains("cifar10:DIR"), "{msg}");
+        assert!("digits:/x".parse::<DatasetSpec>().is_err());
+        let r: std::result::Result<DatasetSpec, _> = serde_json::from_str(r#""svhn:/x""#);
+        assert!(r.unwrap_err().to_string().contains("unknown dataset"));
+    }
+}

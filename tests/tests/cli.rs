@@ -1,0 +1,97 @@
+//! End-to-end tests of the `autokd` command line, run in-process through `autokd_cli::run`.
+
+use autokd_cli::{Cli, run};
+use clap::Parser;
+
+fn autokd(args: &[&str]) -> anyhow::Result<String> {
+    let cli = Cli::try_parse_from(std::iter::once("autokd").chain(args.iter().copied()))?;
+    let mut out = Vec::new();
+    run(cli, &mut out)?;
+    Ok(String::from_utf8(out)?)
+}
+
+#[test]
+fn info_lists_backends_devices_and_datasets() {
+    let text = autokd(&["info"]).unwrap();
+    assert!(
+        text.starts_with(&format!("autokd {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("flex     compiled"), "{text}");
+    assert!(
+        text.contains("cuda     not compiled (--features cuda"),
+        "{text}"
+    );
+    assert!(text.contains("CPU, "), "{text}");
+    // The embedded digits with their fixed hold-out.
+    assert!(
+        text.contains("1438 train + 359 test images, 1x8x8, 10 classes"),
+        "{text}"
+    );
+    for form in autokd_data::DATASET_FORMS {
+        assert!(text.contains(form), "{form} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn unknown_device_and_missing_backend_are_clear() {
+    let err = autokd(&["bench", "loader", "--device", "tpu"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown backend `tpu`"), "{err}");
+    let err = autokd(&["bench", "loader", "--device", "cuda:0", "--images", "8"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("--features cuda"), "{err}");
+    let err = autokd(&["bench", "loader", "--dataset", "mnist"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("unknown dataset `mnist`"), "{err}");
+    let err = autokd(&["bench", "loader", "--dataset", "cifar10:/nonexistent/c10"]).unwrap_err();
+    assert!(format!("{err:#}").contains("/nonexistent/c10"), "{err:#}");
+}
+
+#[test]
+fn loader_bench_runs_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("loader.json");
+    let text = autokd(&[
+        "bench",
+        "loader",
+        "--images",
+        "256",
+        "--batch-size",
+        "32",
+        "--workers",
+        "0,2",
+        "--repeats",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(
+        text.contains("synthetic-cifar (256 images, 3x32x32)"),
+        "{text}"
+    );
+    let results: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["images_per_s"].as_f64().unwrap() > 0.0)
+    );
+    let digits = autokd(&[
+        "bench",
+        "loader",
+        "--dataset",
+        "digits",
+        "--workers",
+        "1",
+        "--repeats",
+        "1",
+    ])
+    .unwrap();
+    assert!(digits.contains("digits (1438 images, 1x8x8)"), "{digits}");
+}
