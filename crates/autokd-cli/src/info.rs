@@ -5,7 +5,9 @@ use std::io::Write;
 use anyhow::Context;
 use autokd_data::{DatasetSpec, fashion_mnist};
 
-use crate::device::{Backend, visible_devices};
+use autokd_models::{Backbone, ModelName, TapKind, forward_macs, trainable_params};
+
+use crate::device::{Backend, select_device, visible_devices};
 
 /// Arguments of `autokd info`.
 #[derive(Debug, clap::Args)]
@@ -13,6 +15,11 @@ pub struct InfoArgs {
     /// Do not probe GPU backends for devices (probing opens every adapter).
     #[arg(long)]
     pub no_probe: bool,
+    /// Print the model table: parameters, taps with their shapes, multiply-accumulates (at each
+    /// model's reference input: 3×32×32 and 100 classes for the CIFAR family, 3×224×224 and
+    /// 1,000 classes for ImageNet and DeiT). Runs one forward pass per model on the CPU.
+    #[arg(long)]
+    pub models: bool,
 }
 
 /// Prints the version, backends, devices, datasets and models.
@@ -97,5 +104,59 @@ pub fn run(args: &InfoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "  {:<22} DIR/train/<class>/*.jpg|png and DIR/val/<class>/*, RGB 224x224",
         "imagefolder:DIR"
     )?;
+    writeln!(out)?;
+    if args.models {
+        model_table(out)?;
+    } else {
+        let names: Vec<&str> = ModelName::ALL.iter().map(|m| m.as_str()).collect();
+        writeln!(
+            out,
+            "models ({}; `autokd info --models` for sizes and taps):",
+            names.len()
+        )?;
+        for chunk in names.chunks(8) {
+            writeln!(out, "  {}", chunk.join(", "))?;
+        }
+    }
+    Ok(())
+}
+
+fn model_table(out: &mut dyn Write) -> anyhow::Result<()> {
+    let device = select_device(&Default::default())?;
+    writeln!(
+        out,
+        "models (at the reference input; taps as name CxHxW, or name NxC for tokens):"
+    )?;
+    writeln!(
+        out,
+        "  {:<15} {:>11} {:>9} {:>8}  taps",
+        "name", "params", "input", "GMACs"
+    )?;
+    for &name in ModelName::ALL {
+        let spec = name.reference_spec();
+        let model = spec.init(&device)?;
+        let side = spec.image_size;
+        let taps: Vec<String> = model
+            .feature_info()
+            .iter()
+            .map(|t| {
+                let s = side / t.reduction;
+                match t.kind {
+                    TapKind::FeatureMap => format!("{} {}x{}x{}", t.name, t.channels, s, s),
+                    TapKind::Tokens => format!("{} {}x{}", t.name, s * s, t.channels),
+                }
+            })
+            .collect();
+        let macs = forward_macs(&model, [spec.in_channels, side, side], &device);
+        writeln!(
+            out,
+            "  {:<15} {:>11} {:>9} {:>8.3}  {}",
+            name.as_str(),
+            trainable_params(&model),
+            format!("{}x{}x{}", spec.in_channels, side, side),
+            macs as f64 / 1e9,
+            taps.join(", ")
+        )?;
+    }
     Ok(())
 }

@@ -1,1 +1,23 @@
-//! placeholder
+//! Architectures for distillation, each with the features contract ([`Backbone`]): declared
+//! taps, one forward pass that returns any of them with the pooled embedding and the logits.
+//!
+//! [`ModelName`] lists every architecture ([`ModelName::ALL`]); a [`ModelSpec`] (name, input
+//! channels, classes, input size) builds a [`Model`] on any device.
+
+pub mod common;
+pub mod deit;
+pub mod error;
+pub mod features;
+pub mod mobilenet_v1;
+pub mod mobilenet_v2;
+pub mod params;
+pub mod registry;
+pub mod resnet;
+pub mod shufflenet;
+pub mod vgg;
+pub mod wrn;
+
+pub use error::ModelError;
+pub use features::{Backbone, Feature, Intermediates, TapInfo, TapKind, TapRequest};
+pub use params::{forward_macs, trainable_params};
+pub use registry::{Family, Model, ModelName, ModelSpec};

@@ -1,0 +1,140 @@
+//! The features contract, for every registered model: declared taps have the declared shapes,
+//! `forward` equals the logits of `forward_intermediates`, pre-activation taps are the taps before
+//! their ReLU, nothing is NaN, and the input channels and class count are honoured.
+
+use autokd_models::{Backbone, Family, Feature, ModelName, ModelSpec, TapKind, TapRequest};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+fn max_abs_diff(a: &Tensor<2>, b: &Tensor<2>) -> f32 {
+    (a.clone() - b.clone()).abs().max().into_scalar()
+}
+
+#[test]
+fn every_model_honours_the_features_contract() {
+    let device = Device::flex();
+    device.seed(0);
+    for &name in ModelName::ALL {
+        // Tiny inputs: CIFAR family at 32×32, ImageNet family at 64×64; 2 input channels and 7
+        // classes, so nothing depends on the reference sizes.
+        let side = match name.family() {
+            Family::Cifar => 32,
+            Family::ImageNet => 64,
+        };
+        let spec = ModelSpec {
+            name,
+            in_channels: 2,
+            num_classes: 7,
+            image_size: side,
+        };
+        let model = spec.init(&device).unwrap();
+        let info = model.feature_info();
+        assert!(!info.is_empty(), "{name}: no taps");
+        let x = Tensor::<4>::random([2, 2, side, side], Distribution::Normal(0.0, 1.0), &device);
+        let logits = model.forward(x.clone());
+        assert_eq!(logits.dims(), [2, 7], "{name}");
+        let all = model.forward_intermediates(x.clone(), &TapRequest::all(&info));
+        assert!(
+            max_abs_diff(&logits, &all.logits) == 0.0,
+            "{name}: forward != logits"
+        );
+        assert_eq!(all.features.len(), info.len(), "{name}");
+        for (tap, feature) in info.iter().zip(&all.features) {
+            let expected = match tap.kind {
+                TapKind::FeatureMap => {
+                    vec![2, tap.channels, side / tap.reduction, side / tap.reduction]
+                }
+                TapKind::Tokens => vec![2, (side / tap.reduction).pow(2), tap.channels],
+            };
+            assert_eq!(feature.dims(), expected, "{name}: tap {}", tap.name);
+            let finite = match feature {
+                Feature::Map(t) => !t.clone().is_nan().any().into_scalar::<bool>(),
+                Feature::Tokens(t) => !t.clone().is_nan().any().into_scalar::<bool>(),
+            };
+            assert!(finite, "{name}: NaN in {}", tap.name);
+        }
+        assert_eq!(all.embedding.dims()[0], 2, "{name}");
+        assert!(
+            !all.logits.clone().is_nan().any().into_scalar::<bool>(),
+            "{name}: NaN logits"
+        );
+
+        // Pre-activation taps: same shapes; where they differ from the taps, ReLU(pre) = tap for
+        // the residual families that return `relu(pre)` as their output.
+        let pre = model.forward_intermediates(
+            x.clone(),
+            &TapRequest {
+                indices: (0..info.len()).collect(),
+                pre_act: true,
+            },
+        );
+        for (tap, (p, f)) in info.iter().zip(pre.features.iter().zip(&all.features)) {
+            assert_eq!(p.dims(), f.dims(), "{name}: pre-act {}", tap.name);
+        }
+        if matches!(
+            name,
+            ModelName::Resnet20
+                | ModelName::Resnet18
+                | ModelName::MobileNetV1
+                | ModelName::ShuffleNetV1
+        ) {
+            let last = info.len() - 1;
+            if let (Feature::Map(p), Feature::Map(f)) = (&pre.features[last], &all.features[last]) {
+                let relu_p = burn::tensor::activation::relu(p.clone());
+                let diff: f32 = (relu_p - f.clone()).abs().max().into_scalar();
+                assert!(diff == 0.0, "{name}: relu(pre) != tap");
+                assert!(
+                    p.clone().lower_elem(0.0).any().into_scalar::<bool>(),
+                    "{name}: pre-act has no negative value"
+                );
+            }
+        }
+
+        // Taps come back in request order, duplicates included.
+        let order = TapRequest::indices(&[info.len() - 1, 0, info.len() - 1]);
+        let some = model.forward_intermediates(x, &order);
+        assert_eq!(some.features.len(), 3, "{name}");
+        assert_eq!(
+            some.features[0].dims(),
+            all.features[info.len() - 1].dims(),
+            "{name}"
+        );
+        assert_eq!(some.features[1].dims(), all.features[0].dims(), "{name}");
+    }
+}
+
+#[test]
+fn taps_by_name_and_unknown_taps() {
+    let device = Device::flex();
+    let model = ModelName::Resnet20.reference_spec().init(&device).unwrap();
+    let info = model.feature_info();
+    let names: Vec<&str> = info.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, vec!["stem", "stage1", "stage2", "stage3"]);
+    let req = TapRequest::by_names("resnet20", &info, &["stage3", "stage1"]).unwrap();
+    assert_eq!(req.indices, vec![3, 1]);
+    let msg = TapRequest::by_names("resnet20", &info, &["stage9"])
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        msg,
+        "tap `stage9` not found in resnet20; available: stem, stage1, stage2, stage3"
+    );
+}
+
+#[test]
+fn deit_distillation_head() {
+    let device = Device::flex();
+    let spec = ModelSpec {
+        name: ModelName::DeitTinyP4,
+        in_channels: 3,
+        num_classes: 5,
+        image_size: 8,
+    };
+    let model = spec.init(&device).unwrap();
+    let out =
+        model.forward_intermediates(Tensor::zeros([1, 3, 8, 8], &device), &TapRequest::none());
+    let dist = out.dist_logits.clone().unwrap();
+    assert_eq!(dist.dims(), [1, 5]);
+    let mean = (out.logits.clone() + dist).div_scalar(2.0);
+    assert!(max_abs_diff(&mean, &out.eval_logits()) < 1e-6);
+}
