@@ -99,3 +99,64 @@ fn loader_bench_runs_and_writes_json() {
     .unwrap();
     assert!(digits.contains("digits (1438 images, 1x8x8)"), "{digits}");
 }
+
+#[test]
+fn convert_a_repdistiller_checkpoint() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("teacher.bpk");
+    let pth = fixtures.join("resnet8_cifar10.pth");
+    let text = autokd(&[
+        "convert",
+        "--model",
+        "resnet8",
+        "--num-classes",
+        "10",
+        "--weights",
+        pth.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(
+        text.starts_with("resnet8: 78042 parameters loaded"),
+        "{text}"
+    );
+    assert!(out.is_file());
+    // The burnpack loads back; the wrong class count is refused with the key named.
+    let again = dir.path().join("again.bpk");
+    autokd(&[
+        "convert",
+        "--model",
+        "resnet8",
+        "--num-classes",
+        "10",
+        "--weights",
+        out.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ])
+    .unwrap();
+    let err = autokd(&[
+        "convert",
+        "--model",
+        "resnet8",
+        "--weights",
+        pth.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("fc.weight"), "{err:#}");
+    let err = autokd(&[
+        "convert",
+        "--model",
+        "resnet9",
+        "--weights",
+        "x.pth",
+        "--out",
+        "y.bpk",
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("unknown model `resnet9`"), "{err}");
+}

@@ -2,6 +2,7 @@
 //! tests call [`run`] in-process.
 
 pub mod bench;
+pub mod convert;
 pub mod device;
 pub mod info;
 
@@ -27,6 +28,8 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Benchmarks (data loader throughput).
     Bench(bench::BenchArgs),
+    /// Load a PyTorch/safetensors checkpoint into an architecture (strictly) and save it as burnpack.
+    Convert(convert::ConvertArgs),
 }
 
 /// Runs a parsed command line, writing its report to `out`.
@@ -34,6 +37,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Info(args) => info::run(&args, out),
         Command::Bench(args) => bench::run(&args, out),
+        Command::Convert(args) => convert::run(&args, out),
     }
 }
 

@@ -21,6 +21,14 @@ pub enum ModelError {
         /// The model's taps.
         available: String,
     },
+    /// A weight file that cannot be read, written or applied.
+    #[error("{path}: {message}")]
+    Weights {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What went wrong, with the keys concerned.
+        message: String,
+    },
     /// An architecture setting that cannot be built.
     #[error("{model}: {message}")]
     Config {

@@ -15,9 +15,11 @@ pub mod registry;
 pub mod resnet;
 pub mod shufflenet;
 pub mod vgg;
+pub mod weights;
 pub mod wrn;
 
 pub use error::ModelError;
 pub use features::{Backbone, Feature, Intermediates, TapInfo, TapKind, TapRequest};
 pub use params::{forward_macs, trainable_params};
 pub use registry::{Family, Model, ModelName, ModelSpec};
+pub use weights::{WeightFormat, load as load_weights, save as save_weights};
