@@ -1,0 +1,260 @@
+//! Inter-spatial / relation transforms (supplementary §0.1.1, Eq. 1–4). Each turns a feature map
+//! `[B, C, H, W]` into rows `[R, D]` that a [`Distance`](crate::Distance) compares.
+//!
+//! - sample-wise correlation (Eq. 1, SP): `G = Ã Ãᵀ / ‖Ã Ãᵀ‖₂` with `Ã ∈ R^{B×CHW}` → `[B, B]`.
+//!   We implement the paper's normalization by the norm of the whole matrix (Frobenius); SP's
+//!   code normalizes each row instead.
+//! - sample-wise softmax (Eq. 2): `softmax(Ã / T)` over `CHW` → `[B, CHW]`, distributions.
+//! - channel-wise correlation (Eq. 3, ICKD): per sample `G = F Fᵀ / ‖F Fᵀ‖₂` with `F ∈ R^{C×HW}`
+//!   → `[B·C, C]`.
+//! - channel-wise softmax (Eq. 4, CWD): `softmax(F / T)` over `HW` per channel → `[B·C, HW]`.
+//! - sample-wise / channel-wise L2 normalization: `Ã / ‖Ã‖` per sample → `[B, CHW]`;
+//!   `F / ‖F‖` per channel → `[B·C, HW]`.
+//! - none: `[B, CHW]`.
+
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::{Deserialize, Serialize};
+
+const NORM_EPS: f64 = 1e-12;
+
+/// A relation transform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relation {
+    /// The flattened feature per sample.
+    None,
+    /// Eq. 1: normalized `B × B` Gram matrix of the samples.
+    SampleCorrelation,
+    /// Eq. 2: softmax over each sample's `C·H·W` values with temperature.
+    SampleSoftmax,
+    /// Eq. 3: normalized `C × C` Gram matrix of the channels, per sample.
+    ChannelCorrelation,
+    /// Eq. 4: softmax over each channel's `H·W` values with temperature.
+    ChannelSoftmax,
+    /// Each sample's `C·H·W` vector scaled to unit L2 norm.
+    SampleL2Norm,
+    /// Each channel's `H·W` vector scaled to unit L2 norm.
+    ChannelL2Norm,
+}
+
+impl Relation {
+    /// Every relation.
+    pub const ALL: [Relation; 7] = [
+        Relation::None,
+        Relation::SampleCorrelation,
+        Relation::SampleSoftmax,
+        Relation::ChannelCorrelation,
+        Relation::ChannelSoftmax,
+        Relation::SampleL2Norm,
+        Relation::ChannelL2Norm,
+    ];
+
+    /// Name used in formulas.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Relation::None => "",
+            Relation::SampleCorrelation => "sample_corr",
+            Relation::SampleSoftmax => "sample_softmax",
+            Relation::ChannelCorrelation => "channel_corr",
+            Relation::ChannelSoftmax => "channel_softmax",
+            Relation::SampleL2Norm => "sample_l2norm",
+            Relation::ChannelL2Norm => "channel_l2norm",
+        }
+    }
+
+    /// Whether the output rows are probability distributions (a softmax with the temperature).
+    pub fn is_distribution(self) -> bool {
+        matches!(self, Relation::SampleSoftmax | Relation::ChannelSoftmax)
+    }
+
+    /// Whether the temperature changes this transform.
+    pub fn uses_temperature(self) -> bool {
+        self.is_distribution()
+    }
+
+    /// Applies the relation.
+    ///
+    /// # Shapes
+    /// - `x`: `[B, C, H, W]` → rows `[R, D]` (see the module documentation)
+    pub fn apply(self, x: Tensor<4>, temperature: f64) -> Tensor<2> {
+        let [b, c, h, w] = x.dims();
+        match self {
+            Relation::None => x.reshape([b, c * h * w]),
+            Relation::SampleCorrelation => {
+                let a = x.reshape([b, c * h * w]); // [B, CHW]
+                frobenius_normalized(a.clone().matmul(a.transpose())) // [B, B]
+            }
+            Relation::SampleSoftmax => {
+                softmax(x.reshape([b, c * h * w]).div_scalar(temperature), 1)
+            }
+            Relation::ChannelCorrelation => {
+                let f = x.reshape([b, c, h * w]); // [B, C, HW]
+                let g = f.clone().matmul(f.swap_dims(1, 2)); // [B, C, C]
+                let norm = g
+                    .clone()
+                    .powi_scalar(2)
+                    .sum_dim(2)
+                    .sum_dim(1)
+                    .sqrt()
+                    .clamp_min(NORM_EPS); // [B, 1, 1]
+                (g / norm).reshape([b * c, c])
+            }
+            Relation::ChannelSoftmax => {
+                softmax(x.reshape([b * c, h * w]).div_scalar(temperature), 1)
+            }
+            Relation::SampleL2Norm => row_normalized(x.reshape([b, c * h * w])),
+            Relation::ChannelL2Norm => row_normalized(x.reshape([b * c, h * w])),
+        }
+    }
+}
+
+fn frobenius_normalized(g: Tensor<2>) -> Tensor<2> {
+    let norm = g.clone().powi_scalar(2).sum().sqrt().clamp_min(NORM_EPS); // [1]
+    g / norm.unsqueeze::<2>()
+}
+
+fn row_normalized(a: Tensor<2>) -> Tensor<2> {
+    let norm = a
+        .clone()
+        .powi_scalar(2)
+        .sum_dim(1)
+        .sqrt()
+        .clamp_min(NORM_EPS); // [R, 1]
+    a / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distance::Distance;
+    use crate::testing::{grad_check, tensor};
+
+    fn values(t: Tensor<2>) -> (Vec<usize>, Vec<f64>) {
+        let dims = t.dims().to_vec();
+        (
+            dims,
+            t.into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect(),
+        )
+    }
+
+    /// f64 reference: x as [B][C][HW].
+    fn reference(rel: Relation, x: &[Vec<Vec<f64>>], temp: f64) -> Vec<Vec<f64>> {
+        let flat: Vec<Vec<f64>> = x
+            .iter()
+            .map(|s| s.iter().flatten().copied().collect())
+            .collect();
+        let softmax = |v: &[f64]| {
+            let m = v.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = v.iter().map(|a| ((a - m) / temp).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.iter().map(|a| a / z).collect::<Vec<_>>()
+        };
+        let unit = |v: &[f64]| {
+            let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+            v.iter().map(|a| a / n).collect::<Vec<_>>()
+        };
+        let gram = |rows: &[Vec<f64>]| {
+            let g: Vec<Vec<f64>> = rows
+                .iter()
+                .map(|a| {
+                    rows.iter()
+                        .map(|b| a.iter().zip(b).map(|(p, q)| p * q).sum())
+                        .collect()
+                })
+                .collect();
+            let n = g.iter().flatten().map(|v: &f64| v * v).sum::<f64>().sqrt();
+            g.into_iter()
+                .map(|r| r.into_iter().map(|v| v / n).collect())
+                .collect::<Vec<Vec<f64>>>()
+        };
+        match rel {
+            Relation::None => flat,
+            Relation::SampleCorrelation => gram(&flat),
+            Relation::SampleSoftmax => flat.iter().map(|v| softmax(v)).collect(),
+            Relation::ChannelCorrelation => x.iter().flat_map(|s| gram(s)).collect(),
+            Relation::ChannelSoftmax => x
+                .iter()
+                .flat_map(|s| s.iter().map(|c| softmax(c)))
+                .collect(),
+            Relation::SampleL2Norm => flat.iter().map(|v| unit(v)).collect(),
+            Relation::ChannelL2Norm => x.iter().flat_map(|s| s.iter().map(|c| unit(c))).collect(),
+        }
+    }
+
+    #[test]
+    fn each_relation_matches_its_f64_reference() {
+        let device = Device::flex();
+        let (b, c, h, w) = (3, 4, 2, 3);
+        let x = tensor([b, c, h, w], 7, &device);
+        let flat: Vec<f64> = x
+            .clone()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let nested: Vec<Vec<Vec<f64>>> = (0..b)
+            .map(|i| {
+                (0..c)
+                    .map(|j| flat[(i * c + j) * h * w..(i * c + j + 1) * h * w].to_vec())
+                    .collect()
+            })
+            .collect();
+        for rel in Relation::ALL {
+            let (dims, got) = values(rel.apply(x.clone(), 4.0));
+            let want = reference(rel, &nested, 4.0);
+            assert_eq!(dims, vec![want.len(), want[0].len()], "{rel:?}");
+            for (g, e) in got.iter().zip(want.iter().flatten()) {
+                assert!((g - e).abs() < 1e-5, "{rel:?}: {g} vs {e}");
+            }
+        }
+        // Shapes of Eq. 1 and Eq. 3 by hand: [B, B] and [B·C, C].
+        assert_eq!(
+            Relation::SampleCorrelation.apply(x.clone(), 1.0).dims(),
+            [3, 3]
+        );
+        assert_eq!(Relation::ChannelCorrelation.apply(x, 1.0).dims(), [12, 4]);
+    }
+
+    #[test]
+    fn eq2_and_eq4_with_kl() {
+        // Eq. 4 (CWD): T²/C Σ_c KL(φ(Gᵗ_c/T) ‖ φ(Gˢ_c/T)), averaged over the batch too.
+        let device = Device::flex();
+        let (s, t) = (
+            tensor([2, 3, 2, 2], 1, &device),
+            tensor([2, 3, 2, 2], 2, &device),
+        );
+        let rel = Relation::ChannelSoftmax;
+        let v: f32 = Distance::Kl
+            .apply(
+                rel.apply(s.clone(), 4.0),
+                rel.apply(t.clone(), 4.0),
+                4.0,
+                true,
+            )
+            .unwrap()
+            .into_scalar();
+        // The same through the logits form of KL on the raw channel rows.
+        let direct: f32 =
+            crate::distance::kl_logits(s.reshape([6, 4]), t.reshape([6, 4]), 4.0).into_scalar();
+        assert!((v - direct).abs() < 1e-5, "{v} vs {direct}");
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for rel in Relation::ALL {
+            grad_check(&format!("{rel:?}"), [2, 3, 2, 2], |s, t| {
+                Distance::L2
+                    .apply(rel.apply(s, 4.0), rel.apply(t, 4.0), 4.0, false)
+                    .unwrap()
+            });
+        }
+    }
+}
