@@ -16,8 +16,9 @@ use crate::error::{Result, same_shape};
 
 /// Keeps `√·` differentiable where student and teacher agree exactly.
 const SQRT_EPS: f64 = 1e-12;
-/// Floor of norms in cosine and Pearson.
-const NORM_EPS: f64 = 1e-8;
+/// Added to squared norms before the root, so that zero rows (common after a ReLU) have a finite
+/// gradient and normalize to zero.
+const NORM_EPS: f64 = 1e-12;
 
 /// A feature distance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -121,12 +122,25 @@ pub fn smooth_l1(s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
     h.sum_dim(1).mean()
 }
 
-/// `mean_r (1 − s·t / (‖s‖ ‖t‖))`.
+/// `mean_r (1 − s·t / (‖s‖ ‖t‖))`, computed as `½‖ŝ − t̂‖²` of the unit rows, which is the same
+/// for non-zero rows and is 0 (not 1) for two zero rows.
 pub fn cosine(s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
-    let dot = (s.clone() * t.clone()).sum_dim(1);
-    let ns = s.powi_scalar(2).sum_dim(1).sqrt().clamp_min(NORM_EPS);
-    let nt = t.powi_scalar(2).sum_dim(1).sqrt().clamp_min(NORM_EPS);
-    (dot / (ns * nt)).neg().add_scalar(1.0).mean()
+    (unit_rows(s) - unit_rows(t))
+        .powi_scalar(2)
+        .sum_dim(1)
+        .mul_scalar(0.5)
+        .mean()
+}
+
+/// Rows scaled to unit L2 norm, `x / √(‖x‖² + ε)`.
+pub fn unit_rows(x: Tensor<2>) -> Tensor<2> {
+    let n = x
+        .clone()
+        .powi_scalar(2)
+        .sum_dim(1)
+        .add_scalar(NORM_EPS)
+        .sqrt(); // [R, 1]
+    x / n
 }
 
 /// `mean_r (1 − corr(s, t))`: cosine of the row-centred vectors.

@@ -2,16 +2,22 @@
 //! space, as small tensor functions that run on any burn backend.
 
 pub mod distance;
+pub mod distiller;
 pub mod error;
 pub mod logits;
 pub mod real;
+pub mod space;
+pub mod spec;
 #[cfg(test)]
 pub(crate) mod testing;
 #[allow(missing_docs)]
 pub mod transform;
 
 pub use distance::Distance;
+pub use distiller::{Connector, Distiller, LossTerms};
 pub use error::{DistillError, Result};
 pub use logits::LogitsDistance;
 pub use real::Real;
+pub use space::{Level, SearchSpace, SearchSpaceConfig};
+pub use spec::{BASELINES, DistillerSpec, FeatureTerm, LogitsTerm, ResolvedTerm};
 pub use transform::{GlobalTransform, IntraSpatial, Relation};

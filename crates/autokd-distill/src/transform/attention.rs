@@ -17,6 +17,7 @@ use super::mask::MaskGenerator;
 use crate::error::{DistillError, Result, same_shape};
 use crate::real::Real;
 
+/// Added to squared norms before the root (finite gradients at zero).
 const NORM_EPS: f64 = 1e-12;
 
 /// A global transform.
@@ -112,8 +113,8 @@ pub fn spatial_attention(x: Tensor<4>) -> Tensor<4> {
         .clone()
         .powi_scalar(2)
         .sum_dim(1)
-        .sqrt()
-        .clamp_min(NORM_EPS);
+        .add_scalar(NORM_EPS)
+        .sqrt();
     (a / n).reshape([b, 1, h, w])
 }
 
@@ -125,8 +126,8 @@ pub fn channel_attention(x: Tensor<4>) -> Tensor<4> {
         .clone()
         .powi_scalar(2)
         .sum_dim(1)
-        .sqrt()
-        .clamp_min(NORM_EPS);
+        .add_scalar(NORM_EPS)
+        .sqrt();
     (a / n).reshape([b, c, 1, 1])
 }
 

@@ -16,6 +16,7 @@ use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
+/// Added to squared norms before the root (finite gradients at zero).
 const NORM_EPS: f64 = 1e-12;
 
 /// A relation transform.
@@ -96,8 +97,8 @@ impl Relation {
                     .powi_scalar(2)
                     .sum_dim(2)
                     .sum_dim(1)
-                    .sqrt()
-                    .clamp_min(NORM_EPS); // [B, 1, 1]
+                    .add_scalar(NORM_EPS)
+                    .sqrt(); // [B, 1, 1]
                 (g / norm).reshape([b * c, c])
             }
             Relation::ChannelSoftmax => {
@@ -110,7 +111,7 @@ impl Relation {
 }
 
 fn frobenius_normalized(g: Tensor<2>) -> Tensor<2> {
-    let norm = g.clone().powi_scalar(2).sum().sqrt().clamp_min(NORM_EPS); // [1]
+    let norm = g.clone().powi_scalar(2).sum().add_scalar(NORM_EPS).sqrt(); // [1]
     g / norm.unsqueeze::<2>()
 }
 
@@ -119,8 +120,8 @@ fn row_normalized(a: Tensor<2>) -> Tensor<2> {
         .clone()
         .powi_scalar(2)
         .sum_dim(1)
-        .sqrt()
-        .clamp_min(NORM_EPS); // [R, 1]
+        .add_scalar(NORM_EPS)
+        .sqrt(); // [R, 1]
     a / norm
 }
 

@@ -1,0 +1,492 @@
+//! `DistillerSpec`: the whole objective as a value. It round-trips through TOML and JSON, is
+//! `Eq + Hash` (the search deduplicates on it), prints as a formula, and is validated against
+//! the taps of the actual teacher and student.
+//!
+//! The student's loss is `CE(labels) + Σ feature terms + logits term`.
+
+use std::fmt;
+
+use autokd_models::{TapInfo, TapRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::distance::Distance;
+use crate::error::{DistillError, Result};
+use crate::logits::LogitsDistance;
+use crate::real::Real;
+use crate::transform::{GlobalTransform, IntraSpatial, Relation};
+
+/// A feature term at one student tap / teacher tap pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureTerm {
+    /// Student tap; `None` is the student's last tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub student_tap: Option<String>,
+    /// Teacher tap; `None` is the teacher's last tap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_tap: Option<String>,
+    /// Global transform.
+    pub global: GlobalTransform,
+    /// Intra-spatial transform.
+    pub intra: IntraSpatial,
+    /// Relation transform.
+    pub relation: Relation,
+    /// Distance.
+    pub distance: Distance,
+    /// Temperature (used where a softmax occurs).
+    pub temperature: Real,
+    /// Weight of the term.
+    pub weight: Real,
+}
+
+/// The logits term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogitsTerm {
+    /// Distance between student and teacher logits.
+    pub distance: LogitsDistance,
+    /// Temperature.
+    pub temperature: Real,
+    /// Weight of the term.
+    pub weight: Real,
+}
+
+/// A distiller: CE plus feature terms plus an optional logits term.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DistillerSpec {
+    /// A name for named recipes (`kd`, `cwd`, …); search results have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Feature terms.
+    #[serde(default)]
+    pub features: Vec<FeatureTerm>,
+    /// Logits term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<LogitsTerm>,
+}
+
+/// The hand-designed recipes that search must beat, in autokd's conventions (DESIGN §5).
+pub const BASELINES: [&str; 8] = ["vanilla", "kd", "at", "sp", "ickd", "cwd", "dist", "fitnet"];
+
+impl FeatureTerm {
+    /// A term on the last taps with no transform.
+    pub fn plain(distance: Distance, weight: f64) -> Self {
+        Self {
+            student_tap: None,
+            teacher_tap: None,
+            global: GlobalTransform::None,
+            intra: IntraSpatial::None,
+            relation: Relation::None,
+            distance,
+            temperature: Real(1.0),
+            weight: Real(weight),
+        }
+    }
+
+    /// Whether anything in the term applies a softmax, so that the temperature matters.
+    pub fn uses_temperature(&self) -> bool {
+        self.distance.uses_temperature()
+            || self.relation.uses_temperature()
+            || self.global.uses_temperature()
+    }
+
+    fn check(&self) -> Result<()> {
+        positive("feature temperature", self.temperature)?;
+        finite_non_negative("feature weight", self.weight)?;
+        if let GlobalTransform::Mask { ratio } = self.global
+            && !(0.0..1.0).contains(&ratio.get())
+        {
+            return Err(DistillError::Spec(format!(
+                "mask ratio {ratio} must be in [0, 1)"
+            )));
+        }
+        if let IntraSpatial::Local { k } = self.intra
+            && k == 0
+        {
+            return Err(DistillError::Spec(
+                "local patches: k must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn positive(what: &str, v: Real) -> Result<()> {
+    if v.get().is_finite() && v.get() > 0.0 {
+        Ok(())
+    } else {
+        Err(DistillError::Spec(format!(
+            "{what} {v} must be a positive number"
+        )))
+    }
+}
+
+fn finite_non_negative(what: &str, v: Real) -> Result<()> {
+    if v.get().is_finite() && v.get() >= 0.0 {
+        Ok(())
+    } else {
+        Err(DistillError::Spec(format!(
+            "{what} {v} must be a finite number ≥ 0"
+        )))
+    }
+}
+
+/// A feature term with its taps resolved to indices of the models' `feature_info()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedTerm {
+    /// The term.
+    pub term: FeatureTerm,
+    /// Student tap.
+    pub student: TapInfo,
+    /// Teacher tap.
+    pub teacher: TapInfo,
+    /// Index of the student tap in `feature_info()`.
+    pub student_index: usize,
+    /// Index of the teacher tap in `feature_info()`.
+    pub teacher_index: usize,
+}
+
+impl DistillerSpec {
+    /// A named baseline recipe (see [`BASELINES`]).
+    pub fn baseline(name: &str) -> Result<Self> {
+        let feature = |global, relation, distance, temperature: f64, weight: f64| FeatureTerm {
+            global,
+            relation,
+            distance,
+            temperature: Real(temperature),
+            ..FeatureTerm::plain(distance, weight)
+        };
+        let (features, logits) = match name {
+            "vanilla" => (vec![], None),
+            "kd" => (
+                vec![],
+                Some(LogitsTerm {
+                    distance: LogitsDistance::Kl,
+                    temperature: Real(4.0),
+                    weight: Real(1.0),
+                }),
+            ),
+            "at" => (
+                vec![feature(
+                    GlobalTransform::SpatialAttention,
+                    Relation::None,
+                    Distance::L2,
+                    1.0,
+                    50.0,
+                )],
+                None,
+            ),
+            "sp" => (
+                vec![feature(
+                    GlobalTransform::None,
+                    Relation::SampleCorrelation,
+                    Distance::L2,
+                    1.0,
+                    50.0,
+                )],
+                None,
+            ),
+            "ickd" => (
+                vec![feature(
+                    GlobalTransform::None,
+                    Relation::ChannelCorrelation,
+                    Distance::L2,
+                    1.0,
+                    25.0,
+                )],
+                None,
+            ),
+            "cwd" => (
+                vec![feature(
+                    GlobalTransform::None,
+                    Relation::ChannelSoftmax,
+                    Distance::Kl,
+                    4.0,
+                    25.0,
+                )],
+                None,
+            ),
+            "dist" => (
+                vec![],
+                Some(LogitsTerm {
+                    distance: LogitsDistance::Dist,
+                    temperature: Real(4.0),
+                    weight: Real(1.0),
+                }),
+            ),
+            "fitnet" => (
+                vec![feature(
+                    GlobalTransform::None,
+                    Relation::None,
+                    Distance::L2,
+                    1.0,
+                    1.0,
+                )],
+                None,
+            ),
+            other => {
+                return Err(DistillError::Spec(format!(
+                    "unknown baseline `{other}`; expected one of: {}",
+                    BASELINES.join(", ")
+                )));
+            }
+        };
+        Ok(Self {
+            name: Some(name.to_string()),
+            features,
+            logits,
+        })
+    }
+
+    /// Checks the hyperparameters.
+    pub fn check(&self) -> Result<()> {
+        for f in &self.features {
+            f.check()?;
+        }
+        if let Some(l) = &self.logits {
+            positive("logits temperature", l.temperature)?;
+            finite_non_negative("logits weight", l.weight)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the spec and resolves its taps against the models' taps; the error names the tap
+    /// and lists the available ones.
+    pub fn resolve(
+        &self,
+        student_model: &str,
+        student: &[TapInfo],
+        teacher_model: &str,
+        teacher: &[TapInfo],
+    ) -> Result<Vec<ResolvedTerm>> {
+        self.check()?;
+        let find = |model: &str, info: &[TapInfo], tap: &Option<String>| -> Result<usize> {
+            match tap {
+                None if info.is_empty() => Err(DistillError::Spec(format!("{model} has no taps"))),
+                None => Ok(info.len() - 1),
+                Some(name) => Ok(TapRequest::by_names(model, info, &[name.as_str()])?.indices[0]),
+            }
+        };
+        self.features
+            .iter()
+            .map(|term| {
+                let si = find(student_model, student, &term.student_tap)?;
+                let ti = find(teacher_model, teacher, &term.teacher_tap)?;
+                Ok(ResolvedTerm {
+                    term: term.clone(),
+                    student: student[si].clone(),
+                    teacher: teacher[ti].clone(),
+                    student_index: si,
+                    teacher_index: ti,
+                })
+            })
+            .collect()
+    }
+
+    /// Reads a spec from TOML; errors name the field.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let spec: Self =
+            toml::from_str(text).map_err(|e| DistillError::Spec(format!("distiller TOML: {e}")))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Writes the spec as TOML.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| DistillError::Spec(format!("distiller TOML: {e}")))
+    }
+}
+
+fn wrap(op: String, inner: String) -> String {
+    if op.is_empty() {
+        inner
+    } else {
+        format!("{op}({inner})")
+    }
+}
+
+impl fmt::Display for FeatureTerm {
+    /// `25·KL_T4(channel_softmax(s.stage3), channel_softmax(t.stage3))`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = |prefix: &str, tap: &Option<String>| {
+            let x = format!("{prefix}.{}", tap.as_deref().unwrap_or("last"));
+            let x = wrap(self.global.symbol(), x);
+            let x = wrap(self.intra.symbol(), x);
+            wrap(self.relation.symbol().to_string(), x)
+        };
+        let t = if self.uses_temperature() {
+            format!("_T{}", self.temperature)
+        } else {
+            String::new()
+        };
+        write!(
+            f,
+            "{}·{}{t}({}, {})",
+            self.weight,
+            self.distance.symbol(),
+            side("s", &self.student_tap),
+            side("t", &self.teacher_tap)
+        )
+    }
+}
+
+impl fmt::Display for LogitsTerm {
+    /// `1·KL_T4(logits)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = if self.distance.uses_temperature() {
+            format!("_T{}", self.temperature)
+        } else {
+            String::new()
+        };
+        write!(f, "{}·{}{t}(logits)", self.weight, self.distance.symbol())
+    }
+}
+
+impl fmt::Display for DistillerSpec {
+    /// `L = CE + 25·KL_T4(channel_softmax(s.stage3), channel_softmax(t.stage3)) + 1·KL_T4(logits)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "L = CE")?;
+        for term in &self.features {
+            write!(f, " + {term}")?;
+        }
+        if let Some(l) = &self.logits {
+            write!(f, " + {l}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cwd_kd() -> DistillerSpec {
+        DistillerSpec {
+            name: None,
+            features: vec![FeatureTerm {
+                student_tap: Some("stage3".into()),
+                teacher_tap: Some("stage3".into()),
+                relation: Relation::ChannelSoftmax,
+                temperature: Real(4.0),
+                ..FeatureTerm::plain(Distance::Kl, 25.0)
+            }],
+            logits: Some(LogitsTerm {
+                distance: LogitsDistance::Kl,
+                temperature: Real(4.0),
+                weight: Real(1.0),
+            }),
+        }
+    }
+
+    #[test]
+    fn display_is_the_formula() {
+        assert_eq!(
+            cwd_kd().to_string(),
+            "L = CE + 25·KL_T4(channel_softmax(s.stage3), channel_softmax(t.stage3)) + 1·KL_T4(logits)"
+        );
+        let at = DistillerSpec::baseline("at").unwrap();
+        assert_eq!(
+            at.to_string(),
+            "L = CE + 50·L2(spatial_att(s.last), spatial_att(t.last))"
+        );
+        assert_eq!(
+            DistillerSpec::baseline("vanilla").unwrap().to_string(),
+            "L = CE"
+        );
+        let mut t = cwd_kd().features[0].clone();
+        t.global = GlobalTransform::Mask { ratio: Real(0.5) };
+        t.intra = IntraSpatial::Local { k: 2 };
+        t.relation = Relation::SampleCorrelation;
+        t.distance = Distance::Cosine;
+        assert_eq!(
+            t.to_string(),
+            "25·Cos(sample_corr(local2(mask0.5(s.stage3))), sample_corr(local2(mask0.5(t.stage3))))"
+        );
+    }
+
+    #[test]
+    fn toml_and_json_round_trip() {
+        for spec in BASELINES
+            .iter()
+            .map(|b| DistillerSpec::baseline(b).unwrap())
+            .chain([cwd_kd()])
+        {
+            let text = spec.to_toml().unwrap();
+            assert_eq!(DistillerSpec::from_toml(&text).unwrap(), spec, "{text}");
+            let json = serde_json::to_string(&spec).unwrap();
+            assert_eq!(serde_json::from_str::<DistillerSpec>(&json).unwrap(), spec);
+        }
+        let mut masked = cwd_kd();
+        masked.features[0].global = GlobalTransform::Mask { ratio: Real(0.65) };
+        masked.features[0].intra = IntraSpatial::Local { k: 4 };
+        let text = masked.to_toml().unwrap();
+        assert_eq!(DistillerSpec::from_toml(&text).unwrap(), masked, "{text}");
+    }
+
+    #[test]
+    fn bad_specs_are_named() {
+        let msg = DistillerSpec::from_toml("[[features]]\nglobal = { kind = \"none\" }\nintra = { kind = \"none\" }\nrelation = \"none\"\ndistance = \"l3\"\ntemperature = 1.0\nweight = 1.0\n").unwrap_err().to_string();
+        assert!(msg.contains("l3") && msg.contains("distance"), "{msg}");
+        let msg = DistillerSpec::from_toml("feature = []\n")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("unknown field `feature`"), "{msg}");
+        let mut s = cwd_kd();
+        s.features[0].temperature = Real(0.0);
+        assert!(s.check().unwrap_err().to_string().contains("temperature 0"));
+        assert!(
+            DistillerSpec::baseline("crd")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown baseline `crd`")
+        );
+    }
+
+    #[test]
+    fn taps_resolve_against_the_models() {
+        let info = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| TapInfo {
+                    name: n.to_string(),
+                    channels: 8,
+                    reduction: 1,
+                    kind: autokd_models::TapKind::FeatureMap,
+                })
+                .collect::<Vec<_>>()
+        };
+        let (s, t) = (
+            info(&["stem", "stage1", "stage2", "stage3"]),
+            info(&["stem", "stage1", "stage2", "stage3", "stage4"]),
+        );
+        let r = cwd_kd().resolve("resnet8", &s, "resnet110", &t).unwrap();
+        assert_eq!((r[0].student_index, r[0].teacher_index), (3, 3));
+        let r = DistillerSpec::baseline("at")
+            .unwrap()
+            .resolve("a", &s, "b", &t)
+            .unwrap();
+        assert_eq!((r[0].student_index, r[0].teacher_index), (3, 4));
+        let mut bad = cwd_kd();
+        bad.features[0].student_tap = Some("stage9".into());
+        let msg = bad
+            .resolve("resnet8", &s, "resnet110", &t)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "tap `stage9` not found in resnet8; available: stem, stage1, stage2, stage3"
+        );
+    }
+
+    #[test]
+    fn specs_hash_and_compare() {
+        use std::collections::HashSet;
+        let set: HashSet<DistillerSpec> = BASELINES
+            .iter()
+            .map(|b| DistillerSpec::baseline(b).unwrap())
+            .chain([cwd_kd(), cwd_kd()])
+            .collect();
+        assert_eq!(set.len(), BASELINES.len() + 1);
+    }
+}
