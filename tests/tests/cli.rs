@@ -160,3 +160,34 @@ fn convert_a_repdistiller_checkpoint() {
     .unwrap_err();
     assert!(err.to_string().contains("unknown model `resnet9`"), "{err}");
 }
+
+#[test]
+fn distill_bench_measures_every_family() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("distill.json");
+    let text = autokd(&[
+        "bench",
+        "distill",
+        "--student",
+        "resnet8",
+        "--teacher",
+        "resnet14",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert!(text.contains("channel softmax + KL (CWD)"), "{text}");
+    let results: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(results.len(), 15);
+    assert_eq!(results[0]["ratio"].as_f64().unwrap(), 1.0);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["ms_per_step"].as_f64().unwrap() > 0.0)
+    );
+}

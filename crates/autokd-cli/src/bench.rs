@@ -12,6 +12,11 @@ use autokd_data::{
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use autokd_distill::DistillerSpec;
+use autokd_models::{Backbone, ModelName, ModelSpec};
+use autokd_train::{DistillStudent, distill_step};
+use burn::prelude::*;
+
 use crate::device::{DeviceSpec, select_device};
 
 /// Arguments of `autokd bench`.
@@ -27,6 +32,45 @@ pub struct BenchArgs {
 pub enum BenchWhat {
     /// Data loader throughput: decode, augment, normalize, batch and copy to the device.
     Loader(LoaderArgs),
+    /// Cost of each distiller family: one training step of a student with cached teacher
+    /// outputs, CE only against CE + each family of feature term and the logits terms.
+    Distill(DistillArgs),
+}
+
+/// Arguments of `autokd bench distill`.
+#[derive(Debug, clap::Args)]
+pub struct DistillArgs {
+    /// Student architecture.
+    #[arg(long, default_value = "resnet20")]
+    pub student: ModelName,
+    /// Teacher architecture (run once; its outputs are cached).
+    #[arg(long, default_value = "resnet56")]
+    pub teacher: ModelName,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed steps per variant (after two warm-up steps); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Device.
+    #[arg(long, default_value = "flex")]
+    pub device: DeviceSpec,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// One measured distiller.
+#[derive(Debug, Serialize)]
+pub struct DistillResult {
+    /// Family measured.
+    pub family: String,
+    /// The distiller as a formula.
+    pub formula: String,
+    /// Median milliseconds per step.
+    pub ms_per_step: f64,
+    /// Against CE only.
+    pub ratio: f64,
 }
 
 /// Arguments of `autokd bench loader`.
@@ -98,6 +142,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match &args.what {
         BenchWhat::Loader(a) => loader(a, out),
+        BenchWhat::Distill(a) => distill(a, out),
     }
 }
 
@@ -158,6 +203,175 @@ fn loader(args: &LoaderArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             out,
             "{:>8} {:>12.0} {:>12.3}",
             r.workers, r.images_per_s, r.ms_per_batch
+        )?;
+        results.push(r);
+    }
+    if let Some(path) = &args.json {
+        crate::write_atomic(path, serde_json::to_string_pretty(&results)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The families measured: name and spec (TOML), one per kind of feature term plus the logits terms.
+fn distill_families() -> Vec<(&'static str, String)> {
+    let feature = |global: &str, intra: &str, relation: &str, distance: &str| {
+        format!(
+            "[[features]]\nglobal = {{ kind = \"{global}\"{} }}\nintra = {{ kind = \"{intra}\"{} }}\nrelation = \"{relation}\"\ndistance = \"{distance}\"\ntemperature = 4.0\nweight = 1.0\n",
+            if global == "mask" {
+                ", ratio = 0.5"
+            } else {
+                ""
+            },
+            if intra == "local" { ", k = 2" } else { "" },
+        )
+    };
+    let logits =
+        |d: &str| format!("[logits]\ndistance = \"{d}\"\ntemperature = 4.0\nweight = 1.0\n");
+    vec![
+        ("ce only", String::new()),
+        ("plain L2 (FitNet)", feature("none", "none", "none", "l2")),
+        (
+            "spatial attention (AT)",
+            feature("spatial_attention", "none", "none", "l2"),
+        ),
+        (
+            "channel attention",
+            feature("channel_attention", "none", "none", "l2"),
+        ),
+        (
+            "summed attention (FKD)",
+            feature("summed_attention", "none", "none", "l2"),
+        ),
+        (
+            "mask + generator (MGD)",
+            feature("mask", "none", "none", "l2"),
+        ),
+        ("multi-scale", feature("none", "multi_scale", "none", "l2")),
+        ("local 2x2", feature("none", "local", "none", "l2")),
+        (
+            "sample correlation (SP)",
+            feature("none", "none", "sample_correlation", "l2"),
+        ),
+        (
+            "sample softmax + KL",
+            feature("none", "none", "sample_softmax", "kl"),
+        ),
+        (
+            "channel correlation (ICKD)",
+            feature("none", "none", "channel_correlation", "l2"),
+        ),
+        (
+            "channel softmax + KL (CWD)",
+            feature("none", "none", "channel_softmax", "kl"),
+        ),
+        (
+            "channel L2 norm + cosine",
+            feature("none", "none", "channel_l2_norm", "cosine"),
+        ),
+        ("logits KD", logits("kl")),
+        ("logits DIST", logits("dist")),
+    ]
+}
+
+fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    let plain = select_device(&args.device)?;
+    let ad = plain.clone().autodiff();
+    let spec = |name: ModelName| ModelSpec {
+        name,
+        ..name.reference_spec()
+    };
+    let (s_spec, t_spec) = (spec(args.student), spec(args.teacher));
+    anyhow::ensure!(
+        s_spec.num_classes == t_spec.num_classes,
+        "student and teacher must have the same classes"
+    );
+    let [c, side] = [s_spec.in_channels, s_spec.image_size];
+    let teacher = t_spec.init(&plain)?;
+    let b = args.batch_size;
+    let images = Tensor::<4>::random(
+        [b, c, side, side],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &plain,
+    );
+    let targets: Vec<i64> = (0..b as i64)
+        .map(|i| i % s_spec.num_classes as i64)
+        .collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [b]), &ad);
+    writeln!(
+        out,
+        "distiller step: student {} ← teacher {} (cached), batch {b}, {c}x{side}x{side}, device {}, median of {} steps",
+        args.student, args.teacher, args.device, args.steps
+    )?;
+    writeln!(
+        out,
+        "{:<28} {:>10} {:>8}  formula",
+        "family", "ms/step", "ratio"
+    )?;
+    // Build every variant first, then time them round-robin (one step of each per round), so
+    // that every family sees the same machine load; report the median over rounds.
+    let mut variants = Vec::new();
+    for (family, toml) in distill_families() {
+        let dspec = DistillerSpec::from_toml(&toml)?;
+        let student = s_spec.init(&ad)?;
+        let distiller = autokd_distill::Distiller::new(
+            &dspec,
+            args.student.as_str(),
+            &student.feature_info(),
+            args.teacher.as_str(),
+            &teacher.feature_info(),
+            &ad,
+        )?;
+        let (_, t_req) = distiller.tap_requests();
+        // The teacher cache: computed once, outside the timed steps.
+        let cached = teacher.forward_intermediates(images.clone(), &t_req);
+        let optim = burn::optim::SgdConfig::new()
+            .with_momentum(Some(burn::optim::momentum::MomentumConfig::new()))
+            .init();
+        variants.push((
+            family,
+            dspec,
+            Some(DistillStudent { student, distiller }),
+            optim,
+            cached,
+            Vec::new(),
+        ));
+    }
+    for round in 0..args.steps + 2 {
+        for (_, _, model, optim, cached, times) in variants.iter_mut() {
+            let m = model
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("lost a model"))?;
+            let start = Instant::now();
+            let (m, _) = distill_step(
+                m,
+                optim,
+                0.01,
+                images.clone().autodiff(),
+                targets.clone(),
+                cached,
+            )?;
+            ad.sync().map_err(|e| anyhow::anyhow!("device: {e:?}"))?;
+            if round >= 2 {
+                times.push(start.elapsed().as_secs_f64() * 1000.0);
+            }
+            *model = Some(m);
+        }
+    }
+    let mut results: Vec<DistillResult> = Vec::new();
+    for (family, dspec, _, _, _, times) in variants {
+        let ms = median(times);
+        let base = results.first().map_or(ms, |r| r.ms_per_step);
+        let r = DistillResult {
+            family: family.into(),
+            formula: dspec.to_string(),
+            ms_per_step: ms,
+            ratio: ms / base,
+        };
+        writeln!(
+            out,
+            "{:<28} {:>10.1} {:>8.3}  {}",
+            r.family, r.ms_per_step, r.ratio, r.formula
         )?;
         results.push(r);
     }

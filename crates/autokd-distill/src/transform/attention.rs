@@ -215,6 +215,32 @@ mod tests {
         assert_eq!(vals(all), vals(zero));
     }
 
+    /// The generation block at λ = 0 (no position masked, so the function is deterministic).
+    #[test]
+    fn mask_generator_gradient() {
+        let generator = MaskGenerator::new(3, &Device::flex().autodiff());
+        // The finite differences run without autodiff, on the `valid()` copy of the same weights.
+        grad_check("mask generator", [2, 3, 3, 3], |s, t| {
+            let g = if s.is_autodiff() {
+                generator.clone()
+            } else {
+                generator.clone().valid()
+            };
+            let (s, t) = GlobalTransform::Mask { ratio: Real(0.0) }
+                .apply(s, t, 1.0, Some(&g))
+                .unwrap();
+            let [b, ..] = s.dims();
+            Distance::L2
+                .apply(
+                    s.reshape([b as i32, -1]),
+                    t.reshape([b as i32, -1]),
+                    1.0,
+                    false,
+                )
+                .unwrap()
+        });
+    }
+
     /// Summed attention is left out: its weights are detached by design, so its gradient is not
     /// the finite difference of the whole function.
     #[test]

@@ -1,0 +1,15 @@
+//! Errors of the trainers.
+
+/// What can go wrong while training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The distiller refused the step's inputs.
+    #[error(transparent)]
+    Distill(#[from] autokd_distill::DistillError),
+    /// The loss became NaN or infinite.
+    #[error("loss is not finite ({0})")]
+    NonFinite(String),
+}
+
+/// Result type of the trainers.
+pub type Result<T> = std::result::Result<T, TrainError>;
