@@ -71,6 +71,8 @@ pub struct DistillResult {
     pub ms_per_step: f64,
     /// Against CE only.
     pub ratio: f64,
+    /// Trainable parameters the distiller adds (connectors, generation blocks).
+    pub distiller_params: usize,
 }
 
 /// Arguments of `autokd bench loader`.
@@ -305,8 +307,8 @@ fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
-        "{:<28} {:>10} {:>8}  formula",
-        "family", "ms/step", "ratio"
+        "{:<28} {:>10} {:>8} {:>8}  formula",
+        "family", "ms/step", "ratio", "params"
     )?;
     // Build every variant first, then time them round-robin (one step of each per round), so
     // that every family sees the same machine load; report the median over rounds.
@@ -359,7 +361,10 @@ fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     let mut results: Vec<DistillResult> = Vec::new();
-    for (family, dspec, _, _, _, times) in variants {
+    for (family, dspec, model, _, _, times) in variants {
+        let distiller_params = model
+            .as_ref()
+            .map_or(0, |m| autokd_models::trainable_params(&m.distiller));
         let ms = median(times);
         let base = results.first().map_or(ms, |r| r.ms_per_step);
         let r = DistillResult {
@@ -367,11 +372,12 @@ fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             formula: dspec.to_string(),
             ms_per_step: ms,
             ratio: ms / base,
+            distiller_params,
         };
         writeln!(
             out,
-            "{:<28} {:>10.1} {:>8.3}  {}",
-            r.family, r.ms_per_step, r.ratio, r.formula
+            "{:<28} {:>10.1} {:>8.3} {:>8}  {}",
+            r.family, r.ms_per_step, r.ratio, r.distiller_params, r.formula
         )?;
         results.push(r);
     }
