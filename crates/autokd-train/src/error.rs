@@ -6,6 +6,15 @@ pub enum TrainError {
     /// The distiller refused the step's inputs.
     #[error(transparent)]
     Distill(#[from] autokd_distill::DistillError),
+    /// A data error.
+    #[error(transparent)]
+    Data(#[from] autokd_data::DataError),
+    /// A model error.
+    #[error(transparent)]
+    Model(#[from] autokd_models::ModelError),
+    /// A setting that cannot be honoured.
+    #[error("{0}")]
+    Config(String),
     /// The loss became NaN or infinite.
     #[error("loss is not finite ({0})")]
     NonFinite(String),

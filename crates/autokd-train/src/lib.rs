@@ -1,7 +1,12 @@
-//! Trainers for autokd: for now, the distillation step shared by full and proxy training.
+//! Trainers for autokd: the distillation step, the teacher cache, and the proxy evaluator that
+//! scores candidate distillers during search.
 
+pub mod cache;
 pub mod error;
+pub mod proxy;
 pub mod step;
 
+pub use cache::TeacherCache;
 pub use error::{Result, TrainError};
+pub use proxy::{ProxyConfig, ProxyEvaluator, RewardKind, TrialOutcome, representation_gap};
 pub use step::{DistillStudent, StepLosses, distill_step};

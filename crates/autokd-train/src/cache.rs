@@ -1,0 +1,170 @@
+//! The teacher cache: the teacher runs once over a split (evaluation transform, no augmentation)
+//! and its logits, pooled embeddings and tapped features are kept in device memory, indexed by
+//! position in the split. A proxy trial reads them; no teacher pass happens during a search.
+
+use autokd_data::{DataLoader, LoaderConfig, Split, Transform};
+use autokd_models::{Backbone, Feature, Intermediates, Model, TapRequest};
+use burn::prelude::*;
+
+use crate::error::{Result, TrainError};
+
+/// Default memory budget of a cache: 2 GiB.
+pub const DEFAULT_BUDGET_BYTES: usize = 2 << 30;
+
+/// Cached teacher outputs for every image of a split.
+#[derive(Debug, Clone)]
+pub struct TeacherCache {
+    taps: Vec<usize>,
+    features: Vec<Feature>,
+    logits: Tensor<2>,
+    embedding: Tensor<2>,
+    len: usize,
+}
+
+fn cat_features(parts: Vec<Feature>) -> Feature {
+    match parts.first() {
+        Some(Feature::Tokens(_)) => Feature::Tokens(Tensor::cat(
+            parts
+                .into_iter()
+                .filter_map(|f| {
+                    if let Feature::Tokens(t) = f {
+                        Some(t)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
+            0,
+        )),
+        _ => Feature::Map(Tensor::cat(
+            parts
+                .into_iter()
+                .filter_map(|f| {
+                    if let Feature::Map(t) = f {
+                        Some(t)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
+            0,
+        )),
+    }
+}
+
+fn select(f: &Feature, idx: Tensor<1, Int>) -> Feature {
+    match f {
+        Feature::Map(t) => Feature::Map(t.clone().select(0, idx)),
+        Feature::Tokens(t) => Feature::Tokens(t.clone().select(0, idx)),
+    }
+}
+
+impl TeacherCache {
+    /// Runs `teacher` (frozen: its `valid()` copy, without autodiff) over `split` and keeps the
+    /// taps at `taps` (indices of its `feature_info()`), its logits and embeddings. Fails before
+    /// running if the cache would exceed `budget_bytes`.
+    pub fn build(
+        teacher: &Model,
+        taps: &[usize],
+        split: &Split,
+        transform: Transform,
+        batch_size: usize,
+        budget_bytes: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let info = teacher.feature_info();
+        let [c, h, w] = transform.output_shape();
+        let mut per_image = 0usize;
+        for &t in taps {
+            let tap = info
+                .get(t)
+                .ok_or_else(|| TrainError::Config(format!("teacher has no tap index {t}")))?;
+            let (rh, rw) = (h.div_ceil(tap.reduction), w.div_ceil(tap.reduction));
+            per_image += tap.channels * rh * rw;
+        }
+        let bytes = 4 * split.len() * per_image;
+        if bytes > budget_bytes {
+            return Err(TrainError::Config(format!(
+                "teacher cache of {} images ({}x{}x{}) needs {} MiB, over its budget of {} MiB; cache fewer taps or images",
+                split.len(),
+                c,
+                h,
+                w,
+                bytes >> 20,
+                budget_bytes >> 20
+            )));
+        }
+        let frozen = teacher.valid();
+        let loader = DataLoader::new(
+            split.clone(),
+            transform,
+            LoaderConfig {
+                batch_size,
+                shuffle: false,
+                workers: 1,
+                ..LoaderConfig::default()
+            },
+        )?;
+        let request = TapRequest::indices(taps);
+        let mut feats: Vec<Vec<Feature>> = vec![Vec::new(); taps.len()];
+        let (mut logits, mut emb) = (Vec::new(), Vec::new());
+        for batch in loader.epoch(0, device) {
+            let batch = batch?;
+            let out = frozen.forward_intermediates(batch.images, &request);
+            for (slot, f) in feats.iter_mut().zip(out.features) {
+                slot.push(f);
+            }
+            logits.push(out.logits);
+            emb.push(out.embedding);
+        }
+        Ok(Self {
+            taps: taps.to_vec(),
+            features: feats.into_iter().map(cat_features).collect(),
+            logits: Tensor::cat(logits, 0),
+            embedding: Tensor::cat(emb, 0),
+            len: split.len(),
+        })
+    }
+
+    /// Images cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The cached embeddings `[N, D]`.
+    pub fn embeddings(&self) -> Tensor<2> {
+        self.embedding.clone()
+    }
+
+    /// The teacher's outputs for the images at `positions`, with the taps of `request` (which
+    /// must all be cached), in request order.
+    pub fn lookup(&self, positions: &[usize], request: &TapRequest) -> Result<Intermediates> {
+        let device = self.logits.device();
+        let idx: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [positions.len()]), &device);
+        let features = request
+            .indices
+            .iter()
+            .map(|t| {
+                let slot = self.taps.iter().position(|c| c == t).ok_or_else(|| {
+                    TrainError::Config(format!(
+                        "teacher tap {t} is not in the cache (cached: {:?})",
+                        self.taps
+                    ))
+                })?;
+                Ok(select(&self.features[slot], idx.clone()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Intermediates {
+            features,
+            embedding: self.embedding.clone().select(0, idx.clone()),
+            logits: self.logits.clone().select(0, idx),
+            dist_logits: None,
+        })
+    }
+}

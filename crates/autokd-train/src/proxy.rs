@@ -1,0 +1,553 @@
+//! Proxy evaluation: what scores a candidate distiller during search (DESIGN §7).
+//!
+//! A fixed stratified subset of the training split (`per_class` images of each class) is trained
+//! on for a few epochs, reading the teacher's outputs from a [`TeacherCache`]; a held-out
+//! stratified part of the training split (never the test set) scores the student:
+//! `reward = −(val_CE + β·gap)`, or top-1 accuracy. `gap` is the normalized L2 distance between
+//! the teacher's and the student's representations: `‖Ĝₛ − Ĝₜ‖_F / N` with `Ĝ = ẑẑᵀ` the cosine
+//! similarity matrix of the L2-normalized pooled embeddings of `N` validation images (at most
+//! [`GAP_IMAGES`]), so teacher and student embedding widths may differ. Proxy training uses no
+//! augmentation (the cache holds one view per image).
+//!
+//! A trial whose loss becomes NaN/Inf, or exceeds `explode_factor` times its first step's loss,
+//! stops at once and is reported as rejected with the reason.
+
+use std::time::Instant;
+
+use autokd_data::{
+    DataLoader, Dataset, LoaderConfig, Split, Transform, stratified_split, stratified_subset,
+};
+use autokd_distill::{Distiller, DistillerSpec};
+use autokd_models::{Backbone, Model, ModelSpec, TapInfo, TapRequest};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{ModuleOptimizer, SgdConfig};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::{DEFAULT_BUDGET_BYTES, TeacherCache};
+use crate::error::{Result, TrainError};
+use crate::step::{DistillStudent, distill_step};
+
+/// Validation images used for the representation gap.
+pub const GAP_IMAGES: usize = 1000;
+
+/// What the reward measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardKind {
+    /// `−(val_CE + β·gap)`.
+    Loss,
+    /// Validation top-1 accuracy.
+    Accuracy,
+}
+
+/// Proxy settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Training images per class in the proxy subset.
+    pub per_class: usize,
+    /// Fraction of the training split held out for validation (stratified, seed 0).
+    pub val_fraction: f64,
+    /// Epochs over the proxy subset.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Learning rate (SGD).
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Weight of the representation gap in the reward.
+    pub beta: f64,
+    /// Reward.
+    pub reward: RewardKind,
+    /// Seed of the student's initialization, the batch order and random transforms.
+    pub seed: u64,
+    /// A step whose loss exceeds this multiple of the first step's loss rejects the trial.
+    pub explode_factor: f64,
+    /// Memory budget of the teacher cache, in bytes.
+    pub cache_budget_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            per_class: 40,
+            val_fraction: 0.2,
+            epochs: 3,
+            batch_size: 32,
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            beta: 1.0,
+            reward: RewardKind::Loss,
+            seed: 0,
+            explode_factor: 10.0,
+            cache_budget_bytes: DEFAULT_BUDGET_BYTES,
+        }
+    }
+}
+
+/// The result of one proxy trial, with every component.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialOutcome {
+    /// The reward, `None` for a rejected trial (the search scores it worst).
+    pub reward: Option<f64>,
+    /// Mean validation cross-entropy.
+    pub val_ce: f64,
+    /// Representation gap (see the module documentation).
+    pub gap: f64,
+    /// Validation top-1 accuracy.
+    pub accuracy: f64,
+    /// Loss of the last training step, per term.
+    pub last_losses: Vec<(String, f64)>,
+    /// Why the trial was rejected.
+    pub rejected: Option<String>,
+    /// Wall time of the trial.
+    pub seconds: f64,
+}
+
+impl TrialOutcome {
+    fn rejected(reason: String, last_losses: Vec<(String, f64)>, seconds: f64) -> Self {
+        Self {
+            reward: None,
+            val_ce: f64::NAN,
+            gap: f64::NAN,
+            accuracy: 0.0,
+            last_losses,
+            rejected: Some(reason),
+            seconds,
+        }
+    }
+}
+
+/// Scores distillers for one teacher/student pair on one dataset.
+#[derive(Debug)]
+pub struct ProxyEvaluator {
+    student: ModelSpec,
+    teacher_name: String,
+    teacher_info: Vec<TapInfo>,
+    train: Split,
+    val: Split,
+    transform: Transform,
+    cache: TeacherCache,
+    val_embeddings: Tensor<2>,
+    config: ProxyConfig,
+    device: Device,
+}
+
+/// `‖Ĝₛ − Ĝₜ‖_F / N` over the first [`GAP_IMAGES`] rows.
+pub fn representation_gap(student: Tensor<2>, teacher: Tensor<2>) -> f64 {
+    let n = student.dims()[0].min(GAP_IMAGES);
+    let unit = |z: Tensor<2>| {
+        let z = z.narrow(0, 0, n);
+        let norm = z.clone().powi_scalar(2).sum_dim(1).add_scalar(1e-12).sqrt();
+        z / norm
+    };
+    let (s, t) = (unit(student), unit(teacher.without_autodiff()));
+    let gs = s.clone().matmul(s.transpose());
+    let gt = t.clone().matmul(t.transpose());
+    let f: f32 = (gs - gt).powi_scalar(2).sum().sqrt().into_scalar();
+    f64::from(f) / n as f64
+}
+
+impl ProxyEvaluator {
+    /// Splits the data, caches the teacher's outputs for the proxy subset (taps `teacher_taps`)
+    /// and its validation embeddings. `teacher` runs frozen (`valid()`), on `device`.
+    pub fn new(
+        dataset: &Dataset,
+        teacher: &Model,
+        teacher_name: &str,
+        student: ModelSpec,
+        teacher_taps: &[usize],
+        config: ProxyConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        if config.epochs == 0 || config.batch_size == 0 || config.per_class == 0 {
+            return Err(TrainError::Config(
+                "proxy: epochs, batch_size and per_class must be at least 1".into(),
+            ));
+        }
+        let classes = dataset.info.num_classes;
+        let (rest, val) = stratified_split(&dataset.train, classes, config.val_fraction, 0)?;
+        let train = stratified_subset(&rest, classes, config.per_class, 0)?;
+        let transform = Transform::eval(&dataset.info)?;
+        let cache = TeacherCache::build(
+            teacher,
+            teacher_taps,
+            &train,
+            transform.clone(),
+            config.batch_size.max(64),
+            config.cache_budget_bytes,
+            device,
+        )?;
+        let val_cache = TeacherCache::build(
+            teacher,
+            &[],
+            &val,
+            transform.clone(),
+            64,
+            config.cache_budget_bytes,
+            device,
+        )?;
+        Ok(Self {
+            student,
+            teacher_name: teacher_name.to_string(),
+            teacher_info: teacher.feature_info(),
+            train,
+            val,
+            transform,
+            cache,
+            val_embeddings: val_cache.embeddings(),
+            config,
+            device: device.clone(),
+        })
+    }
+
+    /// Images in the proxy training subset and the validation split.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.val.len())
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(self.config.momentum)
+                    .with_dampening(0.0),
+            ))
+            .with_weight_decay(Some(WeightDecayConfig::new(
+                self.config.weight_decay as f32,
+            )))
+            .init()
+    }
+
+    /// Trains a fresh student with `spec` on the proxy subset and scores it. Errors are for specs
+    /// that do not fit the models; a diverging trial is an `Ok` outcome marked rejected.
+    pub fn evaluate(&self, spec: &DistillerSpec) -> Result<TrialOutcome> {
+        let start = Instant::now();
+        let ad = self.device.clone().autodiff();
+        ad.seed(self.config.seed);
+        let student = self.student.init(&ad)?;
+        let distiller = Distiller::new(
+            spec,
+            self.student.name.as_str(),
+            &student.feature_info(),
+            &self.teacher_name,
+            &self.teacher_info,
+            &ad,
+        )?;
+        let (_, t_req) = distiller.tap_requests();
+        let mut model = DistillStudent { student, distiller };
+        let mut optim = self.optimizer();
+        let loader = DataLoader::new(
+            self.train.clone(),
+            self.transform.clone(),
+            LoaderConfig {
+                batch_size: self.config.batch_size,
+                shuffle: true,
+                seed: self.config.seed,
+                workers: 0,
+                ..LoaderConfig::default()
+            },
+        )?;
+        let mut first: Option<f64> = None;
+        let mut last = Vec::new();
+        for epoch in 0..self.config.epochs {
+            for batch in loader.host_epoch(epoch as u64) {
+                let batch = batch?;
+                let teacher = self.cache.lookup(&batch.positions, &t_req)?;
+                let batch = batch.to_device(&ad);
+                let step = distill_step(
+                    model,
+                    &mut optim,
+                    self.config.lr,
+                    batch.images,
+                    batch.targets,
+                    &teacher,
+                );
+                let (m, losses) = match step {
+                    Ok(x) => x,
+                    Err(TrainError::NonFinite(why)) => {
+                        return Ok(TrialOutcome::rejected(
+                            format!("epoch {epoch}: loss is not finite ({why})"),
+                            last,
+                            start.elapsed().as_secs_f64(),
+                        ));
+                    }
+                    Err(e) => return Err(e),
+                };
+                model = m;
+                let base = *first.get_or_insert(losses.total);
+                last = losses.terms.clone();
+                if losses.total > self.config.explode_factor * base.max(1e-3) {
+                    return Ok(TrialOutcome::rejected(
+                        format!(
+                            "epoch {epoch}: loss {:.4} exploded past {} × the first step's {base:.4}",
+                            losses.total, self.config.explode_factor
+                        ),
+                        last,
+                        start.elapsed().as_secs_f64(),
+                    ));
+                }
+            }
+        }
+        let student = model.student.valid();
+        let (val_ce, accuracy, embeddings) = self.validate(&student)?;
+        let gap = representation_gap(embeddings, self.val_embeddings.clone());
+        if !val_ce.is_finite() {
+            return Ok(TrialOutcome::rejected(
+                format!("validation CE is {val_ce}"),
+                last,
+                start.elapsed().as_secs_f64(),
+            ));
+        }
+        let reward = match self.config.reward {
+            RewardKind::Loss => -(val_ce + self.config.beta * gap),
+            RewardKind::Accuracy => accuracy,
+        };
+        Ok(TrialOutcome {
+            reward: Some(reward),
+            val_ce,
+            gap,
+            accuracy,
+            last_losses: last,
+            rejected: None,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Mean CE, top-1 accuracy and embeddings of `student` on the validation split.
+    fn validate(&self, student: &Model) -> Result<(f64, f64, Tensor<2>)> {
+        let loader = DataLoader::new(
+            self.val.clone(),
+            self.transform.clone(),
+            LoaderConfig {
+                batch_size: 128,
+                shuffle: false,
+                workers: 0,
+                ..LoaderConfig::default()
+            },
+        )?;
+        let (mut ce, mut correct, mut n) = (0.0f64, 0usize, 0usize);
+        let mut embeddings = Vec::new();
+        for batch in loader.epoch(0, &self.device) {
+            let batch = batch?;
+            let b = batch.positions.len();
+            let out = student.forward_intermediates(batch.images, &TapRequest::none());
+            let logits = out.eval_logits();
+            let log_p = log_softmax(logits.clone(), 1);
+            let picked = log_p.gather(1, batch.targets.clone().reshape([b, 1]));
+            ce -= f64::from(picked.sum().into_scalar::<f32>());
+            let pred = logits.argmax(1).reshape([b]);
+            correct += pred.equal(batch.targets).int().sum().into_scalar::<i64>() as usize;
+            n += b;
+            embeddings.push(out.embedding);
+        }
+        Ok((
+            ce / n as f64,
+            correct as f64 / n as f64,
+            Tensor::cat(embeddings, 0),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autokd_data::DatasetSpec;
+    use autokd_models::ModelName;
+    use burn::module::{Module, ModuleVisitor, Param};
+
+    /// Every float of a module (parameters and BatchNorm running statistics, synchronized by
+    /// `valid()`), in visit order.
+    fn snapshot<M: Module>(m: &M) -> Vec<f32> {
+        let m = m.valid();
+        struct V(Vec<f32>);
+        impl ModuleVisitor for V {
+            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+                self.0
+                    .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
+            }
+        }
+        let mut v = V(Vec::new());
+        m.visit(&mut v);
+        v.0
+    }
+
+    fn setup(config: ProxyConfig) -> (ProxyEvaluator, Model) {
+        let device = Device::flex();
+        let ds = DatasetSpec::Digits.load().unwrap();
+        let spec = |name| ModelSpec {
+            name,
+            in_channels: 1,
+            num_classes: 10,
+            image_size: 8,
+        };
+        // The teacher lives on an autodiff device, as a careless caller might leave it: the
+        // cache must still run it frozen.
+        let teacher = spec(ModelName::Resnet14)
+            .init(&device.clone().autodiff())
+            .unwrap();
+        let all: Vec<usize> = (0..teacher.feature_info().len()).collect();
+        let eval = ProxyEvaluator::new(
+            &ds,
+            &teacher,
+            "resnet14",
+            spec(ModelName::Resnet8),
+            &all,
+            config,
+            &device,
+        )
+        .unwrap();
+        (eval, teacher)
+    }
+
+    fn small() -> ProxyConfig {
+        ProxyConfig {
+            per_class: 6,
+            epochs: 2,
+            batch_size: 16,
+            ..ProxyConfig::default()
+        }
+    }
+
+    #[test]
+    fn teacher_is_frozen_and_trials_are_deterministic() {
+        let device = Device::flex();
+        let ds = DatasetSpec::Digits.load().unwrap();
+        let teacher = ModelSpec {
+            name: ModelName::Resnet14,
+            in_channels: 1,
+            num_classes: 10,
+            image_size: 8,
+        }
+        .init(&device.clone().autodiff())
+        .unwrap();
+        let before = snapshot(&teacher);
+        let all: Vec<usize> = (0..teacher.feature_info().len()).collect();
+        let student = ModelSpec {
+            name: ModelName::Resnet8,
+            in_channels: 1,
+            num_classes: 10,
+            image_size: 8,
+        };
+        let eval = ProxyEvaluator::new(&ds, &teacher, "resnet14", student, &all, small(), &device)
+            .unwrap();
+        // 6 per class for training; round(0.2·n) per class of the 1,438 held out.
+        assert_eq!(eval.sizes(), (60, 287));
+        let cwd = DistillerSpec::baseline("cwd").unwrap();
+        let a = eval.evaluate(&cwd).unwrap();
+        // BatchNorm statistics and weights of the teacher did not move.
+        assert_eq!(snapshot(&teacher), before);
+        // A forward in training mode on the autodiff device would have moved them: the check
+        // above can fail.
+        let x = Tensor::<4>::ones([4, 1, 8, 8], &device.clone().autodiff());
+        let _ = teacher.forward(x);
+        assert_ne!(snapshot(&teacher), before);
+        // Same seed, same trial.
+        let b = eval.evaluate(&cwd).unwrap();
+        assert_eq!(
+            a.reward.map(f64::to_bits),
+            b.reward.map(f64::to_bits),
+            "{a:?} vs {b:?}"
+        );
+        assert!(a.rejected.is_none() && a.reward.is_some());
+        assert!(a.val_ce.is_finite() && a.gap >= 0.0 && (0.0..=1.0).contains(&a.accuracy));
+        assert_eq!(
+            a.last_losses
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ce", "feat0"]
+        );
+        // Another distiller, another result.
+        let kd = eval
+            .evaluate(&DistillerSpec::baseline("kd").unwrap())
+            .unwrap();
+        assert_ne!(kd.reward, a.reward);
+    }
+
+    #[test]
+    fn diverging_trials_are_rejected_with_the_reason() {
+        let (eval, _) = setup(small());
+        let mut spec = DistillerSpec::baseline("fitnet").unwrap();
+        spec.features[0].weight = autokd_distill::Real(1e30);
+        let out = eval.evaluate(&spec).unwrap();
+        assert!(out.reward.is_none());
+        let why = out.rejected.unwrap();
+        assert!(
+            why.contains("not finite") || why.contains("exploded"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn cache_holds_the_teachers_outputs() {
+        let device = Device::flex();
+        let ds = DatasetSpec::Digits.load().unwrap();
+        let teacher = ModelSpec {
+            name: ModelName::Resnet8,
+            in_channels: 1,
+            num_classes: 10,
+            image_size: 8,
+        }
+        .init(&device)
+        .unwrap();
+        let split = ds.train.subset(&[0, 1, 2, 3, 4]).unwrap();
+        let t = Transform::eval(&ds.info).unwrap();
+        let cache =
+            TeacherCache::build(&teacher, &[3], &split, t.clone(), 2, 1 << 20, &device).unwrap();
+        let req = TapRequest::indices(&[3]);
+        let got = cache.lookup(&[4, 1], &req).unwrap();
+        let loader = DataLoader::new(
+            split.subset(&[4, 1]).unwrap(),
+            t,
+            LoaderConfig {
+                batch_size: 2,
+                shuffle: false,
+                workers: 0,
+                ..LoaderConfig::default()
+            },
+        )
+        .unwrap();
+        let batch = loader.epoch(0, &device).next().unwrap().unwrap();
+        let want = teacher.forward_intermediates(batch.images, &req);
+        let diff: f32 = (got.logits - want.logits).abs().max().into_scalar();
+        assert!(diff < 1e-5, "{diff}");
+        assert_eq!(got.features[0].dims(), vec![2, 64, 2, 2]);
+        assert!(
+            cache
+                .lookup(&[0], &TapRequest::indices(&[2]))
+                .unwrap_err()
+                .to_string()
+                .contains("not in the cache")
+        );
+        let err = TeacherCache::build(
+            &teacher,
+            &[0, 1, 2, 3],
+            &ds.train,
+            Transform::eval(&ds.info).unwrap(),
+            8,
+            1000,
+            &device,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("over its budget"), "{err}");
+    }
+
+    #[test]
+    fn gap_by_hand() {
+        let device = Device::flex();
+        // Teacher embeddings e1, e2 (orthogonal), student identical → 0; student with both rows
+        // equal → Ĝₛ is all ones, Ĝₜ the identity: ‖Ĝₛ − Ĝₜ‖_F = √2, / N = 2 → 0.7071.
+        let t = Tensor::<1>::from_floats([1.0, 0.0, 0.0, 1.0], &device).reshape([2, 2]);
+        assert!(representation_gap(t.clone(), t.clone()).abs() < 1e-6);
+        let s = Tensor::<1>::from_floats([1.0, 1.0, 1.0, 2.0, 2.0, 2.0], &device).reshape([2, 3]);
+        assert!((representation_gap(s, t) - 0.5f64.sqrt()).abs() < 1e-5);
+    }
+}
