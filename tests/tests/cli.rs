@@ -191,3 +191,111 @@ fn distill_bench_measures_every_family() {
             .all(|r| r["ms_per_step"].as_f64().unwrap() > 0.0)
     );
 }
+
+#[test]
+fn search_end_to_end_on_the_embedded_digits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("search.toml");
+    std::fs::write(
+        &config,
+        "trials = 4\n[teacher_training]\nepochs = 2\nmilestones = []\n[proxy]\nper_class = 5\nepochs = 1\nbatch_size = 16\n",
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let search = |out: &str| {
+        let out = dir.path().join(out);
+        let text = autokd(&[
+            "search",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--seed",
+            "3",
+        ])
+        .unwrap();
+        (text, out)
+    };
+    let (text, out) = search("run1");
+    assert!(
+        text.contains("teacher: training resnet20 on digits (2 epochs)"),
+        "{text}"
+    );
+    assert!(text.contains("[  4/4] "), "{text}");
+    for f in [
+        "config.toml",
+        "trials.jsonl",
+        "best.toml",
+        "report.md",
+        "rewards.svg",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let best = autokd_distill::DistillerSpec::from_toml(
+        &std::fs::read_to_string(out.join("best.toml")).unwrap(),
+    )
+    .unwrap();
+    assert!(text.contains(&format!("{best}")), "{text}");
+    let trials = std::fs::read_to_string(out.join("trials.jsonl")).unwrap();
+    assert_eq!(trials.lines().count(), 4);
+    assert!(
+        std::fs::read_to_string(out.join("report.md"))
+            .unwrap()
+            .contains("## Top 10")
+    );
+    assert!(
+        std::fs::read_to_string(out.join("rewards.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+    // The second search reuses the cached teacher and, with the same seed, proposes the same
+    // distillers in the same order.
+    let (text2, out2) = search("run2");
+    assert!(text2.contains("from the cache"), "{text2}");
+    let formulas = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_to_string(p.join("trials.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["distiller"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(formulas(&out), formulas(&out2));
+    // A bad config is an error naming the file and the field.
+    std::fs::write(&config, "trails = 4\n").unwrap();
+    let err = autokd(&["search", "--config", config.to_str().unwrap()]).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("search.toml") && msg.contains("unknown field `trails`"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn shipped_configs_parse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let mut n = 0;
+    for dir in std::fs::read_dir(&root).unwrap() {
+        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let cfg: Result<autokd_cli::search::SearchConfig, _> = toml::from_str(&text);
+                let cfg = cfg.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                cfg.space.validate().unwrap();
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 3, "{n} configs");
+    // The digits config is the built-in default.
+    let text = std::fs::read_to_string(root.join("digits/search_res20_res8.toml")).unwrap();
+    let cfg: autokd_cli::search::SearchConfig = toml::from_str(&text).unwrap();
+    assert_eq!(cfg, autokd_cli::search::SearchConfig::default());
+}

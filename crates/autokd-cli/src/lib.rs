@@ -5,6 +5,7 @@ pub mod bench;
 pub mod convert;
 pub mod device;
 pub mod info;
+pub mod search;
 
 use std::io::Write;
 
@@ -24,6 +25,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Search the best distiller for a teacher/student pair (default: on the embedded digits).
+    Search(search::SearchArgs),
     /// Version, compiled backends, visible devices, known datasets and models.
     Info(info::InfoArgs),
     /// Benchmarks (data loader throughput).
@@ -35,6 +38,7 @@ pub enum Command {
 /// Runs a parsed command line, writing its report to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
+        Command::Search(args) => search::run(&args, out),
         Command::Info(args) => info::run(&args, out),
         Command::Bench(args) => bench::run(&args, out),
         Command::Convert(args) => convert::run(&args, out),

@@ -30,6 +30,9 @@ use crate::cache::{DEFAULT_BUDGET_BYTES, TeacherCache};
 use crate::error::{Result, TrainError};
 use crate::step::{DistillStudent, distill_step};
 
+/// Serializes seeding the device RNG and drawing initial weights.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Validation images used for the representation gap.
 pub const GAP_IMAGES: usize = 1000;
 
@@ -129,6 +132,11 @@ impl TrialOutcome {
 #[derive(Debug)]
 pub struct ProxyEvaluator {
     student: ModelSpec,
+    /// The student's initial weights, drawn once, kept as a `valid()` copy: every trial starts
+    /// from them (common random numbers, so candidates differ by their distiller only).
+    /// `train()` gives each trial its own BatchNorm running statistics (clones of a module share
+    /// them).
+    initial: Model,
     teacher_name: String,
     teacher_info: Vec<TapInfo>,
     train: Split,
@@ -185,6 +193,14 @@ impl ProxyEvaluator {
             config.cache_budget_bytes,
             device,
         )?;
+        let initial = {
+            let _guard = INIT_LOCK
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ad = device.clone().autodiff();
+            ad.seed(config.seed);
+            student.init(&ad)?.valid()
+        };
         let val_cache = TeacherCache::build(
             teacher,
             &[],
@@ -196,6 +212,7 @@ impl ProxyEvaluator {
         )?;
         Ok(Self {
             student,
+            initial,
             teacher_name: teacher_name.to_string(),
             teacher_info: teacher.feature_info(),
             train,
@@ -231,8 +248,13 @@ impl ProxyEvaluator {
     pub fn evaluate(&self, spec: &DistillerSpec) -> Result<TrialOutcome> {
         let start = Instant::now();
         let ad = self.device.clone().autodiff();
+        let student = self.initial.clone().train();
+        // The device RNG is process-wide: seed and draw the distiller's own parameters
+        // (connectors, generation blocks) and its masks' stream under one lock.
+        let _guard = INIT_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         ad.seed(self.config.seed);
-        let student = self.student.init(&ad)?;
         let distiller = Distiller::new(
             spec,
             self.student.name.as_str(),
@@ -241,6 +263,7 @@ impl ProxyEvaluator {
             &self.teacher_info,
             &ad,
         )?;
+        drop(_guard);
         let (_, t_req) = distiller.tap_requests();
         let mut model = DistillStudent { student, distiller };
         let mut optim = self.optimizer();
