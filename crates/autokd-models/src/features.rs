@@ -160,6 +160,28 @@ impl<'a> Collector<'a> {
         self.request.indices.contains(&index)
     }
 
+    /// Runs the residual units of stage `index` on `x` (each returns its output and its
+    /// pre-activation) and offers the stage's output, or its last pre-activation when asked.
+    pub(crate) fn stage<U>(
+        &mut self,
+        index: usize,
+        units: &[U],
+        mut x: Tensor<4>,
+        forward: impl Fn(&U, Tensor<4>) -> (Tensor<4>, Tensor<4>),
+    ) -> Tensor<4> {
+        let mut pre = None;
+        for unit in units {
+            let (out, p) = forward(unit, x);
+            x = out;
+            pre = Some(p);
+        }
+        match (self.request.pre_act, pre) {
+            (true, Some(p)) => self.offer_map(index, &p),
+            _ => self.offer_map(index, &x),
+        }
+        x
+    }
+
     pub(crate) fn offer_map(&mut self, index: usize, x: &Tensor<4>) {
         self.offer(index, || Feature::Map(x.clone()));
     }

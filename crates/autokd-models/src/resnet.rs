@@ -295,16 +295,7 @@ impl Backbone for ResNet {
             x = pool.forward(x);
         }
         for (i, stage) in self.layers.iter().enumerate() {
-            let mut pre = None;
-            for block in stage {
-                let (out, p) = block.forward(x);
-                x = out;
-                pre = Some(p);
-            }
-            match (taps.pre_act(), pre) {
-                (true, Some(p)) => taps.offer_map(i + 1, &p),
-                _ => taps.offer_map(i + 1, &x),
-            }
+            x = taps.stage(i + 1, stage, x, |u, x| u.forward(x));
         }
         let embedding = global_avg_pool(x); // [B, C]
         let logits = linear_fwd(&self.fc, embedding.clone());

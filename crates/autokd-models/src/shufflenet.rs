@@ -134,16 +134,7 @@ impl Backbone for ShuffleNetV1 {
         let mut x = self.stem.forward_relu(x);
         taps.offer_map(0, &x);
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut pre = None;
-            for unit in layer {
-                let (out, p) = unit.forward(x);
-                x = out;
-                pre = Some(p);
-            }
-            match (taps.pre_act(), pre) {
-                (true, Some(p)) => taps.offer_map(i + 1, &p),
-                _ => taps.offer_map(i + 1, &x),
-            }
+            x = taps.stage(i + 1, layer, x, |u, x| u.forward(x));
         }
         let embedding = global_avg_pool(x);
         let logits = linear_fwd(&self.linear, embedding.clone());
@@ -285,16 +276,7 @@ impl Backbone for ShuffleNetV2 {
         let mut x = self.stem.forward_relu(x);
         taps.offer_map(0, &x);
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut pre = None;
-            for unit in layer {
-                let (out, p) = unit.forward(x);
-                x = out;
-                pre = Some(p);
-            }
-            match (taps.pre_act(), pre) {
-                (true, Some(p)) => taps.offer_map(i + 1, &p),
-                _ => taps.offer_map(i + 1, &x),
-            }
+            x = taps.stage(i + 1, layer, x, |u, x| u.forward(x));
         }
         let x = relu(self.bn2.forward(conv_fwd(&self.conv2, x)));
         let embedding = global_avg_pool(x);
