@@ -299,3 +299,80 @@ fn shipped_configs_parse() {
     let cfg: autokd_cli::search::SearchConfig = toml::from_str(&text).unwrap();
     assert_eq!(cfg, autokd_cli::search::SearchConfig::default());
 }
+
+#[test]
+fn train_a_teacher_then_distil_with_a_spec_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).to_str().unwrap().to_string();
+    let text = autokd(&[
+        "train",
+        "--model",
+        "resnet14",
+        "--epochs",
+        "1",
+        "--out",
+        &p("teacher"),
+    ])
+    .unwrap();
+    assert!(text.contains("seed 0 epoch   1/1"), "{text}");
+    let weights = p("teacher/seed0/model.bpk");
+    assert!(std::path::Path::new(&weights).is_file());
+    let spec = autokd_distill::DistillerSpec::baseline("cwd").unwrap();
+    std::fs::write(p("cwd.toml"), spec.to_toml().unwrap()).unwrap();
+    let text = autokd(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--teacher",
+        "resnet14",
+        "--teacher-weights",
+        &weights,
+        "--distiller",
+        &p("cwd.toml"),
+        "--epochs",
+        "1",
+        "--seeds",
+        "0,1",
+        "--out",
+        &p("student"),
+    ])
+    .unwrap();
+    assert!(
+        text.contains("KL_T4(channel_softmax(s.last), channel_softmax(t.last))"),
+        "{text}"
+    );
+    assert!(text.contains("top-1 over 2 seed(s)"), "{text}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p("student/summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["seeds"].as_array().unwrap().len(), 2);
+    // Resuming a finished run trains nothing more.
+    let text = autokd(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--teacher",
+        "resnet14",
+        "--teacher-weights",
+        &weights,
+        "--distiller",
+        "cwd",
+        "--epochs",
+        "1",
+        "--out",
+        &p("student"),
+        "--resume",
+    ])
+    .unwrap();
+    assert!(!text.contains("epoch   1/1"), "{text}");
+    let err = autokd(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--distiller",
+        "kd",
+        "--out",
+        &p("x"),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("needs --teacher"), "{err}");
+}

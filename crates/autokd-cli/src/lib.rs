@@ -6,6 +6,7 @@ pub mod convert;
 pub mod device;
 pub mod info;
 pub mod search;
+pub mod train;
 
 use std::io::Write;
 
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Search the best distiller for a teacher/student pair (default: on the embedded digits).
     Search(search::SearchArgs),
+    /// Train a model from scratch, or distil a student with a distiller (e.g. a search's best.toml).
+    Train(train::TrainArgs),
     /// Version, compiled backends, visible devices, known datasets and models.
     Info(info::InfoArgs),
     /// Benchmarks (data loader throughput).
@@ -39,6 +42,7 @@ pub enum Command {
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Search(args) => search::run(&args, out),
+        Command::Train(args) => train::run(&args, out),
         Command::Info(args) => info::run(&args, out),
         Command::Bench(args) => bench::run(&args, out),
         Command::Convert(args) => convert::run(&args, out),

@@ -30,9 +30,6 @@ use crate::cache::{DEFAULT_BUDGET_BYTES, TeacherCache};
 use crate::error::{Result, TrainError};
 use crate::step::{DistillStudent, distill_step};
 
-/// Serializes seeding the device RNG and drawing initial weights.
-static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Validation images used for the representation gap.
 pub const GAP_IMAGES: usize = 1000;
 
@@ -194,12 +191,14 @@ impl ProxyEvaluator {
             device,
         )?;
         let initial = {
-            let _guard = INIT_LOCK
+            let _guard = crate::INIT_LOCK
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let ad = device.clone().autodiff();
             ad.seed(config.seed);
-            student.init(&ad)?.valid()
+            let model = student.init(&ad)?;
+            crate::force_init(&model);
+            model.valid()
         };
         let val_cache = TeacherCache::build(
             teacher,
@@ -251,7 +250,7 @@ impl ProxyEvaluator {
         let student = self.initial.clone().train();
         // The device RNG is process-wide: seed and draw the distiller's own parameters
         // (connectors, generation blocks) and its masks' stream under one lock.
-        let _guard = INIT_LOCK
+        let _guard = crate::INIT_LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         ad.seed(self.config.seed);
@@ -441,6 +440,7 @@ mod tests {
 
     #[test]
     fn teacher_is_frozen_and_trials_are_deterministic() {
+        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let teacher = ModelSpec {
@@ -497,6 +497,7 @@ mod tests {
 
     #[test]
     fn diverging_trials_are_rejected_with_the_reason() {
+        let _serial = crate::serial();
         let (eval, _) = setup(small());
         let mut spec = DistillerSpec::baseline("fitnet").unwrap();
         spec.features[0].weight = autokd_distill::Real(1e30);
@@ -511,6 +512,7 @@ mod tests {
 
     #[test]
     fn cache_holds_the_teachers_outputs() {
+        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let teacher = ModelSpec {
@@ -565,6 +567,7 @@ mod tests {
 
     #[test]
     fn gap_by_hand() {
+        let _serial = crate::serial();
         let device = Device::flex();
         // Teacher embeddings e1, e2 (orthogonal), student identical → 0; student with both rows
         // equal → Ĝₛ is all ones, Ĝₜ the identity: ‖Ĝₛ − Ĝₜ‖_F = √2, / N = 2 → 0.7071.

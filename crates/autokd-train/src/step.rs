@@ -65,6 +65,7 @@ mod tests {
 
     #[test]
     fn steps_reduce_the_loss_on_a_fixed_batch() {
+        let _serial = crate::serial();
         let ad = Device::flex().autodiff();
         let plain = Device::flex();
         ad.seed(1);

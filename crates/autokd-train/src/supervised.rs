@@ -105,8 +105,15 @@ pub fn train_supervised(
     mut on_epoch: impl FnMut(&EpochReport),
 ) -> Result<(Model, Vec<EpochReport>)> {
     let ad = device.clone().autodiff();
-    ad.seed(config.seed);
-    let mut model = spec.init(&ad)?;
+    let mut model = {
+        let _guard = crate::INIT_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ad.seed(config.seed);
+        let model = spec.init(&ad)?;
+        crate::force_init(&model);
+        model
+    };
     let loader = DataLoader::new(
         dataset.train.clone(),
         Transform::train(&dataset.info, Augment::for_dataset(&dataset.info))?,
@@ -170,6 +177,7 @@ mod tests {
 
     #[test]
     fn a_small_resnet_learns_the_digits() {
+        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let spec = ModelSpec {

@@ -1,0 +1,215 @@
+//! `autokd train`: train a model from scratch, or distil a student from a teacher with any
+//! distiller (a TOML file such as a search's `best.toml`, or a baseline name), for one or more
+//! seeds; resumable.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use autokd_data::DatasetSpec;
+use autokd_distill::DistillerSpec;
+use autokd_models::{ModelName, ModelSpec, load_weights, save_weights};
+use autokd_train::{Recipe, TeacherSetup, train};
+use serde::Serialize;
+
+use crate::device::{DeviceSpec, select_device};
+
+/// Arguments of `autokd train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Dataset string.
+    #[arg(long, default_value = "digits")]
+    pub dataset: DatasetSpec,
+    /// The model to train (the student when distilling).
+    #[arg(long)]
+    pub model: ModelName,
+    /// Teacher architecture (distillation); needs `--teacher-weights`.
+    #[arg(long, requires = "teacher_weights")]
+    pub teacher: Option<ModelName>,
+    /// Teacher weights (.bpk, .pth, .safetensors).
+    #[arg(long)]
+    pub teacher_weights: Option<PathBuf>,
+    /// Distiller: a TOML file (e.g. a search's best.toml) or a baseline name (vanilla, kd, at,
+    /// sp, ickd, cwd, dist, fitnet). Default with a teacher: kd.
+    #[arg(long)]
+    pub distiller: Option<String>,
+    /// Recipe preset: cifar100, imagenet, deit, digits, fashion-mnist.
+    #[arg(long, default_value = "digits")]
+    pub recipe: String,
+    /// Override the recipe's epochs.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Override the recipe's batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override the recipe's learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seeds; several run repeats and report mean ± std.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub seeds: Vec<u64>,
+    /// Checkpoint every N epochs (and at the end).
+    #[arg(long, default_value_t = 1)]
+    pub checkpoint_every: usize,
+    /// Run folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue from the checkpoints in the run folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// Device.
+    #[arg(long, default_value = "flex")]
+    pub device: DeviceSpec,
+}
+
+#[derive(Debug, Serialize)]
+struct SeedResult {
+    seed: u64,
+    best_top1: f64,
+    last_top1: f64,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// Trains.
+pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let device = select_device(&args.device)?;
+    let dataset = args
+        .dataset
+        .load()
+        .with_context(|| format!("loading {}", args.dataset))?;
+    let info = &dataset.info;
+    let spec = |name: ModelName| ModelSpec {
+        name,
+        in_channels: info.channels,
+        num_classes: info.num_classes,
+        image_size: info.height,
+    };
+    let mut recipe = Recipe::preset(&args.recipe)?;
+    if let Some(e) = args.epochs {
+        recipe.epochs = e;
+    }
+    if let Some(b) = args.batch_size {
+        recipe.batch_size = b;
+    }
+    if let Some(lr) = args.lr {
+        recipe.lr = lr;
+    }
+    let teacher = match (args.teacher, &args.teacher_weights) {
+        (Some(t), Some(w)) => Some((
+            t,
+            load_weights(spec(t).init(&device)?, t, w)
+                .with_context(|| format!("loading the teacher from {}", w.display()))?,
+        )),
+        (None, Some(_)) => anyhow::bail!("--teacher-weights needs --teacher"),
+        _ => None,
+    };
+    let distiller = match (&args.distiller, &teacher) {
+        (Some(d), _) if std::path::Path::new(d).is_file() => {
+            let text = std::fs::read_to_string(d).with_context(|| format!("reading {d}"))?;
+            DistillerSpec::from_toml(&text).with_context(|| format!("{d}: invalid distiller"))?
+        }
+        (Some(d), _) => DistillerSpec::baseline(d)
+            .with_context(|| format!("`{d}` is neither a distiller file nor a baseline"))?,
+        (None, Some(_)) => DistillerSpec::baseline("kd")?,
+        (None, None) => DistillerSpec::baseline("vanilla")?,
+    };
+    anyhow::ensure!(
+        teacher.is_some() || (distiller.features.is_empty() && distiller.logits.is_none()),
+        "distiller {distiller} needs --teacher and --teacher-weights"
+    );
+    writeln!(
+        out,
+        "train: {} on {} ({} train, {} test), recipe {} ({} epochs, batch {}, lr {}), {distiller}, seeds {:?}",
+        args.model,
+        info.name,
+        dataset.train.len(),
+        dataset.test.len(),
+        args.recipe,
+        recipe.epochs,
+        recipe.batch_size,
+        recipe.lr,
+        args.seeds
+    )?;
+    let mut results = Vec::new();
+    for &seed in &args.seeds {
+        let dir = args.out.join(format!("seed{seed}"));
+        let setup = teacher.as_ref().map(|(name, model)| TeacherSetup {
+            model,
+            name: name.as_str(),
+            spec: &distiller,
+        });
+        let (model, summary) = train(
+            &spec(args.model),
+            setup,
+            &dataset,
+            &recipe,
+            seed,
+            args.checkpoint_every,
+            &dir,
+            args.resume,
+            None,
+            &device,
+            |m| {
+                let losses: Vec<String> = m
+                    .losses
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s",
+                    m.epoch,
+                    recipe.epochs,
+                    m.lr,
+                    losses.join("  "),
+                    100.0 * m.top1,
+                    100.0 * m.top5,
+                    m.images_per_s
+                );
+            },
+        )?;
+        save_weights(&model, &dir.join("model.bpk"))?;
+        writeln!(
+            out,
+            "seed {seed}: best top-1 {:.2}%, last {:.2}%  ({})",
+            100.0 * summary.best_top1,
+            100.0 * summary.last_top1,
+            dir.join("model.bpk").display()
+        )?;
+        results.push(SeedResult {
+            seed,
+            best_top1: summary.best_top1,
+            last_top1: summary.last_top1,
+        });
+    }
+    let (bm, bs) = mean_std(&results.iter().map(|r| r.best_top1).collect::<Vec<_>>());
+    let (lm, ls) = mean_std(&results.iter().map(|r| r.last_top1).collect::<Vec<_>>());
+    writeln!(
+        out,
+        "top-1 over {} seed(s): best {:.2} ± {:.2}%, last {:.2} ± {:.2}%",
+        results.len(),
+        100.0 * bm,
+        100.0 * bs,
+        100.0 * lm,
+        100.0 * ls
+    )?;
+    crate::write_atomic(
+        &args.out.join("summary.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "distiller": distiller.to_string(), "recipe": recipe, "seeds": results,
+            "best_top1": {"mean": bm, "std": bs}, "last_top1": {"mean": lm, "std": ls},
+        }))?
+        .as_bytes(),
+    )?;
+    Ok(())
+}
