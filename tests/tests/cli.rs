@@ -376,3 +376,27 @@ fn train_a_teacher_then_distil_with_a_spec_file() {
     .unwrap_err();
     assert!(err.to_string().contains("needs --teacher"), "{err}");
 }
+
+#[test]
+fn proxy_bench_compares_cached_and_online_teachers() {
+    let text = autokd(&[
+        "bench",
+        "proxy",
+        "--dataset",
+        "digits",
+        "--student",
+        "resnet8",
+        "--teacher",
+        "resnet14",
+        "--per-class",
+        "3",
+        "--trials",
+        "1",
+    ])
+    .unwrap();
+    assert!(
+        text.contains("cached") && text.contains("online (every batch)"),
+        "{text}"
+    );
+    assert!(text.contains("speed-up of the cache: "), "{text}");
+}

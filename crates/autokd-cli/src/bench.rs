@@ -35,6 +35,34 @@ pub enum BenchWhat {
     /// Cost of each distiller family: one training step of a student with cached teacher
     /// outputs, CE only against CE + each family of feature term and the logits terms.
     Distill(DistillArgs),
+    /// Wall time of one proxy trial with the teacher cache against an online teacher.
+    Proxy(ProxyArgs),
+}
+
+/// Arguments of `autokd bench proxy`.
+#[derive(Debug, clap::Args)]
+pub struct ProxyArgs {
+    /// Student architecture.
+    #[arg(long, default_value = "resnet20")]
+    pub student: ModelName,
+    /// Teacher architecture.
+    #[arg(long, default_value = "resnet56")]
+    pub teacher: ModelName,
+    /// Dataset; default: synthetic CIFAR-shaped images (100 classes).
+    #[arg(long)]
+    pub dataset: Option<DatasetSpec>,
+    /// Proxy images per class.
+    #[arg(long, default_value_t = 10)]
+    pub per_class: usize,
+    /// Proxy epochs.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Trials per setting (alternating cached / online); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub trials: usize,
+    /// Device.
+    #[arg(long, default_value = "flex")]
+    pub device: DeviceSpec,
 }
 
 /// Arguments of `autokd bench distill`.
@@ -145,6 +173,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     match &args.what {
         BenchWhat::Loader(a) => loader(a, out),
         BenchWhat::Distill(a) => distill(a, out),
+        BenchWhat::Proxy(a) => proxy(a, out),
     }
 }
 
@@ -384,5 +413,72 @@ fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         crate::write_atomic(path, serde_json::to_string_pretty(&results)?.as_bytes())?;
     }
+    Ok(())
+}
+
+fn proxy(args: &ProxyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    anyhow::ensure!(args.trials > 0, "--trials must be at least 1");
+    let device = select_device(&args.device)?;
+    let ds = match &args.dataset {
+        Some(spec) => spec.load().with_context(|| format!("loading {spec}"))?,
+        None => synthetic_cifar(args.per_class * 100 * 2)?,
+    };
+    let info = &ds.info;
+    let spec = |name: ModelName| ModelSpec {
+        name,
+        in_channels: info.channels,
+        num_classes: info.num_classes,
+        image_size: info.height,
+    };
+    let teacher = spec(args.teacher).init(&device)?;
+    let taps: Vec<usize> = vec![teacher.feature_info().len() - 1];
+    let cfg = |cache_teacher| autokd_train::ProxyConfig {
+        per_class: args.per_class,
+        epochs: args.epochs,
+        batch_size: 64,
+        cache_teacher,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let cached = autokd_train::ProxyEvaluator::new(
+        &ds,
+        &teacher,
+        args.teacher.as_str(),
+        spec(args.student),
+        &taps,
+        cfg(true),
+        &device,
+    )?;
+    let cache_s = start.elapsed().as_secs_f64();
+    let online = autokd_train::ProxyEvaluator::new(
+        &ds,
+        &teacher,
+        args.teacher.as_str(),
+        spec(args.student),
+        &taps,
+        cfg(false),
+        &device,
+    )?;
+    let (n_train, n_val) = cached.sizes();
+    let cwd = DistillerSpec::baseline("cwd")?;
+    writeln!(
+        out,
+        "proxy trial: {} ← {} on {} ({n_train} proxy images, {n_val} validation, {} epoch(s)), distiller {cwd}, device {}",
+        args.student, args.teacher, info.name, args.epochs, args.device
+    )?;
+    writeln!(
+        out,
+        "building the teacher cache took {cache_s:.1} s (once per search)"
+    )?;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..args.trials {
+        with.push(cached.evaluate(&cwd)?.seconds);
+        without.push(online.evaluate(&cwd)?.seconds);
+    }
+    let (w, o) = (median(with), median(without));
+    writeln!(out, "{:<22} {:>10}", "teacher", "s/trial")?;
+    writeln!(out, "{:<22} {:>10.2}", "cached", w)?;
+    writeln!(out, "{:<22} {:>10.2}", "online (every batch)", o)?;
+    writeln!(out, "speed-up of the cache: {:.2}x", o / w)?;
     Ok(())
 }

@@ -71,6 +71,9 @@ pub struct ProxyConfig {
     pub explode_factor: f64,
     /// Memory budget of the teacher cache, in bytes.
     pub cache_budget_bytes: usize,
+    /// Read the teacher's outputs from the cache (default). `false` runs the frozen teacher on
+    /// every batch instead, as an online-teacher loop would (for comparison).
+    pub cache_teacher: bool,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +91,7 @@ impl Default for ProxyConfig {
             seed: 0,
             explode_factor: 10.0,
             cache_budget_bytes: DEFAULT_BUDGET_BYTES,
+            cache_teacher: true,
         }
     }
 }
@@ -141,6 +145,8 @@ pub struct ProxyEvaluator {
     transform: Transform,
     cache: TeacherCache,
     val_embeddings: Tensor<2>,
+    /// The frozen teacher, used only when `cache_teacher` is off.
+    teacher: Model,
     config: ProxyConfig,
     device: Device,
 }
@@ -219,6 +225,7 @@ impl ProxyEvaluator {
             transform,
             cache,
             val_embeddings: val_cache.embeddings(),
+            teacher: teacher.valid(),
             config,
             device: device.clone(),
         })
@@ -282,7 +289,12 @@ impl ProxyEvaluator {
         for epoch in 0..self.config.epochs {
             for batch in loader.host_epoch(epoch as u64) {
                 let batch = batch?;
-                let teacher = self.cache.lookup(&batch.positions, &t_req)?;
+                let teacher = if self.config.cache_teacher {
+                    self.cache.lookup(&batch.positions, &t_req)?
+                } else {
+                    let plain = batch.clone().to_device(&self.device);
+                    self.teacher.forward_intermediates(plain.images, &t_req)
+                };
                 let batch = batch.to_device(&ad);
                 let step = distill_step(
                     model,
@@ -493,6 +505,45 @@ mod tests {
             .evaluate(&DistillerSpec::baseline("kd").unwrap())
             .unwrap();
         assert_ne!(kd.reward, a.reward);
+    }
+
+    /// The cache changes where the teacher's outputs come from, not what they are.
+    #[test]
+    fn cached_and_online_teacher_give_the_same_trial() {
+        let _serial = crate::serial();
+        let device = Device::flex();
+        let ds = DatasetSpec::Digits.load().unwrap();
+        let spec = |name| ModelSpec {
+            name,
+            in_channels: 1,
+            num_classes: 10,
+            image_size: 8,
+        };
+        let teacher = spec(ModelName::Resnet14).init(&device).unwrap();
+        let all: Vec<usize> = (0..teacher.feature_info().len()).collect();
+        let make = |cache_teacher| {
+            ProxyEvaluator::new(
+                &ds,
+                &teacher,
+                "resnet14",
+                spec(ModelName::Resnet8),
+                &all,
+                ProxyConfig {
+                    cache_teacher,
+                    ..small()
+                },
+                &device,
+            )
+            .unwrap()
+        };
+        let kd = DistillerSpec::baseline("kd").unwrap();
+        let (a, b) = (
+            make(true).evaluate(&kd).unwrap(),
+            make(false).evaluate(&kd).unwrap(),
+        );
+        // Equal up to float rounding (the teacher's batches are grouped differently).
+        let (ra, rb) = (a.reward.unwrap(), b.reward.unwrap());
+        assert!((ra - rb).abs() <= 1e-3 * ra.abs(), "{a:?} vs {b:?}");
     }
 
     #[test]
