@@ -267,6 +267,54 @@ fn search_end_to_end_on_the_embedded_digits() {
             .collect()
     };
     assert_eq!(formulas(&out), formulas(&out2));
+    // With the random baseline: both trial logs, both curves, the comparison in the report.
+    let out3 = dir.path().join("run3");
+    let text3 = autokd(&[
+        "search",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out3.to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--baseline",
+    ])
+    .unwrap();
+    assert!(
+        text3.contains("random [  4/4] ") && text3.contains("random baseline best"),
+        "{text3}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out3.join("trials_random.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+    assert!(
+        std::fs::read_to_string(out3.join("report.md"))
+            .unwrap()
+            .contains("## Against random search")
+    );
+    assert!(
+        std::fs::read_to_string(out3.join("rewards.svg"))
+            .unwrap()
+            .contains("random search, best so far")
+    );
+    // A wall-time budget of zero runs no trial, and says so.
+    let err = autokd(&[
+        "search",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        dir.path().join("run4").to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--max-minutes",
+        "0",
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("time budget"), "{err}");
     // A bad config is an error naming the file and the field.
     std::fs::write(&config, "trails = 4\n").unwrap();
     let err = autokd(&["search", "--config", config.to_str().unwrap()]).unwrap_err();

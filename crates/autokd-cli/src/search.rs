@@ -10,7 +10,7 @@ use anyhow::Context;
 use autokd_data::DatasetSpec;
 use autokd_distill::{DistillerSpec, SearchSpaceConfig};
 use autokd_models::{Backbone, Model, ModelName, ModelSpec, load_weights, save_weights};
-use autokd_search::{Mcts, MctsConfig, RandomSearch, Strategy, Trial, run as run_search};
+use autokd_search::{Mcts, MctsConfig, RandomSearch, Strategy, Trial, run_until};
 use autokd_train::{ProxyConfig, ProxyEvaluator, SupervisedConfig, TrialOutcome, train_supervised};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,10 @@ pub struct SearchConfig {
     pub mcts: MctsConfig,
     /// Distinct candidates to evaluate.
     pub trials: usize,
+    /// Wall-time budget of the search in minutes (no new trial starts after it).
+    pub max_minutes: Option<f64>,
+    /// After an MCTS search, run random search with the same budget and plot both.
+    pub baseline: bool,
 }
 
 impl Default for SearchConfig {
@@ -67,6 +71,8 @@ impl Default for SearchConfig {
             strategy: StrategyName::Mcts,
             mcts: MctsConfig::default(),
             trials: 60,
+            max_minutes: None,
+            baseline: false,
         }
     }
 }
@@ -89,6 +95,12 @@ pub struct SearchArgs {
     /// Strategy (overrides the config).
     #[arg(long)]
     pub strategy: Option<StrategyName>,
+    /// Wall-time budget in minutes (overrides the config).
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Also run the random-search baseline with the same budget, and plot both.
+    #[arg(long)]
+    pub baseline: bool,
     /// Device.
     #[arg(long, default_value = "flex")]
     pub device: DeviceSpec,
@@ -208,6 +220,10 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(s) = args.strategy {
         cfg.strategy = s;
     }
+    if let Some(m) = args.max_minutes {
+        cfg.max_minutes = Some(m);
+    }
+    cfg.baseline |= args.baseline;
     anyhow::ensure!(cfg.trials > 0, "trials must be at least 1");
     let space = cfg.space.validate()?;
     let device = select_device(&args.device)?;
@@ -268,28 +284,139 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64()
     )?;
     let levels: Vec<usize> = space.levels().iter().map(|l| l.options).collect();
+    let deadline = cfg
+        .max_minutes
+        .map(|m| Instant::now() + std::time::Duration::from_secs_f64(60.0 * m));
     let mut strategy: Box<dyn Strategy> = match cfg.strategy {
         StrategyName::Mcts => Box::new(Mcts::new(&levels, cfg.mcts.clone())),
         StrategyName::Random => Box::new(RandomSearch::new(&levels, cfg.mcts.seed)),
     };
-    let trials_path = dir.join("trials.jsonl");
-    let mut log = std::fs::File::create(&trials_path)
-        .with_context(|| format!("creating {}", trials_path.display()))?;
-    let mut records: Vec<(Trial, DistillerSpec, TrialOutcome)> = Vec::new();
+    let search_start = Instant::now();
+    let ctx = Ctx {
+        cfg: &cfg,
+        space: &space,
+        evaluator: &evaluator,
+        deadline,
+    };
+    let records = trial_loop(&ctx, strategy.as_mut(), "", &dir.join("trials.jsonl"), out)?;
+    let elapsed = search_start.elapsed().as_secs_f64();
+    let baseline = if cfg.baseline && cfg.strategy == StrategyName::Mcts {
+        writeln!(
+            out,
+            "baseline: random search over the same space, same budget ({} trials)",
+            records.len()
+        )?;
+        let mut random = RandomSearch::new(&levels, cfg.mcts.seed);
+        let ctx = Ctx {
+            deadline: None,
+            ..ctx
+        };
+        let mut budgeted = cfg.clone();
+        budgeted.trials = records.len();
+        let ctx = Ctx {
+            cfg: &budgeted,
+            ..ctx
+        };
+        Some(trial_loop(
+            &ctx,
+            &mut random,
+            "random ",
+            &dir.join("trials_random.jsonl"),
+            out,
+        )?)
+    } else {
+        None
+    };
+    anyhow::ensure!(
+        !records.is_empty(),
+        "no trial ran within the time budget of {:?} minutes",
+        cfg.max_minutes
+    );
+    let Some((_, best_spec, best_outcome)) = best_of(&records) else {
+        anyhow::bail!("every one of the {} trials was rejected", records.len());
+    };
+    crate::write_atomic(&dir.join("best.toml"), best_spec.to_toml()?.as_bytes())?;
+    crate::write_atomic(
+        &dir.join("rewards.svg"),
+        plot(&records, baseline.as_deref()).as_bytes(),
+    )?;
+    crate::write_atomic(
+        &dir.join("report.md"),
+        report(&cfg, &records, baseline.as_deref(), elapsed, &dir).as_bytes(),
+    )?;
+    writeln!(
+        out,
+        "best: reward {:.4} (top-1 {:.1}%)  {best_spec}",
+        best_outcome.reward.unwrap_or(f64::NAN),
+        100.0 * best_outcome.accuracy
+    )?;
+    if let Some((_, spec, o)) = baseline.as_deref().and_then(best_of) {
+        writeln!(
+            out,
+            "random baseline best: reward {:.4} (top-1 {:.1}%)  {spec}",
+            o.reward.unwrap_or(f64::NAN),
+            100.0 * o.accuracy
+        )?;
+    }
+    writeln!(
+        out,
+        "wrote {}/{{config.toml, trials.jsonl, best.toml, report.md, rewards.svg}} ({} trials in {elapsed:.1} s)",
+        dir.display(),
+        records.len()
+    )?;
+    Ok(())
+}
+
+type Record = (Trial, DistillerSpec, TrialOutcome);
+
+fn best_of(records: &[Record]) -> Option<&Record> {
+    records
+        .iter()
+        .filter(|(t, _, _)| t.reward.is_some())
+        .max_by(|a, b| {
+            a.0.reward
+                .partial_cmp(&b.0.reward)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+}
+
+/// What a trial loop needs.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    cfg: &'a SearchConfig,
+    space: &'a autokd_distill::SearchSpace,
+    evaluator: &'a ProxyEvaluator,
+    deadline: Option<Instant>,
+}
+
+/// Runs `strategy` for the configured budget, printing a line per trial and appending it to
+/// `log_path` as JSON.
+fn trial_loop(
+    ctx: &Ctx<'_>,
+    strategy: &mut dyn Strategy,
+    label: &str,
+    log_path: &Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<Vec<Record>> {
+    let mut log = std::fs::File::create(log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut records: Vec<Record> = Vec::new();
     let mut best: Option<f64> = None;
     let mut failure: Option<anyhow::Error> = None;
-    let search_start = Instant::now();
-    let trials = run_search(
-        &mut StrategyRef(strategy.as_mut()),
-        cfg.trials,
-        10 * cfg.trials.max(100),
+    let budget = ctx.cfg.trials;
+    let deadline = ctx.deadline;
+    run_until(
+        &mut StrategyRef(strategy),
+        budget,
+        10 * budget.max(100),
+        || deadline.is_some_and(|d| Instant::now() >= d),
         |choices| {
             if failure.is_some() {
                 return None;
             }
             let result = (|| -> anyhow::Result<(DistillerSpec, TrialOutcome)> {
-                let spec = space.spec(choices)?;
-                let outcome = evaluator.evaluate(&spec)?;
+                let spec = ctx.space.spec(choices)?;
+                let outcome = ctx.evaluator.evaluate(&spec)?;
                 Ok((spec, outcome))
             })();
             match result {
@@ -310,19 +437,17 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     };
                     let _ = writeln!(
                         out,
-                        "[{k:>3}/{}] {line}  best {:>8.4}  {:.1}s  {spec}",
-                        cfg.trials,
+                        "{label}[{k:>3}/{budget}] {line}  best {:>8.4}  {:.1}s  {spec}",
                         best.unwrap_or(f64::NAN),
                         outcome.seconds
                     );
-                    let json = serde_json::to_string(&TrialLine {
+                    if let Ok(j) = serde_json::to_string(&TrialLine {
                         trial: k,
                         choices,
                         distiller: spec.to_string(),
                         spec: &spec,
                         outcome: &outcome,
-                    });
-                    if let Ok(j) = json {
+                    }) {
                         let _ = writeln!(log, "{j}");
                     }
                     let reward = outcome.reward;
@@ -344,40 +469,10 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             }
         },
     );
-    if let Some(e) = failure {
-        return Err(e.context("a trial failed"));
+    match failure {
+        Some(e) => Err(e.context("a trial failed")),
+        None => Ok(records),
     }
-    let elapsed = search_start.elapsed().as_secs_f64();
-    let Some((_, best_spec, best_outcome)) = records
-        .iter()
-        .filter(|(t, _, _)| t.reward.is_some())
-        .max_by(|a, b| {
-            a.0.reward
-                .partial_cmp(&b.0.reward)
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
-    else {
-        anyhow::bail!("every one of the {} trials was rejected", trials.len());
-    };
-    crate::write_atomic(&dir.join("best.toml"), best_spec.to_toml()?.as_bytes())?;
-    crate::write_atomic(&dir.join("rewards.svg"), plot(&records).as_bytes())?;
-    crate::write_atomic(
-        &dir.join("report.md"),
-        report(&cfg, &records, elapsed, &dir).as_bytes(),
-    )?;
-    writeln!(
-        out,
-        "best: reward {:.4} (top-1 {:.1}%)  {best_spec}",
-        best_outcome.reward.unwrap_or(f64::NAN),
-        100.0 * best_outcome.accuracy
-    )?;
-    writeln!(
-        out,
-        "wrote {}/{{config.toml, trials.jsonl, best.toml, report.md, rewards.svg}} ({} trials in {elapsed:.1} s)",
-        dir.display(),
-        trials.len()
-    )?;
-    Ok(())
 }
 
 /// Lets the driver use a boxed strategy.
@@ -394,12 +489,12 @@ impl Strategy for StrategyRef<'_> {
 
 fn report(
     cfg: &SearchConfig,
-    records: &[(Trial, DistillerSpec, TrialOutcome)],
+    records: &[Record],
+    baseline: Option<&[Record]>,
     seconds: f64,
     dir: &Path,
 ) -> String {
-    let mut sorted: Vec<&(Trial, DistillerSpec, TrialOutcome)> =
-        records.iter().filter(|r| r.0.reward.is_some()).collect();
+    let mut sorted: Vec<&Record> = records.iter().filter(|r| r.0.reward.is_some()).collect();
     sorted.sort_by(|a, b| {
         b.0.reward
             .partial_cmp(&a.0.reward)
@@ -431,63 +526,107 @@ fn report(
             spec
         ));
     }
+    if let Some(base) = baseline {
+        let curve = |r: &[Record]| best_so_far(r);
+        let (m, b) = (curve(records), curve(base));
+        let final_b = b.last().copied().flatten().unwrap_or(f64::NEG_INFINITY);
+        let reached = m
+            .iter()
+            .position(|v| v.is_some_and(|v| v >= final_b))
+            .map_or("never".to_string(), |i| format!("at trial {}", i + 1));
+        s.push_str(&format!(
+            "\n## Against random search (same space, same budget)\n\n| strategy | best reward | trials |\n| --- | ---: | ---: |\n| {:?} | {:.4} | {} |\n| random | {:.4} | {} |\n\n{:?} reached random search's final best {reached}.\n",
+            cfg.strategy,
+            m.last().copied().flatten().unwrap_or(f64::NAN),
+            records.len(),
+            final_b,
+            base.len(),
+            cfg.strategy
+        ));
+    }
     s.push_str("\n![reward against trial](rewards.svg)\n");
     s
 }
 
-/// An SVG plot of each trial's reward (dots) and the best so far (line).
-fn plot(records: &[(Trial, DistillerSpec, TrialOutcome)]) -> String {
+/// Best reward so far after each trial (`None` until one is accepted).
+fn best_so_far(records: &[Record]) -> Vec<Option<f64>> {
+    let mut best: Option<f64> = None;
+    records
+        .iter()
+        .map(|r| {
+            if let Some(v) = r.0.reward {
+                best = Some(best.map_or(v, |b| b.max(v)));
+            }
+            best
+        })
+        .collect()
+}
+
+/// An SVG plot of each trial's reward (dots) and the best so far (line), with the random
+/// baseline's best so far when it ran. The reward axis is clipped at the 10th percentile so
+/// that a few disastrous candidates do not flatten the curve.
+fn plot(records: &[Record], baseline: Option<&[Record]>) -> String {
     let (w, h, m) = (640.0, 360.0, 50.0);
     let rewards: Vec<Option<f64>> = records.iter().map(|r| r.0.reward).collect();
-    let vals: Vec<f64> = rewards.iter().flatten().copied().collect();
-    let (lo, hi) = vals
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
+    let mut vals: Vec<f64> = rewards.iter().flatten().copied().collect();
+    if let Some(b) = baseline {
+        vals.extend(b.iter().filter_map(|r| r.0.reward));
+    }
+    vals.sort_by(f64::total_cmp);
+    let hi = vals.last().copied().unwrap_or(1.0);
+    let lo = vals.get(vals.len() / 10).copied().unwrap_or(0.0);
     let (lo, hi) = if lo < hi {
         (lo, hi)
     } else {
         (lo - 1.0, hi + 1.0)
     };
-    let n = records.len().max(2) as f64;
+    let n = records
+        .len()
+        .max(baseline.map_or(0, <[Record]>::len))
+        .max(2) as f64;
     let x = |i: usize| m + (w - 2.0 * m) * i as f64 / (n - 1.0);
-    let y = |v: f64| h - m - (h - 2.0 * m) * (v - lo) / (hi - lo);
+    let y = |v: f64| h - m - (h - 2.0 * m) * (v.max(lo) - lo) / (hi - lo);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     svg.push_str(&format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m, h - m));
     svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">trial</text>\n<text x=\"12\" y=\"{}\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">reward</text>\n", w / 2.0, h - 12.0, h / 2.0, h / 2.0));
     svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{hi:.3}</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{lo:.3}</text>\n", m - 4.0, m + 4.0, m - 4.0, h - m));
-    let mut best = f64::NEG_INFINITY;
-    let mut line = String::new();
     for (i, r) in rewards.iter().enumerate() {
         match r {
-            Some(v) => {
-                svg.push_str(&format!(
-                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#4477aa\"/>\n",
-                    x(i),
-                    y(*v)
-                ));
-                best = best.max(*v);
-            }
+            Some(v) => svg.push_str(&format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#4477aa\"/>\n",
+                x(i),
+                y(*v)
+            )),
             None => svg.push_str(&format!(
                 "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#cc3311\" text-anchor=\"middle\">×</text>\n",
                 x(i),
                 h - m - 4.0
             )),
         }
-        if best.is_finite() {
-            line.push_str(&format!("{:.1},{:.1} ", x(i), y(best)));
-        }
     }
-    svg.push_str(&format!(
-        "<polyline points=\"{line}\" fill=\"none\" stroke=\"#ee6677\" stroke-width=\"2\"/>\n"
-    ));
-    svg.push_str(&format!(
-        "<text x=\"{}\" y=\"{}\" fill=\"#ee6677\">best so far</text>\n</svg>\n",
-        w - m - 80.0,
-        m - 10.0
-    ));
+    let line = |curve: Vec<Option<f64>>, colour: &str, label: &str, row: f64| {
+        let pts: String = curve
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1} ", x(i), y(v))))
+            .collect();
+        format!(
+            "<polyline points=\"{pts}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>\n<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{label}</text>\n",
+            w - m - 150.0,
+            m - 30.0 + 14.0 * row
+        )
+    };
+    svg.push_str(&line(best_so_far(records), "#ee6677", "best so far", 0.0));
+    if let Some(b) = baseline {
+        svg.push_str(&line(
+            best_so_far(b),
+            "#228833",
+            "random search, best so far",
+            1.0,
+        ));
+    }
+    svg.push_str("</svg>\n");
     svg
 }

@@ -24,6 +24,17 @@ pub fn run<S: Strategy, E: FnMut(&Choices) -> Option<f64>>(
     strategy: &mut S,
     budget: usize,
     max_repeats: usize,
+    evaluate: E,
+) -> Vec<Trial> {
+    run_until(strategy, budget, max_repeats, || false, evaluate)
+}
+
+/// [`run`], also stopping before a new evaluation once `stop()` says so (a wall-time budget).
+pub fn run_until<S: Strategy, E: FnMut(&Choices) -> Option<f64>>(
+    strategy: &mut S,
+    budget: usize,
+    max_repeats: usize,
+    mut stop: impl FnMut() -> bool,
     mut evaluate: E,
 ) -> Vec<Trial> {
     let mut seen: HashMap<Choices, Option<f64>> = HashMap::new();
@@ -37,6 +48,9 @@ pub fn run<S: Strategy, E: FnMut(&Choices) -> Option<f64>>(
             continue;
         }
         repeats = 0;
+        if stop() {
+            break;
+        }
         let reward = evaluate(&ticket.choices);
         seen.insert(ticket.choices.clone(), reward);
         strategy.tell(&ticket, reward);
@@ -178,6 +192,23 @@ mod tests {
         let firsts: std::collections::HashSet<usize> =
             tickets.iter().map(|t| t.choices[0]).collect();
         assert!(firsts.len() >= 3, "{tickets:?}");
+    }
+
+    #[test]
+    fn stop_ends_the_search() {
+        let mut m = Mcts::new(&LEVELS, MctsConfig::default());
+        let mut calls = 0;
+        let trials = run_until(
+            &mut m,
+            100,
+            100,
+            || {
+                calls += 1;
+                calls > 5
+            },
+            |c| Some(reward(c)),
+        );
+        assert_eq!(trials.len(), 5);
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod driver;
 pub mod mcts;
 pub mod random;
 
-pub use driver::{Trial, run};
+pub use driver::{Trial, run, run_until};
 pub use mcts::{Mcts, MctsConfig, Ticket};
 pub use random::RandomSearch;
 
