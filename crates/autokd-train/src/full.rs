@@ -471,20 +471,6 @@ mod tests {
     use super::*;
     use autokd_data::DatasetSpec;
     use autokd_models::ModelName;
-    use burn::module::{Module, ModuleVisitor, Param};
-
-    fn snapshot<M: Module>(m: &M) -> Vec<f32> {
-        struct V(Vec<f32>);
-        impl ModuleVisitor for V {
-            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-                self.0
-                    .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
-            }
-        }
-        let mut v = V(Vec::new());
-        m.valid().visit(&mut v);
-        v.0
-    }
 
     #[test]
     fn presets_and_schedules() {
@@ -518,17 +504,12 @@ mod tests {
         let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
-        let spec = |name| ModelSpec {
-            name,
-            in_channels: 1,
-            num_classes: 10,
-            image_size: 8,
-        };
+        let spec = crate::testing::digits_spec;
         // The teacher on the autodiff device, as a careless caller might leave it.
         let teacher = spec(ModelName::Resnet14)
             .init(&device.clone().autodiff())
             .unwrap();
-        let before = snapshot(&teacher);
+        let before = crate::testing::snapshot(&teacher);
         let cwd = DistillerSpec::baseline("cwd").unwrap();
         let recipe = Recipe {
             epochs: 3,
@@ -559,7 +540,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sa.epochs_run, 3);
-        assert_eq!(snapshot(&teacher), before, "the teacher moved");
+        assert_eq!(
+            crate::testing::snapshot(&teacher),
+            before,
+            "the teacher moved"
+        );
         let lines: Vec<EpochMetrics> = std::fs::read_to_string(whole.join("metrics.jsonl"))
             .unwrap()
             .lines()
@@ -613,7 +598,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s2.epochs_run, 1);
-        assert_eq!(snapshot(&a), snapshot(&b), "resumed weights differ");
+        assert_eq!(
+            crate::testing::snapshot(&a),
+            crate::testing::snapshot(&b),
+            "resumed weights differ"
+        );
         assert_eq!(
             std::fs::read_to_string(split.join("metrics.jsonl"))
                 .unwrap()

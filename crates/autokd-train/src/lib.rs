@@ -29,6 +29,9 @@ pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 pub mod cache;
 pub mod error;
 pub mod full;

@@ -395,33 +395,11 @@ mod tests {
     use super::*;
     use autokd_data::DatasetSpec;
     use autokd_models::ModelName;
-    use burn::module::{Module, ModuleVisitor, Param};
-
-    /// Every float of a module (parameters and BatchNorm running statistics, synchronized by
-    /// `valid()`), in visit order.
-    fn snapshot<M: Module>(m: &M) -> Vec<f32> {
-        let m = m.valid();
-        struct V(Vec<f32>);
-        impl ModuleVisitor for V {
-            fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-                self.0
-                    .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
-            }
-        }
-        let mut v = V(Vec::new());
-        m.visit(&mut v);
-        v.0
-    }
 
     fn setup(config: ProxyConfig) -> (ProxyEvaluator, Model) {
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
-        let spec = |name| ModelSpec {
-            name,
-            in_channels: 1,
-            num_classes: 10,
-            image_size: 8,
-        };
+        let spec = crate::testing::digits_spec;
         // The teacher lives on an autodiff device, as a careless caller might leave it: the
         // cache must still run it frozen.
         let teacher = spec(ModelName::Resnet14)
@@ -463,7 +441,7 @@ mod tests {
         }
         .init(&device.clone().autodiff())
         .unwrap();
-        let before = snapshot(&teacher);
+        let before = crate::testing::snapshot(&teacher);
         let all: Vec<usize> = (0..teacher.feature_info().len()).collect();
         let student = ModelSpec {
             name: ModelName::Resnet8,
@@ -478,12 +456,12 @@ mod tests {
         let cwd = DistillerSpec::baseline("cwd").unwrap();
         let a = eval.evaluate(&cwd).unwrap();
         // BatchNorm statistics and weights of the teacher did not move.
-        assert_eq!(snapshot(&teacher), before);
+        assert_eq!(crate::testing::snapshot(&teacher), before);
         // A forward in training mode on the autodiff device would have moved them: the check
         // above can fail.
         let x = Tensor::<4>::ones([4, 1, 8, 8], &device.clone().autodiff());
         let _ = teacher.forward(x);
-        assert_ne!(snapshot(&teacher), before);
+        assert_ne!(crate::testing::snapshot(&teacher), before);
         // Same seed, same trial.
         let b = eval.evaluate(&cwd).unwrap();
         assert_eq!(
@@ -513,12 +491,7 @@ mod tests {
         let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
-        let spec = |name| ModelSpec {
-            name,
-            in_channels: 1,
-            num_classes: 10,
-            image_size: 8,
-        };
+        let spec = crate::testing::digits_spec;
         let teacher = spec(ModelName::Resnet14).init(&device).unwrap();
         let all: Vec<usize> = (0..teacher.feature_info().len()).collect();
         let make = |cache_teacher| {
