@@ -160,19 +160,25 @@ impl Recipe {
             OptimizerKind::Sgd {
                 momentum,
                 weight_decay,
-            } => SgdConfig::new()
-                .with_momentum(Some(
-                    MomentumConfig::new()
-                        .with_momentum(*momentum)
-                        .with_dampening(0.0),
-                ))
-                .with_weight_decay(Some(WeightDecayConfig::new(*weight_decay as f32)))
-                .init(),
+            } => sgd(*momentum, *weight_decay),
             OptimizerKind::AdamW { weight_decay } => AdamWConfig::new()
                 .with_weight_decay(*weight_decay as f32)
                 .init(),
         }
     }
+}
+
+/// SGD with momentum (no dampening, as PyTorch's default) and L2 weight decay: the optimizer
+/// of the CIFAR/ImageNet recipes, the supervised trainer and the proxy.
+pub(crate) fn sgd(momentum: f64, weight_decay: f64) -> ModuleOptimizer {
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(momentum)
+                .with_dampening(0.0),
+        ))
+        .with_weight_decay(Some(WeightDecayConfig::new(weight_decay as f32)))
+        .init()
 }
 
 /// Metrics of one epoch (one line of `metrics.jsonl`).

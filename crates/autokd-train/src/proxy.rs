@@ -19,9 +19,7 @@ use autokd_data::{
 };
 use autokd_distill::{Distiller, DistillerSpec};
 use autokd_models::{Backbone, Model, ModelSpec, TapInfo, TapRequest};
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{ModuleOptimizer, SgdConfig};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
@@ -237,16 +235,7 @@ impl ProxyEvaluator {
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
-        SgdConfig::new()
-            .with_momentum(Some(
-                MomentumConfig::new()
-                    .with_momentum(self.config.momentum)
-                    .with_dampening(0.0),
-            ))
-            .with_weight_decay(Some(WeightDecayConfig::new(
-                self.config.weight_decay as f32,
-            )))
-            .init()
+        crate::full::sgd(self.config.momentum, self.config.weight_decay)
     }
 
     /// Trains a fresh student with `spec` on the proxy subset and scores it. Errors are for specs

@@ -3,11 +3,9 @@
 //! augmentation, seeded.
 
 use autokd_data::{Augment, DataLoader, Dataset, LoaderConfig, Transform};
-use autokd_models::{Backbone, Model, ModelSpec, TapRequest};
+use autokd_models::{Backbone, Model, ModelSpec};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, SgdConfig};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -66,34 +64,7 @@ pub struct EpochReport {
 
 /// Top-1 accuracy of `model` (its `valid()` copy) on the test split of `dataset`.
 pub fn accuracy(model: &Model, dataset: &Dataset, device: &Device) -> Result<f64> {
-    let model = model.valid();
-    let loader = DataLoader::new(
-        dataset.test.clone(),
-        Transform::eval(&dataset.info)?,
-        LoaderConfig {
-            batch_size: 256,
-            shuffle: false,
-            workers: 1,
-            ..LoaderConfig::default()
-        },
-    )?;
-    let (mut correct, mut n) = (0usize, 0usize);
-    for batch in loader.epoch(0, device) {
-        let batch = batch?;
-        let b = batch.positions.len();
-        let logits = model
-            .forward_intermediates(batch.images, &TapRequest::none())
-            .eval_logits();
-        correct += logits
-            .argmax(1)
-            .reshape([b])
-            .equal(batch.targets)
-            .int()
-            .sum()
-            .into_scalar::<i64>() as usize;
-        n += b;
-    }
-    Ok(correct as f64 / n.max(1) as f64)
+    Ok(crate::full::evaluate(model, dataset, device)?.0)
 }
 
 /// Trains `spec` from scratch on the training split of `dataset`; `on_epoch` sees each epoch.
@@ -125,14 +96,7 @@ pub fn train_supervised(
             ..LoaderConfig::default()
         },
     )?;
-    let mut optim = SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(config.momentum)
-                .with_dampening(0.0),
-        ))
-        .with_weight_decay(Some(WeightDecayConfig::new(config.weight_decay as f32)))
-        .init();
+    let mut optim = crate::full::sgd(config.momentum, config.weight_decay);
     let ce = CrossEntropyLossConfig::new().init(&ad);
     let mut reports = Vec::new();
     for epoch in 0..config.epochs {
