@@ -1,15 +1,26 @@
-//! Runs a strategy for a budget of evaluations, one at a time, reusing the reward of a candidate
-//! seen before instead of evaluating it again (a repeat is told to the strategy but costs no
-//! budget).
+//! Runs a strategy for a budget of distinct candidates, one at a time or several in parallel,
+//! logging every trial to a [`TrialStore`] so that a killed search resumes where it stopped.
+//!
+//! - A candidate seen before is not evaluated again: its reward is told to the strategy and no
+//!   budget is spent (a candidate still in flight is told when its trial finishes).
+//! - **Resume.** The store's events are replayed through the same seeded strategy, in their logged
+//!   order: each `started` event must be what the strategy proposes (else the store belongs to a
+//!   different search), each `finished` event is told to it. The strategy ends in the state it had
+//!   when the search stopped; trials started and never finished are run again first.
+//! - **Parallel trials.** `workers` threads evaluate; the calling thread asks, tells and writes the
+//!   store. With one worker the sequence of trials is a function of the seed and the rewards.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::mpsc;
 
-use crate::{Choices, Strategy};
+use crate::store::{Event, MemoryStore, StoreError, TrialStore};
+use crate::{Choices, Strategy, Ticket};
 
 /// One evaluated candidate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trial {
-    /// Index of the trial (0-based, in evaluation order).
+    /// Index of the trial (0-based, in the order trials were started).
     pub index: usize,
     /// The candidate.
     pub choices: Choices,
@@ -17,10 +28,282 @@ pub struct Trial {
     pub reward: Option<f64>,
 }
 
-/// Evaluates up to `budget` distinct candidates proposed by `strategy`. Stops early when
-/// `max_repeats` proposals in a row were all seen before (the space is exhausted or the strategy
-/// has converged).
-pub fn run<S: Strategy, E: FnMut(&Choices) -> Option<f64>>(
+/// A finished trial with what its evaluator reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialResult {
+    /// The trial.
+    pub trial: Trial,
+    /// The evaluator's report besides the reward.
+    pub payload: serde_json::Value,
+    /// Whether it came from the store rather than from an evaluation in this process.
+    pub replayed: bool,
+}
+
+/// What an evaluation gives: the reward (`None`: rejected) and a payload to store, or an error
+/// that stops the search.
+pub type Evaluation = Result<(Option<f64>, serde_json::Value), String>;
+
+/// Budget and parallelism of a search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriverConfig {
+    /// Distinct candidates to evaluate (counting those replayed from the store).
+    pub budget: usize,
+    /// Evaluations running at once (at least 1).
+    pub workers: usize,
+    /// Stop when this many proposals in a row were all seen before (the space is exhausted or the
+    /// strategy has converged).
+    pub max_repeats: usize,
+}
+
+/// Why a search stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store's events are not what this search would have done.
+    #[error(
+        "the store does not belong to this search: {0} (resume with the config and seed that wrote it, or start a new run)"
+    )]
+    Diverged(String),
+    /// An evaluation failed.
+    #[error("trial {trial} failed: {message}")]
+    Evaluation {
+        /// Trial index.
+        trial: usize,
+        /// The evaluator's error.
+        message: String,
+    },
+}
+
+/// The coordinator's bookkeeping.
+struct State<'s, S: Strategy + ?Sized> {
+    strategy: &'s mut S,
+    seen: HashMap<Choices, Option<f64>>,
+    /// Trials started and not finished: their tickets.
+    in_flight: HashMap<usize, Ticket>,
+    /// Tickets of candidates asked again while their trial was in flight.
+    waiting: HashMap<Choices, Vec<Ticket>>,
+    started: usize,
+    repeats: usize,
+    results: Vec<TrialResult>,
+    max_repeats: usize,
+}
+
+impl<S: Strategy + ?Sized> State<'_, S> {
+    /// The next candidate never seen nor in flight, or `None` once `max_repeats` proposals in a
+    /// row were repeats.
+    fn ask_fresh(&mut self) -> Option<Ticket> {
+        while self.repeats < self.max_repeats {
+            let ticket = self.strategy.ask();
+            if let Some(&reward) = self.seen.get(&ticket.choices) {
+                self.strategy.tell(&ticket, reward);
+                self.repeats += 1;
+            } else if self.in_flight.values().any(|t| t.choices == ticket.choices) {
+                self.waiting
+                    .entry(ticket.choices.clone())
+                    .or_default()
+                    .push(ticket);
+                self.repeats += 1;
+            } else {
+                self.repeats = 0;
+                return Some(ticket);
+            }
+        }
+        None
+    }
+
+    fn finish(
+        &mut self,
+        trial: usize,
+        reward: Option<f64>,
+        payload: serde_json::Value,
+        replayed: bool,
+    ) -> Result<&TrialResult, DriverError> {
+        let ticket = self.in_flight.remove(&trial).ok_or_else(|| {
+            DriverError::Diverged(format!("trial {trial} finished but was never started"))
+        })?;
+        self.strategy.tell(&ticket, reward);
+        for t in self.waiting.remove(&ticket.choices).unwrap_or_default() {
+            self.strategy.tell(&t, reward);
+        }
+        self.seen.insert(ticket.choices.clone(), reward);
+        self.results.push(TrialResult {
+            trial: Trial {
+                index: trial,
+                choices: ticket.choices,
+                reward,
+            },
+            payload,
+            replayed,
+        });
+        self.results
+            .last()
+            .ok_or_else(|| DriverError::Diverged("no result".into()))
+    }
+}
+
+/// Runs `strategy` against `store` (replaying what it holds first) until the budget is spent,
+/// `stop()` says so before a new trial, or the space is exhausted. `on_result` sees every finished
+/// trial, replayed ones first. Returns the finished trials in the order they finished.
+pub fn drive<S, E>(
+    strategy: &mut S,
+    store: &mut dyn TrialStore,
+    config: DriverConfig,
+    mut stop: impl FnMut() -> bool,
+    evaluate: E,
+    mut on_result: impl FnMut(&TrialResult),
+) -> Result<Vec<TrialResult>, DriverError>
+where
+    S: Strategy + ?Sized,
+    E: Fn(usize, &Choices) -> Evaluation + Sync,
+{
+    let mut st = State {
+        strategy,
+        seen: HashMap::new(),
+        in_flight: HashMap::new(),
+        waiting: HashMap::new(),
+        started: 0,
+        repeats: 0,
+        results: Vec::new(),
+        max_repeats: config.max_repeats.max(1),
+    };
+    // Replay.
+    for event in store.events()? {
+        match event {
+            Event::Started { trial, choices } => {
+                let ticket = st.ask_fresh().ok_or_else(|| {
+                    DriverError::Diverged(format!(
+                        "trial {trial} was started but this search proposes nothing more"
+                    ))
+                })?;
+                if trial != st.started || ticket.choices != choices {
+                    return Err(DriverError::Diverged(format!(
+                        "trial {trial} evaluated {choices:?}, this search proposes {:?} as trial {}",
+                        ticket.choices, st.started
+                    )));
+                }
+                st.in_flight.insert(trial, ticket);
+                st.started += 1;
+            }
+            Event::Finished {
+                trial,
+                reward,
+                payload,
+            } => {
+                let r = st.finish(trial, reward, payload, true)?;
+                on_result(r);
+            }
+        }
+    }
+    // Trials that were running when the search stopped run again first.
+    let mut rerun: Vec<(usize, Choices)> = st
+        .in_flight
+        .iter()
+        .map(|(&i, t)| (i, t.choices.clone()))
+        .collect();
+    rerun.sort();
+    let mut queue: VecDeque<(usize, Choices)> = rerun.into();
+    let workers = config.workers.max(1);
+    let (job_tx, job_rx) = mpsc::channel::<(usize, Choices)>();
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Evaluation)>();
+    let job_rx = Mutex::new(job_rx);
+    let mut failure: Option<DriverError> = None;
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let (job_rx, done_tx, evaluate) = (&job_rx, done_tx.clone(), &evaluate);
+            scope.spawn(move || {
+                loop {
+                    let job = match job_rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((trial, choices)) = job else {
+                        return;
+                    };
+                    if done_tx.send((trial, evaluate(trial, &choices))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        let mut running = 0usize;
+        let mut exhausted = false;
+        loop {
+            while running < workers && failure.is_none() {
+                let job = if let Some(job) = queue.pop_front() {
+                    job
+                } else if exhausted || st.started >= config.budget || stop() {
+                    exhausted = true;
+                    break;
+                } else if let Some(ticket) = st.ask_fresh() {
+                    let trial = st.started;
+                    let choices = ticket.choices.clone();
+                    if let Err(e) = store.append(&Event::Started {
+                        trial,
+                        choices: choices.clone(),
+                    }) {
+                        failure = Some(e.into());
+                        break;
+                    }
+                    st.in_flight.insert(trial, ticket);
+                    st.started += 1;
+                    (trial, choices)
+                } else {
+                    exhausted = true;
+                    break;
+                };
+                if job_tx.send(job).is_err() {
+                    break;
+                }
+                running += 1;
+            }
+            if running == 0 {
+                break;
+            }
+            let Ok((trial, evaluation)) = done_rx.recv() else {
+                break;
+            };
+            running -= 1;
+            match evaluation {
+                Ok((reward, payload)) if failure.is_none() => {
+                    let event = Event::Finished {
+                        trial,
+                        reward,
+                        payload,
+                    };
+                    if let Err(e) = store.append(&event) {
+                        failure = Some(e.into());
+                        continue;
+                    }
+                    let Event::Finished { payload, .. } = event else {
+                        continue;
+                    };
+                    match st.finish(trial, reward, payload, false) {
+                        Ok(r) => on_result(r),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+                Ok(_) => {}
+                Err(message) => {
+                    if failure.is_none() {
+                        failure = Some(DriverError::Evaluation { trial, message });
+                    }
+                }
+            }
+        }
+        drop(job_tx);
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(st.results),
+    }
+}
+
+/// Evaluates up to `budget` distinct candidates proposed by `strategy`, one at a time, without a
+/// store. Stops early when `max_repeats` proposals in a row were all seen before.
+pub fn run<S: Strategy + ?Sized, E: FnMut(&Choices) -> Option<f64> + Send>(
     strategy: &mut S,
     budget: usize,
     max_repeats: usize,
@@ -30,37 +313,37 @@ pub fn run<S: Strategy, E: FnMut(&Choices) -> Option<f64>>(
 }
 
 /// [`run`], also stopping before a new evaluation once `stop()` says so (a wall-time budget).
-pub fn run_until<S: Strategy, E: FnMut(&Choices) -> Option<f64>>(
+pub fn run_until<S: Strategy + ?Sized, E: FnMut(&Choices) -> Option<f64> + Send>(
     strategy: &mut S,
     budget: usize,
     max_repeats: usize,
-    mut stop: impl FnMut() -> bool,
-    mut evaluate: E,
+    stop: impl FnMut() -> bool,
+    evaluate: E,
 ) -> Vec<Trial> {
-    let mut seen: HashMap<Choices, Option<f64>> = HashMap::new();
-    let mut trials = Vec::new();
-    let mut repeats = 0;
-    while trials.len() < budget && repeats < max_repeats {
-        let ticket = strategy.ask();
-        if let Some(&reward) = seen.get(&ticket.choices) {
-            strategy.tell(&ticket, reward);
-            repeats += 1;
-            continue;
-        }
-        repeats = 0;
-        if stop() {
-            break;
-        }
-        let reward = evaluate(&ticket.choices);
-        seen.insert(ticket.choices.clone(), reward);
-        strategy.tell(&ticket, reward);
-        trials.push(Trial {
-            index: trials.len(),
-            choices: ticket.choices,
-            reward,
-        });
-    }
-    trials
+    // One worker: evaluations happen one at a time, so the FnMut can sit behind a lock.
+    let evaluate = Mutex::new(evaluate);
+    let config = DriverConfig {
+        budget,
+        workers: 1,
+        max_repeats,
+    };
+    let results = drive(
+        strategy,
+        &mut MemoryStore::new(),
+        config,
+        stop,
+        |_, c| match evaluate.lock() {
+            Ok(mut f) => Ok(((*f)(c), serde_json::Value::Null)),
+            Err(_) => Err("evaluator panicked".to_string()),
+        },
+        |_| {},
+    );
+    // A memory store cannot fail and the evaluator above returns no errors.
+    results
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| r.trial)
+        .collect()
 }
 
 #[cfg(test)]
@@ -209,6 +492,210 @@ mod tests {
             |c| Some(reward(c)),
         );
         assert_eq!(trials.len(), 5);
+    }
+
+    fn mcts(seed: u64) -> Mcts {
+        Mcts::new(
+            &LEVELS,
+            MctsConfig {
+                seed,
+                ..MctsConfig::default()
+            },
+        )
+    }
+
+    fn eval(_: usize, c: &Choices) -> Evaluation {
+        // Reject some candidates so that rejections are replayed too.
+        let r = if c[1] == 3 { None } else { Some(reward(c)) };
+        Ok((r, serde_json::json!({ "first": c[0] })))
+    }
+
+    fn config(budget: usize, workers: usize) -> DriverConfig {
+        DriverConfig {
+            budget,
+            workers,
+            max_repeats: 1000,
+        }
+    }
+
+    #[test]
+    fn resume_after_a_kill_at_any_event_loses_nothing() {
+        let mut full_store = MemoryStore::new();
+        let full = drive(
+            &mut mcts(7),
+            &mut full_store,
+            config(40, 1),
+            || false,
+            eval,
+            |_| {},
+        )
+        .unwrap();
+        let events = full_store.events().unwrap();
+        assert_eq!(events.len(), 80);
+        // Killed after every possible event: the finished trials are kept (not evaluated again),
+        // an in-flight trial is run again, and the search ends exactly as the uninterrupted one.
+        for cut in 0..events.len() {
+            let mut store = MemoryStore::new();
+            for e in &events[..cut] {
+                store.append(e).unwrap();
+            }
+            let evaluated = Mutex::new(Vec::new());
+            let resumed = drive(
+                &mut mcts(7),
+                &mut store,
+                config(40, 1),
+                || false,
+                |i, c| {
+                    evaluated.lock().unwrap().push(i);
+                    eval(i, c)
+                },
+                |_| {},
+            )
+            .unwrap();
+            let strip = |r: &[TrialResult]| {
+                r.iter()
+                    .map(|r| (r.trial.clone(), r.payload.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(strip(&resumed), strip(&full), "cut at event {cut}");
+            assert_eq!(store.events().unwrap(), events, "cut at event {cut}");
+            let finished = cut / 2;
+            assert_eq!(
+                evaluated.into_inner().unwrap(),
+                (finished..40).collect::<Vec<_>>()
+            );
+            assert!(resumed[..finished].iter().all(|r| r.replayed));
+            assert!(resumed[finished..].iter().all(|r| !r.replayed));
+        }
+    }
+
+    #[test]
+    fn parallel_trials_resume_with_any_number_of_workers() {
+        let mut store = MemoryStore::new();
+        let stops = std::cell::Cell::new(0);
+        // Four workers; stopped after 23 trials were started (some still running).
+        let first = drive(
+            &mut mcts(3),
+            &mut store,
+            config(60, 4),
+            || {
+                stops.set(stops.get() + 1);
+                stops.get() > 23
+            },
+            |i, c| {
+                std::thread::sleep(std::time::Duration::from_millis((i as u64 * 7) % 5));
+                eval(i, c)
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(first.len(), 23);
+        // Drop the last two finished events, as if killed with two trials in flight.
+        let mut events = store.events().unwrap();
+        let mut dropped = 0;
+        while dropped < 2 {
+            if let Some(pos) = events
+                .iter()
+                .rposition(|e| matches!(e, Event::Finished { .. }))
+            {
+                events.remove(pos);
+                dropped += 1;
+            }
+        }
+        let mut store = MemoryStore::new();
+        for e in &events {
+            store.append(e).unwrap();
+        }
+        let evaluated = Mutex::new(0usize);
+        let resumed = drive(
+            &mut mcts(3),
+            &mut store,
+            config(60, 2),
+            || false,
+            |i, c| {
+                *evaluated.lock().unwrap() += 1;
+                eval(i, c)
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(resumed.len(), 60);
+        assert_eq!(*evaluated.lock().unwrap(), 60 - 21);
+        let mut seen = std::collections::HashSet::new();
+        assert!(resumed.iter().all(|r| seen.insert(r.trial.choices.clone())));
+        let mut indices: Vec<usize> = resumed.iter().map(|r| r.trial.index).collect();
+        indices.sort();
+        assert_eq!(indices, (0..60).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn parallel_workers_run_at_once() {
+        let active = std::sync::atomic::AtomicUsize::new(0);
+        let peak = std::sync::atomic::AtomicUsize::new(0);
+        use std::sync::atomic::Ordering::SeqCst;
+        let results = drive(
+            &mut mcts(1),
+            &mut MemoryStore::new(),
+            config(24, 3),
+            || false,
+            |i, c| {
+                let now = active.fetch_add(1, SeqCst) + 1;
+                peak.fetch_max(now, SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                active.fetch_sub(1, SeqCst);
+                eval(i, c)
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(results.len(), 24);
+        assert_eq!(peak.load(SeqCst), 3);
+    }
+
+    #[test]
+    fn a_store_from_another_search_is_refused() {
+        let mut store = MemoryStore::new();
+        drive(
+            &mut mcts(1),
+            &mut store,
+            config(5, 1),
+            || false,
+            eval,
+            |_| {},
+        )
+        .unwrap();
+        let err = drive(
+            &mut mcts(2),
+            &mut store,
+            config(5, 1),
+            || false,
+            eval,
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("does not belong to this search"), "{err}");
+    }
+
+    #[test]
+    fn a_failed_evaluation_stops_the_search_with_its_trial() {
+        let err = drive(
+            &mut mcts(1),
+            &mut MemoryStore::new(),
+            config(10, 2),
+            || false,
+            |i, c| {
+                if i == 4 {
+                    Err("out of memory".into())
+                } else {
+                    eval(i, c)
+                }
+            },
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(err, "trial 4 failed: out of memory");
     }
 
     #[test]

@@ -1,14 +1,24 @@
 //! Search over distillers, without tensors: Monte Carlo Tree Search with UCT (and WU-UCT
 //! counting of in-flight trials) and the random-search baseline, over a space given as levels of
-//! options. A candidate is one choice per level; an [`Evaluator`] turns it into a reward.
+//! options. A candidate is one choice per level; the caller's evaluation turns it into a reward.
+//! [`drive`] runs a search against a [`TrialStore`] (memory, a JSON-lines journal, SQLite), one or
+//! several trials at a time, and resumes a killed search from its store.
 
 pub mod driver;
 pub mod mcts;
 pub mod random;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+pub mod store;
 
-pub use driver::{Trial, run, run_until};
+pub use driver::{
+    DriverConfig, DriverError, Evaluation, Trial, TrialResult, drive, run, run_until,
+};
 pub use mcts::{Mcts, MctsConfig, Ticket};
 pub use random::RandomSearch;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+pub use store::{Event, JournalStore, MemoryStore, StoreError, TrialStore};
 
 /// One option index per level.
 pub type Choices = Vec<usize>;
