@@ -363,6 +363,20 @@ fn train_a_teacher_then_distil_with_a_spec_file() {
     ])
     .unwrap();
     assert!(text.contains("seed 0 epoch   1/1"), "{text}");
+    // A fixed stratified subset of the training split.
+    let small = autokd(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--epochs",
+        "1",
+        "--train-per-class",
+        "20",
+        "--out",
+        &p("small"),
+    ])
+    .unwrap();
+    assert!(small.contains("(200 train, 359 test)"), "{small}");
     let weights = p("teacher/seed0/model.bpk");
     assert!(std::path::Path::new(&weights).is_file());
     let spec = autokd_distill::DistillerSpec::baseline("cwd").unwrap();

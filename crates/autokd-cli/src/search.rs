@@ -10,7 +10,7 @@ use anyhow::Context;
 use autokd_data::DatasetSpec;
 use autokd_distill::{DistillerSpec, SearchSpaceConfig};
 use autokd_models::{Backbone, Model, ModelName, ModelSpec, load_weights, save_weights};
-use autokd_search::{Mcts, MctsConfig, RandomSearch, Strategy, Trial, run_until};
+use autokd_search::{Mcts, MctsConfig, RandomSearch, Strategy, Trial};
 use autokd_train::{ProxyConfig, ProxyEvaluator, SupervisedConfig, TrialOutcome, train_supervised};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,18 @@ pub enum StrategyName {
     Mcts,
     /// Uniform random search (the baseline).
     Random,
+}
+
+/// Where the trials of a search are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// JSON lines in the run folder (`journal.jsonl`): a killed search resumes from it.
+    Journal,
+    /// A SQLite database (`store_path`, default `trials.sqlite` in the run folder).
+    Sqlite,
+    /// In memory only: nothing to resume from.
+    Memory,
 }
 
 /// A search, as a config file gives it (every field has a default: the embedded-digits search).
@@ -56,6 +68,27 @@ pub struct SearchConfig {
     pub max_minutes: Option<f64>,
     /// After an MCTS search, run random search with the same budget and plot both.
     pub baseline: bool,
+    /// Proxy trials evaluated at once (threads sharing the teacher cache).
+    pub workers: usize,
+    /// Where trials are kept.
+    pub store: StoreKind,
+    /// Database file of the SQLite store (default `trials.sqlite` in the run folder).
+    pub store_path: Option<PathBuf>,
+}
+
+impl SearchConfig {
+    /// The same search, whatever its budget and parallelism: what a run folder can be resumed
+    /// with.
+    fn same_search(&self, other: &Self) -> bool {
+        let strip = |c: &Self| Self {
+            trials: 0,
+            max_minutes: None,
+            workers: 1,
+            baseline: false,
+            ..c.clone()
+        };
+        strip(self) == strip(other)
+    }
 }
 
 impl Default for SearchConfig {
@@ -73,6 +106,9 @@ impl Default for SearchConfig {
             trials: 60,
             max_minutes: None,
             baseline: false,
+            workers: 1,
+            store: StoreKind::Journal,
+            store_path: None,
         }
     }
 }
@@ -101,6 +137,12 @@ pub struct SearchArgs {
     /// Also run the random-search baseline with the same budget, and plot both.
     #[arg(long)]
     pub baseline: bool,
+    /// Proxy trials evaluated at once (overrides the config).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Where trials are kept (overrides the config).
+    #[arg(long)]
+    pub store: Option<StoreKind>,
     /// Device.
     #[arg(long, default_value = "flex")]
     pub device: DeviceSpec,
@@ -224,7 +266,14 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         cfg.max_minutes = Some(m);
     }
     cfg.baseline |= args.baseline;
+    if let Some(w) = args.workers {
+        cfg.workers = w;
+    }
+    if let Some(s) = args.store {
+        cfg.store = s;
+    }
     anyhow::ensure!(cfg.trials > 0, "trials must be at least 1");
+    anyhow::ensure!(cfg.workers > 0, "workers must be at least 1");
     let space = cfg.space.validate()?;
     let device = select_device(&args.device)?;
     let dataset = cfg
@@ -248,11 +297,24 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             PathBuf::from("runs").join(format!("search-{secs}"))
         }
     };
+    let config_path = dir.join("config.toml");
+    let resuming = config_path.is_file();
+    if resuming {
+        let text = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
+        let old: SearchConfig = toml::from_str(&text)
+            .with_context(|| format!("{}: invalid search config", config_path.display()))?;
+        anyhow::ensure!(
+            old.same_search(&cfg),
+            "{} holds a different search (its config.toml differs in more than trials, max_minutes, workers and baseline); resume it with the same config and seed, or give a new --out",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    crate::write_atomic(&dir.join("config.toml"), toml::to_string(&cfg)?.as_bytes())?;
+    crate::write_atomic(&config_path, toml::to_string(&cfg)?.as_bytes())?;
     writeln!(
         out,
-        "search: {} → {} on {} ({} train, {} test), {:?}, {} trials, space of {} distillers; run folder {}",
+        "search: {} → {} on {} ({} train, {} test), {:?}, {} trials, {} at a time, space of {} distillers; run folder {} ({} it with --out {})",
         cfg.teacher,
         cfg.student,
         info.name,
@@ -260,7 +322,14 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         dataset.test.len(),
         cfg.strategy,
         cfg.trials,
+        cfg.workers,
         space.size(),
+        dir.display(),
+        if resuming {
+            "resuming; resume"
+        } else {
+            "resume"
+        },
         dir.display()
     )?;
     let teacher = teacher(&cfg, &t_spec, &dataset, args, &device, out)?;
@@ -298,7 +367,14 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         evaluator: &evaluator,
         deadline,
     };
-    let records = trial_loop(&ctx, strategy.as_mut(), "", &dir.join("trials.jsonl"), out)?;
+    let records = trial_loop(
+        &ctx,
+        strategy.as_mut(),
+        "",
+        open_store(&cfg, &dir, "mcts")?.as_mut(),
+        &dir.join("trials.jsonl"),
+        out,
+    )?;
     let elapsed = search_start.elapsed().as_secs_f64();
     let baseline = if cfg.baseline && cfg.strategy == StrategyName::Mcts {
         writeln!(
@@ -321,6 +397,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             &ctx,
             &mut random,
             "random ",
+            open_store(&cfg, &dir, "random")?.as_mut(),
             &dir.join("trials_random.jsonl"),
             out,
         )?)
@@ -389,15 +466,55 @@ struct Ctx<'a> {
     deadline: Option<Instant>,
 }
 
-/// Runs `strategy` for the configured budget, printing a line per trial and appending it to
-/// `log_path` as JSON.
+/// The store of one search stream (`mcts` or `random`) of a run folder.
+fn open_store(
+    cfg: &SearchConfig,
+    dir: &Path,
+    stream: &str,
+) -> anyhow::Result<Box<dyn autokd_search::TrialStore>> {
+    let suffix = if stream == "mcts" {
+        String::new()
+    } else {
+        format!("_{stream}")
+    };
+    Ok(match cfg.store {
+        StoreKind::Journal => Box::new(autokd_search::JournalStore::open(
+            dir.join(format!("journal{suffix}.jsonl")),
+        )),
+        StoreKind::Sqlite => {
+            let path = cfg
+                .store_path
+                .clone()
+                .unwrap_or_else(|| dir.join("trials.sqlite"));
+            Box::new(autokd_search::SqliteStore::open(path, stream)?)
+        }
+        StoreKind::Memory => Box::new(autokd_search::MemoryStore::new()),
+    })
+}
+
+/// Runs `strategy` for the configured budget against `store` (resuming what it holds), printing
+/// a line per trial and writing every finished trial to `log_path` as JSON.
 fn trial_loop(
     ctx: &Ctx<'_>,
     strategy: &mut dyn Strategy,
     label: &str,
+    store: &mut dyn autokd_search::TrialStore,
     log_path: &Path,
     out: &mut dyn Write,
 ) -> anyhow::Result<Vec<Record>> {
+    let events = store.events()?;
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, autokd_search::Event::Started { .. }))
+        .count();
+    let finished = events.len() - started;
+    if !events.is_empty() {
+        writeln!(
+            out,
+            "{label}resuming: {finished} finished trials replayed from the store, {} to run again",
+            started - finished
+        )?;
+    }
     let mut log = std::fs::File::create(log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let mut records: Vec<Record> = Vec::new();
@@ -405,86 +522,102 @@ fn trial_loop(
     let mut failure: Option<anyhow::Error> = None;
     let budget = ctx.cfg.trials;
     let deadline = ctx.deadline;
-    run_until(
-        &mut StrategyRef(strategy),
-        budget,
-        10 * budget.max(100),
-        || deadline.is_some_and(|d| Instant::now() >= d),
-        |choices| {
-            if failure.is_some() {
-                return None;
+    let bar = progress_bar(budget as u64, label);
+    let evaluate = |_trial: usize, choices: &Vec<usize>| -> autokd_search::Evaluation {
+        let spec = ctx.space.spec(choices).map_err(|e| e.to_string())?;
+        let outcome = ctx
+            .evaluator
+            .evaluate(&spec)
+            .map_err(|e| format!("{spec}: {e}"))?;
+        let payload = serde_json::to_value(&outcome).map_err(|e| e.to_string())?;
+        Ok((outcome.reward, payload))
+    };
+    let on_result = |r: &autokd_search::TrialResult| {
+        if failure.is_some() {
+            return;
+        }
+        let parsed = (|| -> anyhow::Result<(DistillerSpec, TrialOutcome)> {
+            let spec = ctx.space.spec(&r.trial.choices)?;
+            let outcome: TrialOutcome = serde_json::from_value(r.payload.clone())
+                .with_context(|| format!("the stored outcome of trial {}", r.trial.index))?;
+            Ok((spec, outcome))
+        })();
+        let (spec, outcome) = match parsed {
+            Ok(x) => x,
+            Err(e) => {
+                failure = Some(e);
+                return;
             }
-            let result = (|| -> anyhow::Result<(DistillerSpec, TrialOutcome)> {
-                let spec = ctx.space.spec(choices)?;
-                let outcome = ctx.evaluator.evaluate(&spec)?;
-                Ok((spec, outcome))
-            })();
-            match result {
-                Ok((spec, outcome)) => {
-                    let k = records.len() + 1;
-                    if let Some(r) = outcome.reward {
-                        best = Some(best.map_or(r, |b| b.max(r)));
-                    }
-                    let line = match (&outcome.reward, &outcome.rejected) {
-                        (Some(r), _) => format!(
-                            "reward {r:>8.4} (ce {:.3}, gap {:.3}, top-1 {:5.1}%)",
-                            outcome.val_ce,
-                            outcome.gap,
-                            100.0 * outcome.accuracy
-                        ),
-                        (None, Some(why)) => format!("rejected: {why}"),
-                        (None, None) => "rejected".to_string(),
-                    };
-                    let _ = writeln!(
-                        out,
-                        "{label}[{k:>3}/{budget}] {line}  best {:>8.4}  {:.1}s  {spec}",
-                        best.unwrap_or(f64::NAN),
-                        outcome.seconds
-                    );
-                    if let Ok(j) = serde_json::to_string(&TrialLine {
-                        trial: k,
-                        choices,
-                        distiller: spec.to_string(),
-                        spec: &spec,
-                        outcome: &outcome,
-                    }) {
-                        let _ = writeln!(log, "{j}");
-                    }
-                    let reward = outcome.reward;
-                    records.push((
-                        Trial {
-                            index: k - 1,
-                            choices: choices.clone(),
-                            reward,
-                        },
-                        spec,
-                        outcome,
-                    ));
-                    reward
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    None
-                }
-            }
+        };
+        let k = records.len() + 1;
+        if let Some(v) = outcome.reward {
+            best = Some(best.map_or(v, |b| b.max(v)));
+        }
+        bar.inc(1);
+        if !r.replayed {
+            let line = match (&outcome.reward, &outcome.rejected) {
+                (Some(v), _) => format!(
+                    "reward {v:>8.4} (ce {:.3}, gap {:.3}, top-1 {:5.1}%)",
+                    outcome.val_ce,
+                    outcome.gap,
+                    100.0 * outcome.accuracy
+                ),
+                (None, Some(why)) => format!("rejected: {why}"),
+                (None, None) => "rejected".to_string(),
+            };
+            bar.suspend(|| {
+                let _ = writeln!(
+                    out,
+                    "{label}[{k:>3}/{budget}] {line}  best {:>8.4}  {:.1}s  {spec}",
+                    best.unwrap_or(f64::NAN),
+                    outcome.seconds
+                );
+            });
+        }
+        if let Ok(j) = serde_json::to_string(&TrialLine {
+            trial: r.trial.index + 1,
+            choices: &r.trial.choices,
+            distiller: spec.to_string(),
+            spec: &spec,
+            outcome: &outcome,
+        }) {
+            let _ = writeln!(log, "{j}");
+        }
+        records.push((r.trial.clone(), spec, outcome));
+    };
+    let driven = autokd_search::drive(
+        strategy,
+        store,
+        autokd_search::DriverConfig {
+            budget,
+            workers: ctx.cfg.workers,
+            max_repeats: 10 * budget.max(100),
         },
+        || deadline.is_some_and(|d| Instant::now() >= d),
+        evaluate,
+        on_result,
     );
+    bar.finish_and_clear();
+    driven?;
     match failure {
-        Some(e) => Err(e.context("a trial failed")),
+        Some(e) => Err(e),
         None => Ok(records),
     }
 }
 
-/// Lets the driver use a boxed strategy.
-struct StrategyRef<'a>(&'a mut dyn Strategy);
-
-impl Strategy for StrategyRef<'_> {
-    fn ask(&mut self) -> autokd_search::Ticket {
-        self.0.ask()
+/// A bar of finished trials on a terminal (stderr); hidden when stderr is not one.
+fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix}{bar:40.cyan/blue} {pos}/{len} trials  {elapsed_precise} (eta {eta})",
+    ) {
+        bar.set_style(style);
     }
-    fn tell(&mut self, ticket: &autokd_search::Ticket, reward: Option<f64>) {
-        self.0.tell(ticket, reward)
-    }
+    bar.set_prefix(label.to_string());
+    bar
 }
 
 fn report(

@@ -9,7 +9,7 @@ use anyhow::Context;
 use autokd_data::DatasetSpec;
 use autokd_distill::DistillerSpec;
 use autokd_models::{ModelName, ModelSpec, load_weights, save_weights};
-use autokd_train::{Recipe, TeacherSetup, train};
+use autokd_train::{Recipe, TeacherSetup, TrainEvent, train};
 use serde::Serialize;
 
 use crate::device::{DeviceSpec, select_device};
@@ -45,6 +45,10 @@ pub struct TrainArgs {
     /// Override the recipe's learning rate.
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Train on a fixed stratified subset of at most N images per class (the same subset for
+    /// every run and seed); the test split stays whole.
+    #[arg(long)]
+    pub train_per_class: Option<usize>,
     /// Seeds; several run repeats and report mean ± std.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub seeds: Vec<u64>,
@@ -83,10 +87,16 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 /// Trains.
 pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let device = select_device(&args.device)?;
-    let dataset = args
+    let mut dataset = args
         .dataset
         .load()
         .with_context(|| format!("loading {}", args.dataset))?;
+    if let Some(n) = args.train_per_class {
+        anyhow::ensure!(n > 0, "--train-per-class must be at least 1");
+        dataset.train =
+            autokd_data::stratified_subset(&dataset.train, dataset.info.num_classes, n, 0)?;
+    }
+    let dataset = dataset;
     let info = &dataset.info;
     let spec = |name: ModelName| ModelSpec {
         name,
@@ -142,6 +152,14 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     let mut results = Vec::new();
     for &seed in &args.seeds {
+        // A bar of the epoch's steps on a terminal (stderr); plain epoch lines otherwise.
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix} {bar:40.cyan/blue} {pos}/{len} steps  {msg}  {elapsed} (eta {eta})",
+        ) {
+            bar.set_style(style);
+        }
         let dir = args.out.join(format!("seed{seed}"));
         let setup = teacher.as_ref().map(|(name, model)| TeacherSetup {
             model,
@@ -159,25 +177,47 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             args.resume,
             None,
             &device,
-            |m| {
-                let losses: Vec<String> = m
-                    .losses
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v:.4}"))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s",
-                    m.epoch,
-                    recipe.epochs,
-                    m.lr,
-                    losses.join("  "),
-                    100.0 * m.top1,
-                    100.0 * m.top5,
-                    m.images_per_s
-                );
+            |event| match event {
+                TrainEvent::Step {
+                    epoch,
+                    step,
+                    steps,
+                    loss,
+                } => {
+                    if step == 1 {
+                        bar.set_length(steps as u64);
+                        bar.set_prefix(format!(
+                            "seed {seed} epoch {}/{}",
+                            epoch + 1,
+                            recipe.epochs
+                        ));
+                    }
+                    bar.set_position(step as u64);
+                    bar.set_message(format!("loss {loss:.4}"));
+                }
+                TrainEvent::Epoch(m) => {
+                    let losses: Vec<String> = m
+                        .losses
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect();
+                    bar.suspend(|| {
+                        let _ = writeln!(
+                            out,
+                            "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s",
+                            m.epoch,
+                            recipe.epochs,
+                            m.lr,
+                            losses.join("  "),
+                            100.0 * m.top1,
+                            100.0 * m.top5,
+                            m.images_per_s
+                        );
+                    });
+                }
             },
         )?;
+        bar.finish_and_clear();
         save_weights(&model, &dir.join("model.bpk"))?;
         writeln!(
             out,

@@ -261,6 +261,24 @@ pub fn evaluate(model: &Model, dataset: &Dataset, device: &Device) -> Result<(f6
     Ok((top1 as f64 / n, top5 as f64 / n))
 }
 
+/// What [`train`] reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum TrainEvent<'a> {
+    /// A training step finished.
+    Step {
+        /// 0-based epoch.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        step: usize,
+        /// Steps per epoch.
+        steps: usize,
+        /// Total loss of the step.
+        loss: f64,
+    },
+    /// An epoch finished and was evaluated.
+    Epoch(&'a EpochMetrics),
+}
+
 /// Trains `student` (from scratch, or distilled when `teacher` is given) on `dataset`, writing
 /// `metrics.jsonl` and `checkpoint/` into `run_dir`. With `resume`, continues from the
 /// checkpoint there. `stop_after` ends the call after that many epochs (as a kill would; tests).
@@ -276,7 +294,7 @@ pub fn train(
     resume: bool,
     stop_after: Option<usize>,
     device: &Device,
-    mut on_epoch: impl FnMut(&EpochMetrics),
+    mut on_event: impl FnMut(TrainEvent<'_>),
 ) -> Result<(Model, TrainSummary)> {
     let ad = device.clone().autodiff();
     let guard = crate::INIT_LOCK
@@ -392,6 +410,12 @@ pub fn train(
             }
             steps += 1;
             images += b;
+            on_event(TrainEvent::Step {
+                epoch,
+                step: steps,
+                steps: loader.num_batches(),
+                loss: losses.total,
+            });
         }
         let (top1, top5) = evaluate(&net.student, dataset, device)?;
         best = best.max(top1);
@@ -417,7 +441,7 @@ pub fn train(
             serde_json::to_string(&m).map_err(|e| io(&metrics_path, e))?
         )
         .map_err(|e| io(&metrics_path, e))?;
-        on_epoch(&m);
+        on_event(TrainEvent::Epoch(&m));
         run += 1;
         if (epoch + 1) % checkpoint_every.max(1) == 0 || epoch + 1 == recipe.epochs {
             write_checkpoint(
@@ -634,6 +658,7 @@ mod tests {
             ..Recipe::preset("digits").unwrap()
         };
         let dir = tempfile::tempdir().unwrap();
+        let (mut step_events, mut epoch_events) = (Vec::new(), Vec::new());
         let (m, s) = train(
             &spec,
             None,
@@ -645,9 +670,20 @@ mod tests {
             false,
             None,
             &device,
-            |_| {},
+            |e| match e {
+                TrainEvent::Step {
+                    epoch, step, steps, ..
+                } => step_events.push((epoch, step, steps)),
+                TrainEvent::Epoch(m) => epoch_events.push(m.epoch),
+            },
         )
         .unwrap();
+        // 1,438 training images at batch 64: 23 steps per epoch, each reported.
+        let expected: Vec<(usize, usize, usize)> = (0..2)
+            .flat_map(|e| (1..=23).map(move |s| (e, s, 23)))
+            .collect();
+        assert_eq!(step_events, expected);
+        assert_eq!(epoch_events, vec![1, 2]);
         assert!(s.best_top1 > 0.3, "{s:?}");
         assert_eq!(evaluate(&m, &ds, &device).unwrap().0, s.last_top1);
         assert!(dir.path().join("checkpoint/state.json").is_file());

@@ -42,8 +42,8 @@ pub mod supervised;
 pub use cache::TeacherCache;
 pub use error::{Result, TrainError};
 pub use full::{
-    EpochMetrics, OptimizerKind, PRESETS, Recipe, Schedule, TeacherSetup, TrainSummary, evaluate,
-    train,
+    EpochMetrics, OptimizerKind, PRESETS, Recipe, Schedule, TeacherSetup, TrainEvent, TrainSummary,
+    evaluate, train,
 };
 pub use proxy::{ProxyConfig, ProxyEvaluator, RewardKind, TrialOutcome, representation_gap};
 pub use step::{DistillStudent, StepLosses, distill_step};

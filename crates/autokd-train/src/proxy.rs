@@ -99,9 +99,11 @@ impl Default for ProxyConfig {
 pub struct TrialOutcome {
     /// The reward, `None` for a rejected trial (the search scores it worst).
     pub reward: Option<f64>,
-    /// Mean validation cross-entropy.
+    /// Mean validation cross-entropy (NaN, written `null` in JSON, when rejected).
+    #[serde(deserialize_with = "nan_if_null")]
     pub val_ce: f64,
-    /// Representation gap (see the module documentation).
+    /// Representation gap (see the module documentation; NaN when rejected).
+    #[serde(deserialize_with = "nan_if_null")]
     pub gap: f64,
     /// Validation top-1 accuracy.
     pub accuracy: f64,
@@ -111,6 +113,11 @@ pub struct TrialOutcome {
     pub rejected: Option<String>,
     /// Wall time of the trial.
     pub seconds: f64,
+}
+
+/// JSON has no NaN: serde_json writes it as `null`, read back here as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 impl TrialOutcome {
@@ -406,6 +413,17 @@ mod tests {
         )
         .unwrap();
         (eval, teacher)
+    }
+
+    #[test]
+    fn rejected_outcomes_round_trip_through_json() {
+        let o = TrialOutcome::rejected("loss is NaN".into(), vec![("ce".into(), 2.5)], 1.25);
+        let json = serde_json::to_string(&o).unwrap();
+        assert!(json.contains("\"val_ce\":null"), "{json}");
+        let back: TrialOutcome = serde_json::from_str(&json).unwrap();
+        assert!(back.val_ce.is_nan() && back.gap.is_nan());
+        assert_eq!(back.rejected, o.rejected);
+        assert_eq!(back.last_losses, o.last_losses);
     }
 
     fn small() -> ProxyConfig {
