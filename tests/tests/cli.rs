@@ -337,11 +337,36 @@ fn shipped_configs_parse() {
                 let cfg: Result<autokd_cli::search::SearchConfig, _> = toml::from_str(&text);
                 let cfg = cfg.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 cfg.space.validate().unwrap();
+                // The taps named exist in both models (parameters initialize lazily, so
+                // building even an ImageNet model here is cheap).
+                let device = burn::prelude::Device::flex();
+                let taps = |m: autokd_models::ModelName| -> Vec<String> {
+                    use autokd_models::Backbone;
+                    m.reference_spec()
+                        .init(&device)
+                        .unwrap()
+                        .feature_info()
+                        .into_iter()
+                        .map(|t| t.name)
+                        .collect()
+                };
+                for (tap, model) in [
+                    (&cfg.space.student_tap, cfg.student),
+                    (&cfg.space.teacher_tap, cfg.teacher),
+                ] {
+                    if let Some(tap) = tap {
+                        assert!(
+                            taps(model).contains(tap),
+                            "{}: {model} has no tap {tap}",
+                            path.display()
+                        );
+                    }
+                }
                 n += 1;
             }
         }
     }
-    assert!(n >= 3, "{n} configs");
+    assert!(n >= 9, "{n} configs");
     // The digits config is the built-in default.
     let text = std::fs::read_to_string(root.join("digits/search_res20_res8.toml")).unwrap();
     let cfg: autokd_cli::search::SearchConfig = toml::from_str(&text).unwrap();
@@ -372,11 +397,15 @@ fn train_a_teacher_then_distil_with_a_spec_file() {
         "1",
         "--train-per-class",
         "20",
+        "--test-per-class",
+        "10",
+        "--milestones",
+        "1",
         "--out",
         &p("small"),
     ])
     .unwrap();
-    assert!(small.contains("(200 train, 359 test)"), "{small}");
+    assert!(small.contains("(200 train, 100 test)"), "{small}");
     let weights = p("teacher/seed0/model.bpk");
     assert!(std::path::Path::new(&weights).is_file());
     let spec = autokd_distill::DistillerSpec::baseline("cwd").unwrap();

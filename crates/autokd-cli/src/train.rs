@@ -49,6 +49,13 @@ pub struct TrainArgs {
     /// every run and seed); the test split stays whole.
     #[arg(long)]
     pub train_per_class: Option<usize>,
+    /// Evaluate on a fixed stratified subset of at most N test images per class (faster epochs;
+    /// the default is the whole test split).
+    #[arg(long)]
+    pub test_per_class: Option<usize>,
+    /// Override the recipe's schedule with steps ×0.1 at these epochs (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub milestones: Option<Vec<usize>>,
     /// Seeds; several run repeats and report mean ± std.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub seeds: Vec<u64>,
@@ -96,6 +103,11 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         dataset.train =
             autokd_data::stratified_subset(&dataset.train, dataset.info.num_classes, n, 0)?;
     }
+    if let Some(n) = args.test_per_class {
+        anyhow::ensure!(n > 0, "--test-per-class must be at least 1");
+        dataset.test =
+            autokd_data::stratified_subset(&dataset.test, dataset.info.num_classes, n, 0)?;
+    }
     let dataset = dataset;
     let info = &dataset.info;
     let spec = |name: ModelName| ModelSpec {
@@ -113,6 +125,12 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     if let Some(lr) = args.lr {
         recipe.lr = lr;
+    }
+    if let Some(m) = &args.milestones {
+        recipe.schedule = autokd_train::Schedule::MultiStep {
+            milestones: m.clone(),
+            gamma: 0.1,
+        };
     }
     let teacher = match (args.teacher, &args.teacher_weights) {
         (Some(t), Some(w)) => Some((
