@@ -491,3 +491,61 @@ fn proxy_bench_compares_cached_and_online_teachers() {
     );
     assert!(text.contains("speed-up of the cache: "), "{text}");
 }
+
+#[test]
+fn train_bench_measures_and_compares_with_a_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in for the PyTorch script (the tests never need PyTorch): same JSON shape.
+    let fake = dir.path().join("fake_reference.sh");
+    std::fs::write(
+        &fake,
+        r#"echo '{"torch": "fake", "threads": 2, "params": {"resnet8": 83892, "resnet14": 1}, "results": [{"name": "ce step resnet8", "ms": 2.0}, {"name": "proxy trial online resnet14->resnet8", "ms": 4.0}]}'"#,
+    )
+    .unwrap();
+    let json = dir.path().join("train.json");
+    let text = autokd(&[
+        "bench",
+        "train",
+        "--students",
+        "resnet8",
+        "--pairs",
+        "resnet14:resnet8",
+        "--steps",
+        "1",
+        "--proxy-per-class",
+        "3",
+        "--pytorch",
+        "sh",
+        "--pytorch-script",
+        fake.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .unwrap();
+    for name in [
+        "ce step resnet8",
+        "teacher inference resnet14",
+        "kd step online resnet14->resnet8",
+        "kd step cached resnet14->resnet8",
+        "proxy trial cached resnet14->resnet8",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+    // The parameter check catches a reference whose model differs from ours.
+    assert!(
+        text.contains("warning: resnet14 has") && !text.contains("warning: resnet8 has"),
+        "{text}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    let ce = &results[0];
+    assert_eq!(ce["pytorch_ms"].as_f64(), Some(2.0));
+    let ratio = ce["ratio"].as_f64().unwrap();
+    assert!((ratio - ce["ms"].as_f64().unwrap() / 2.0).abs() < 1e-9);
+    // The cached proxy trial is compared with the reference loop's online teacher.
+    assert_eq!(results[4]["pytorch_ms"].as_f64(), Some(4.0));
+    assert!(results[1]["ratio"].is_null());
+    assert!(results.iter().all(|r| r["ms"].as_f64().unwrap() > 0.0));
+}

@@ -37,6 +37,87 @@ pub enum BenchWhat {
     Distill(DistillArgs),
     /// Wall time of one proxy trial with the teacher cache against an online teacher.
     Proxy(ProxyArgs),
+    /// Training speed: CE steps, KD steps with an online and a cached teacher, teacher
+    /// inference, a proxy trial, peak memory; side by side with PyTorch with `--pytorch`.
+    Train(TrainBenchArgs),
+}
+
+/// Arguments of `autokd bench train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainBenchArgs {
+    /// Students whose CE-only training step is measured.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "resnet20,resnet8x4,wrn_16_2,mobilenetv2,shufflenetv2"
+    )]
+    pub students: Vec<ModelName>,
+    /// Teacher:student pairs whose KD step (online and cached teacher) and teacher inference are
+    /// measured; the first one also runs a proxy trial.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "resnet56:resnet20,resnet32x4:resnet8x4"
+    )]
+    pub pairs: Vec<String>,
+    /// Batch size (CIFAR shape, 3×32×32, 100 classes).
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed steps per measurement, after two warm-up steps; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Proxy images per class of the proxy trial (100 classes of synthetic images).
+    #[arg(long, default_value_t = 10)]
+    pub proxy_per_class: usize,
+    /// Skip the proxy trial.
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// Also run the PyTorch reference with this Python interpreter (which must have torch) in
+    /// the same invocation, and print autokd/PyTorch ratios.
+    #[arg(long)]
+    pub pytorch: Option<std::path::PathBuf>,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "benches/reference/torch_bench.py")]
+    pub pytorch_script: std::path::PathBuf,
+    /// Threads PyTorch may use (set it to what autokd's backend uses: the cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device.
+    #[arg(long, default_value = "flex")]
+    pub device: DeviceSpec,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// One measurement of `bench train`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBenchResult {
+    /// What was measured, e.g. `kd step online resnet56->resnet20`.
+    pub name: String,
+    /// Median milliseconds (per step, per batch, or per trial).
+    pub ms: f64,
+    /// Images per second at that speed (the proxy trial: its training images).
+    pub images_per_s: f64,
+    /// Peak resident memory of the process during the measurement, in MiB (Linux).
+    pub peak_rss_mib: Option<f64>,
+    /// The PyTorch reference's median, when it ran.
+    pub pytorch_ms: Option<f64>,
+    /// `ms / pytorch_ms`: below 1 autokd is faster.
+    pub ratio: Option<f64>,
+}
+
+/// Resets the peak-RSS counter of this process (Linux: `/proc/self/clear_refs`).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory since the last reset, in MiB (Linux: `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Arguments of `autokd bench proxy`.
@@ -174,6 +255,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         BenchWhat::Loader(a) => loader(a, out),
         BenchWhat::Distill(a) => distill(a, out),
         BenchWhat::Proxy(a) => proxy(a, out),
+        BenchWhat::Train(a) => train_bench(a, out),
     }
 }
 
@@ -480,5 +562,312 @@ fn proxy(args: &ProxyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "{:<22} {:>10.2}", "cached", w)?;
     writeln!(out, "{:<22} {:>10.2}", "online (every batch)", o)?;
     writeln!(out, "speed-up of the cache: {:.2}x", o / w)?;
+    Ok(())
+}
+
+/// Median of `steps` timed calls after two warm-up calls, with the peak RSS over them.
+fn timed(
+    steps: usize,
+    device: &Device,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, Option<f64>)> {
+    reset_peak_rss();
+    let mut times = Vec::new();
+    for i in 0..steps + 2 {
+        let start = Instant::now();
+        f()?;
+        device
+            .sync()
+            .map_err(|e| anyhow::anyhow!("device: {e:?}"))?;
+        if i >= 2 {
+            times.push(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    Ok((median(times), peak_rss_mib()))
+}
+
+fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    let plain = select_device(&args.device)?;
+    let ad = plain.clone().autodiff();
+    let b = args.batch_size;
+    let spec = |name: ModelName| ModelSpec {
+        name,
+        in_channels: 3,
+        num_classes: 100,
+        image_size: 32,
+    };
+    let pairs: Vec<(ModelName, ModelName)> = args
+        .pairs
+        .iter()
+        .map(|p| -> anyhow::Result<(ModelName, ModelName)> {
+            let (t, s) = p
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--pairs: `{p}` is not TEACHER:STUDENT"))?;
+            Ok((t.parse()?, s.parse()?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let images = Tensor::<4>::random(
+        [b, 3, 32, 32],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &plain,
+    );
+    let targets: Vec<i64> = (0..b as i64).map(|i| i % 100).collect();
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [b]), &ad);
+    writeln!(
+        out,
+        "train bench: batch {b}, 3x32x32, 100 classes, device {}, median of {} steps after 2 warm-up steps",
+        args.device, args.steps
+    )?;
+    let mut results: Vec<TrainBenchResult> = Vec::new();
+    let mut params: Vec<(String, usize)> = Vec::new();
+    let mut push = |name: String, (ms, peak): (f64, Option<f64>), images: usize| {
+        results.push(TrainBenchResult {
+            name,
+            ms,
+            images_per_s: images as f64 / ms * 1000.0,
+            peak_rss_mib: peak,
+            pytorch_ms: None,
+            ratio: None,
+        });
+    };
+    let sgd = || {
+        burn::optim::SgdConfig::new()
+            .with_momentum(Some(burn::optim::momentum::MomentumConfig::new()))
+            .with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(5e-4)))
+            .init()
+    };
+    // A student with its distiller (CE only, or KD) on the autodiff device.
+    let student_with = |s: ModelName, t: Option<(ModelName, &autokd_models::Model)>, kd: bool| {
+        let dspec = DistillerSpec::baseline(if kd { "kd" } else { "vanilla" })?;
+        let student = spec(s).init(&ad)?;
+        let (t_name, t_info) = match t {
+            Some((n, m)) => (n.as_str().to_string(), m.feature_info()),
+            None => ("none".to_string(), Vec::new()),
+        };
+        let distiller = autokd_distill::Distiller::new(
+            &dspec,
+            s.as_str(),
+            &student.feature_info(),
+            &t_name,
+            &t_info,
+            &ad,
+        )?;
+        anyhow::Ok(DistillStudent { student, distiller })
+    };
+    for &s in &args.students {
+        let mut net = Some(student_with(s, None, false)?);
+        params.push((
+            s.as_str().into(),
+            autokd_models::trainable_params(&spec(s).init(&plain)?),
+        ));
+        let mut optim = sgd();
+        let none = autokd_models::Intermediates {
+            features: Vec::new(),
+            embedding: Tensor::zeros([b, 1], &plain),
+            logits: Tensor::zeros([b, 100], &plain),
+            dist_logits: None,
+        };
+        let r = timed(args.steps, &ad, || {
+            let m = net
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
+            let (m, _) = distill_step(
+                m,
+                &mut optim,
+                0.01,
+                images.clone().autodiff(),
+                targets.clone(),
+                &none,
+            )?;
+            net = Some(m);
+            Ok(())
+        })?;
+        push(format!("ce step {s}"), r, b);
+    }
+    for &(t, s) in &pairs {
+        let teacher = spec(t).init(&plain)?.valid();
+        params.push((t.as_str().into(), autokd_models::trainable_params(&teacher)));
+        let r = timed(args.steps, &plain, || {
+            let _ = teacher
+                .forward_intermediates(images.clone(), &autokd_models::TapRequest::none())
+                .logits
+                .into_data();
+            Ok(())
+        })?;
+        push(format!("teacher inference {t}"), r, b);
+        for online in [true, false] {
+            let mut net = Some(student_with(s, Some((t, &teacher)), true)?);
+            let (_, t_req) = net
+                .as_ref()
+                .map(|n| n.distiller.tap_requests())
+                .ok_or_else(|| anyhow::anyhow!("no model"))?;
+            let cached = teacher.forward_intermediates(images.clone(), &t_req);
+            let mut optim = sgd();
+            let r = timed(args.steps, &ad, || {
+                let t_out = if online {
+                    teacher.forward_intermediates(images.clone(), &t_req)
+                } else {
+                    cached.clone()
+                };
+                let m = net
+                    .take()
+                    .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
+                let (m, _) = distill_step(
+                    m,
+                    &mut optim,
+                    0.01,
+                    images.clone().autodiff(),
+                    targets.clone(),
+                    &t_out,
+                )?;
+                net = Some(m);
+                Ok(())
+            })?;
+            let mode = if online { "online" } else { "cached" };
+            push(format!("kd step {mode} {t}->{s}"), r, b);
+        }
+    }
+    let mut proxy_sizes = None;
+    if let (false, Some(&(t, s))) = (args.no_proxy, pairs.first()) {
+        let ds = synthetic_cifar(args.proxy_per_class * 100 * 2)?;
+        let teacher = spec(t).init(&plain)?;
+        let evaluator = autokd_train::ProxyEvaluator::new(
+            &ds,
+            &teacher,
+            t.as_str(),
+            spec(s),
+            &[teacher.feature_info().len() - 1],
+            autokd_train::ProxyConfig {
+                per_class: args.proxy_per_class,
+                epochs: 1,
+                batch_size: b,
+                cache_teacher: true,
+                ..Default::default()
+            },
+            &plain,
+        )?;
+        let kd = DistillerSpec::baseline("kd")?;
+        let (n_train, n_val) = evaluator.sizes();
+        reset_peak_rss();
+        let mut times = Vec::new();
+        evaluator.evaluate(&kd)?; // warm-up
+        for _ in 0..3 {
+            times.push(evaluator.evaluate(&kd)?.seconds * 1000.0);
+        }
+        push(
+            format!("proxy trial cached {t}->{s}"),
+            (median(times), peak_rss_mib()),
+            n_train,
+        );
+        proxy_sizes = Some((n_train, n_val));
+    }
+    // PyTorch, same models, batch and steps, in the same invocation.
+    let mut torch_version = None;
+    if let Some(python) = &args.pytorch {
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let join = |v: Vec<String>| v.join(",");
+        let mut cmd = std::process::Command::new(python);
+        cmd.arg(&args.pytorch_script)
+            .arg("--students")
+            .arg(join(
+                args.students
+                    .iter()
+                    .map(|m| m.as_str().to_string())
+                    .collect(),
+            ))
+            .arg("--pairs")
+            .arg(join(
+                pairs.iter().map(|(t, s)| format!("{t}:{s}")).collect(),
+            ))
+            .arg("--batch")
+            .arg(b.to_string())
+            .arg("--steps")
+            .arg(args.steps.to_string())
+            .arg("--threads")
+            .arg(threads.to_string());
+        if let Some((n_train, n_val)) = proxy_sizes {
+            cmd.arg("--proxy-train")
+                .arg(n_train.to_string())
+                .arg("--proxy-val")
+                .arg(n_val.to_string());
+        }
+        writeln!(out, "running the PyTorch reference: {cmd:?}")?;
+        let output = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", python.display()))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "the PyTorch reference {} failed ({})",
+            args.pytorch_script.display(),
+            output.status
+        );
+        let reply: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .context("the PyTorch reference printed no JSON")?;
+        torch_version = reply["torch"].as_str().map(String::from);
+        let torch_ms = |name: &str| -> Option<f64> {
+            reply["results"]
+                .as_array()?
+                .iter()
+                .find(|r| r["name"].as_str() == Some(name))?["ms"]
+                .as_f64()
+        };
+        for r in &mut results {
+            // autokd's proxy trial with its teacher cache is compared with the PyTorch loop and
+            // its online teacher (what a user would otherwise run); every step with its twin.
+            let twin = if r.name.starts_with("proxy trial cached") {
+                r.name.replace(" cached ", " online ")
+            } else {
+                r.name.clone()
+            };
+            r.pytorch_ms = torch_ms(&twin);
+            r.ratio = r.pytorch_ms.map(|p| r.ms / p);
+        }
+        for (model, ours) in &params {
+            let theirs = reply["params"][model.as_str()].as_u64();
+            if theirs != Some(*ours as u64) {
+                writeln!(
+                    out,
+                    "warning: {model} has {ours} parameters here and {theirs:?} in the PyTorch reference"
+                )?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{:<40} {:>10} {:>10} {:>10} {:>12} {:>8}",
+        "measurement", "autokd ms", "images/s", "peak MiB", "PyTorch ms", "ratio"
+    )?;
+    for r in &results {
+        let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
+        writeln!(
+            out,
+            "{:<40} {:>10.1} {:>10.0} {:>10} {:>12} {:>8}",
+            r.name,
+            r.ms,
+            r.images_per_s,
+            opt(r.peak_rss_mib, 0),
+            opt(r.pytorch_ms, 1),
+            opt(r.ratio, 2)
+        )?;
+    }
+    if let Some(v) = &torch_version {
+        writeln!(
+            out,
+            "PyTorch {v}; ratio = autokd / PyTorch (below 1: autokd is faster)"
+        )?;
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "device": args.device.to_string(),
+            "batch_size": b,
+            "pytorch": torch_version,
+            "results": results,
+        });
+        crate::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
     Ok(())
 }

@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `autokd bench train --pytorch`: the same CIFAR models, batch, threads and
+steps as autokd's benchmark, written the way mdistiller / RepDistiller training loops run them.
+
+Needs PyTorch (`pip install torch`), only for benchmarking; the tests never need it. Prints one
+JSON object on stdout:
+  {"torch": version, "threads": n, "params": {model: count}, "results": [{"name", "ms"}]}
+
+The models follow RepDistiller's definitions (resnet*, resnet*x4, wrn_*, mobile_half,
+ShuffleV2), written here from their architecture descriptions; the parameter counts are printed so
+that autokd can check they equal its own.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def conv_bn(cin, cout, k, stride=1, groups=1, relu=True):
+    layers = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = conv_bn(cin, cout, 3, stride)
+        self.conv2 = conv_bn(cout, cout, 3, 1, relu=False)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = conv_bn(cin, cout, 1, stride, relu=False)
+
+    def forward(self, x):
+        out = self.conv2(self.conv1(x))
+        return F.relu(out + (x if self.down is None else self.down(x)))
+
+
+class CifarResNet(nn.Module):
+    """resnet{8..110}: widths 16/16/32/64; resnet{8,32}x4: 32/64/128/256."""
+
+    def __init__(self, depth, widths, classes):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.stem = conv_bn(3, widths[0], 3)
+        layers, cin = [], widths[0]
+        for i, w in enumerate(widths[1:]):
+            for j in range(n):
+                layers.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = self.layers(self.stem(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class WideBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.short = None if cin == cout else nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        o = F.relu(self.bn1(x))
+        y = self.conv2(F.relu(self.bn2(self.conv1(o))))
+        return y + (x if self.short is None else self.short(o))
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth, k, classes):
+        super().__init__()
+        n = (depth - 4) // 6
+        widths = [16, 16 * k, 32 * k, 64 * k]
+        self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        blocks, cin = [], 16
+        for i, w in enumerate(widths[1:]):
+            for j in range(n):
+                blocks.append(WideBlock(cin, w, 2 if (i > 0 and j == 0) else 1))
+                cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(cin)
+        self.fc = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.blocks(self.conv(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        h = cin * t
+        self.body = nn.Sequential(
+            conv_bn(cin, h, 1), conv_bn(h, h, 3, stride, groups=h), conv_bn(h, cout, 1, relu=False)
+        )
+        self.res = stride == 1 and cin == cout
+
+    def forward(self, x):
+        return x + self.body(x) if self.res else self.body(x)
+
+
+class MobileHalf(nn.Module):
+    """RepDistiller's mobile_half: MobileNetV2, expansion 6, width 0.5, CIFAR strides."""
+
+    def __init__(self, classes, t=6, w=0.5):
+        super().__init__()
+        setting = [(1, 16, 1, 1), (t, 24, 2, 1), (t, 32, 3, 2), (t, 64, 4, 2),
+                   (t, 96, 3, 1), (t, 160, 3, 2), (t, 320, 1, 1)]
+        cin = int(32 * w)
+        layers = [conv_bn(3, cin, 3, 2)]
+        for e, c, n, s in setting:
+            cout = int(c * w)
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, e))
+                cin = cout
+        layers.append(conv_bn(cin, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(1280, classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def shuffle(x, g=2):
+    b, c, h, w = x.shape
+    return x.view(b, g, c // g, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
+class ShuffleDown(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        mid = cout // 2
+        self.left = nn.Sequential(conv_bn(cin, cin, 3, 2, groups=cin, relu=False), conv_bn(cin, mid, 1))
+        self.right = nn.Sequential(
+            conv_bn(cin, mid, 1), conv_bn(mid, mid, 3, 2, groups=mid, relu=False), conv_bn(mid, mid, 1)
+        )
+
+    def forward(self, x):
+        return shuffle(torch.cat([self.left(x), self.right(x)], 1))
+
+
+class ShuffleBasic(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        h = c // 2
+        self.body = nn.Sequential(conv_bn(h, h, 1), conv_bn(h, h, 3, groups=h, relu=False), conv_bn(h, h, 1))
+
+    def forward(self, x):
+        h = x.shape[1] // 2
+        return shuffle(torch.cat([x[:, :h], self.body(x[:, h:])], 1))
+
+
+class ShuffleV2(nn.Module):
+    def __init__(self, classes, outs=(116, 232, 464), blocks=(3, 7, 3)):
+        super().__init__()
+        layers, cin = [conv_bn(3, 24, 1)], 24
+        for c, n in zip(outs, blocks):
+            layers.append(ShuffleDown(cin, c))
+            layers.extend(ShuffleBasic(c) for _ in range(n))
+            cin = c
+        layers.append(conv_bn(cin, 1024, 1))
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(1024, classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+def build(name, classes=100):
+    thin, wide = [16, 16, 32, 64], [32, 64, 128, 256]
+    if name.startswith("resnet") and name.endswith("x4"):
+        return CifarResNet(int(name[6:-2]), wide, classes)
+    if name.startswith("resnet"):
+        return CifarResNet(int(name[6:]), thin, classes)
+    if name.startswith("wrn_"):
+        _, depth, k = name.split("_")
+        return WideResNet(int(depth), int(k), classes)
+    if name == "mobilenetv2":
+        return MobileHalf(classes)
+    if name == "shufflenetv2":
+        return ShuffleV2(classes)
+    raise SystemExit(f"unknown model {name}")
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def kd_loss(s, t, T=4.0):
+    return F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean") * T * T
+
+
+def timed(fn, steps, warmup=2):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(1000.0 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--students", default="resnet20,resnet8x4,wrn_16_2,mobilenetv2,shufflenetv2")
+    p.add_argument("--pairs", default="resnet56:resnet20,resnet32x4:resnet8x4")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--proxy-train", type=int, default=1000, help="images of the proxy trial")
+    p.add_argument("--proxy-val", type=int, default=200, help="validation images of the proxy trial")
+    p.add_argument("--proxy-epochs", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    x = torch.randn(a.batch, 3, 32, 32)
+    y = torch.arange(a.batch) % 100
+    results, params = [], {}
+
+    def record(name, ms):
+        results.append({"name": name, "ms": ms})
+        print(f"{name:<40} {ms:10.1f} ms", file=sys.stderr)
+
+    def sgd(m):
+        return torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+    for name in a.students.split(","):
+        m = build(name).train()
+        params[name] = sum(p.numel() for p in m.parameters())
+        opt = sgd(m)
+
+        def ce_step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+
+        record(f"ce step {name}", timed(ce_step, a.steps))
+
+    for pair in a.pairs.split(","):
+        tname, sname = pair.split(":")
+        t = build(tname).eval()
+        params[tname] = sum(p.numel() for p in t.parameters())
+        s = build(sname).train()
+        opt = sgd(s)
+
+        def infer():
+            with torch.no_grad():
+                return t(x)
+
+        record(f"teacher inference {tname}", timed(infer, a.steps))
+        cached = infer()
+
+        def kd_step(online):
+            opt.zero_grad(set_to_none=True)
+            tl = infer() if online else cached
+            out = s(x)
+            (F.cross_entropy(out, y) + kd_loss(out, tl)).backward()
+            opt.step()
+
+        record(f"kd step online {tname}->{sname}", timed(lambda: kd_step(True), a.steps))
+        record(f"kd step cached {tname}->{sname}", timed(lambda: kd_step(False), a.steps))
+
+    # One proxy trial, the PyTorch way: a fresh student trained on the proxy images with the online
+    # teacher, then evaluated on the validation images.
+    tname, sname = a.pairs.split(",")[0].split(":")
+    t = build(tname).eval()
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(a.proxy_train, 3, 32, 32, generator=g)
+    ys = torch.arange(a.proxy_train) % 100
+    xv = torch.randn(a.proxy_val, 3, 32, 32, generator=g)
+
+    def trial():
+        s = build(sname).train()
+        opt = sgd(s)
+        for _ in range(a.proxy_epochs):
+            perm = torch.randperm(a.proxy_train)
+            for i in range(0, a.proxy_train, a.batch):
+                idx = perm[i : i + a.batch]
+                with torch.no_grad():
+                    tl = t(xs[idx])
+                out = s(xs[idx])
+                opt.zero_grad(set_to_none=True)
+                (F.cross_entropy(out, ys[idx]) + kd_loss(out, tl)).backward()
+                opt.step()
+        s.eval()
+        with torch.no_grad():
+            for i in range(0, a.proxy_val, 256):
+                s(xv[i : i + 256])
+
+    record(f"proxy trial online {tname}->{sname}", timed(trial, 3, warmup=1))
+    json.dump({"torch": torch.__version__, "threads": a.threads, "params": params, "results": results}, sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
