@@ -226,8 +226,11 @@ def main():
     p.add_argument("--proxy-train", type=int, default=1000, help="images of the proxy trial")
     p.add_argument("--proxy-val", type=int, default=200, help="validation images of the proxy trial")
     p.add_argument("--proxy-epochs", type=int, default=1)
+    p.add_argument("--ops", action="store_true", help="time single operations instead (bench ops)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.ops:
+        return ops(a)
     torch.manual_seed(0)
     x = torch.randn(a.batch, 3, 32, 32)
     y = torch.arange(a.batch) % 100
@@ -305,6 +308,34 @@ def main():
 
     record(f"proxy trial online {tname}->{sname}", timed(trial, 3, warmup=1))
     json.dump({"torch": torch.__version__, "threads": a.threads, "params": params, "results": results}, sys.stdout)
+    print()
+
+
+OPS = [
+    ("conv3x3 16->16 @32", (16, 32, 32), lambda c: nn.Conv2d(c, c, 3, 1, 1, bias=False)),
+    ("conv3x3 32->32 @16", (32, 16, 16), lambda c: nn.Conv2d(c, c, 3, 1, 1, bias=False)),
+    ("conv3x3 64->64 @8", (64, 8, 8), lambda c: nn.Conv2d(c, c, 3, 1, 1, bias=False)),
+    ("conv1x1 16->32 s2 @32", (16, 32, 32), lambda c: nn.Conv2d(c, 2 * c, 1, 2, 0, bias=False)),
+    ("batchnorm train 16 @32", (16, 32, 32), lambda c: nn.BatchNorm2d(c)),
+    ("relu 16 @32", (16, 32, 32), lambda c: nn.ReLU()),
+    ("add 16 @32", (16, 32, 32), lambda c: (lambda x: x + x)),
+    ("global avg pool 64 @8", (64, 8, 8), lambda c: (lambda x: x.mean((2, 3)))),
+    ("linear 64->100", (64, 1, 1), lambda c: (lambda x, l=nn.Linear(c, 100): l(x.flatten(1)))),
+]
+
+
+def ops(a):
+    results = []
+    for name, shape, make in OPS:
+        op = make(shape[0])
+        x = torch.randn(a.batch, *shape)
+        with torch.no_grad():
+            fwd = timed(lambda: op(x), a.steps)
+        xg = x.clone().requires_grad_()
+        both = timed(lambda: op(xg).sum().backward(), a.steps)
+        results.append({"name": name, "fwd": fwd, "fwd_bwd": both})
+        print(f"{name:<26} {fwd:10.3f} {both:10.3f} ms", file=sys.stderr)
+    json.dump({"torch": torch.__version__, "threads": a.threads, "results": results}, sys.stdout)
     print()
 
 

@@ -40,6 +40,32 @@ pub enum BenchWhat {
     /// Training speed: CE steps, KD steps with an online and a cached teacher, teacher
     /// inference, a proxy trial, peak memory; side by side with PyTorch with `--pytorch`.
     Train(TrainBenchArgs),
+    /// Single operations at resnet20's training shapes (forward, and forward + backward), to
+    /// find which kernels a training step's time goes to; side by side with PyTorch.
+    Ops(OpsBenchArgs),
+}
+
+/// Arguments of `autokd bench ops`.
+#[derive(Debug, clap::Args)]
+pub struct OpsBenchArgs {
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Timed repetitions, after two warm-up ones; the median is reported.
+    #[arg(long, default_value_t = 7)]
+    pub steps: usize,
+    /// Also run the PyTorch reference (`--ops` mode of the script) with this interpreter.
+    #[arg(long)]
+    pub pytorch: Option<std::path::PathBuf>,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "benches/reference/torch_bench.py")]
+    pub pytorch_script: std::path::PathBuf,
+    /// Threads PyTorch may use (default: the cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device.
+    #[arg(long, default_value = "flex")]
+    pub device: DeviceSpec,
 }
 
 /// Arguments of `autokd bench train`.
@@ -256,6 +282,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         BenchWhat::Distill(a) => distill(a, out),
         BenchWhat::Proxy(a) => proxy(a, out),
         BenchWhat::Train(a) => train_bench(a, out),
+        BenchWhat::Ops(a) => ops_bench(a, out),
     }
 }
 
@@ -868,6 +895,183 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             "results": results,
         });
         crate::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The operations of `bench ops`: name, input shape `[C, H, W]`, and what runs on it. The same
+/// names and shapes are in the PyTorch script's `--ops` mode.
+const OPS: [(&str, [usize; 3]); 10] = [
+    ("conv3x3 16->16 @32", [16, 32, 32]),
+    ("conv3x3 32->32 @16", [32, 16, 16]),
+    ("conv3x3 64->64 @8", [64, 8, 8]),
+    ("conv1x1 16->32 s2 @32", [16, 32, 32]),
+    ("batchnorm train 16 @32", [16, 32, 32]),
+    ("batchnorm composed 16 @32", [16, 32, 32]),
+    ("relu 16 @32", [16, 32, 32]),
+    ("add 16 @32", [16, 32, 32]),
+    ("global avg pool 64 @8", [64, 8, 8]),
+    ("linear 64->100", [64, 1, 1]),
+];
+
+/// One operation of [`OPS`], its module built once.
+enum BenchOp {
+    Conv(burn::nn::conv::Conv2d),
+    Norm(burn::nn::BatchNorm),
+    Composed(burn::nn::BatchNorm),
+    Relu,
+    Add,
+    Pool,
+    Linear(burn::nn::Linear),
+}
+
+impl BenchOp {
+    fn new(name: &str, c: usize, d: &Device) -> Self {
+        let conv = |cout: usize, k: usize, stride: usize| {
+            burn::nn::conv::Conv2dConfig::new([c, cout], [k, k])
+                .with_stride([stride, stride])
+                .with_padding(burn::nn::PaddingConfig2d::Explicit(
+                    k / 2,
+                    k / 2,
+                    k / 2,
+                    k / 2,
+                ))
+                .with_bias(false)
+                .init(d)
+        };
+        match name {
+            n if n.starts_with("conv3x3") => Self::Conv(conv(c, 3, 1)),
+            n if n.starts_with("conv1x1") => Self::Conv(conv(2 * c, 1, 2)),
+            n if n.starts_with("batchnorm composed") => {
+                Self::Composed(burn::nn::BatchNormConfig::new(c).init(d))
+            }
+            n if n.starts_with("batchnorm") => {
+                Self::Norm(burn::nn::BatchNormConfig::new(c).init(d))
+            }
+            n if n.starts_with("relu") => Self::Relu,
+            n if n.starts_with("add") => Self::Add,
+            n if n.starts_with("global") => Self::Pool,
+            _ => Self::Linear(burn::nn::LinearConfig::new(c, 100).init(d)),
+        }
+    }
+
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, _, _] = x.dims();
+        match self {
+            Self::Conv(m) => m.forward(x),
+            Self::Norm(m) => m.forward(x),
+            Self::Composed(m) => {
+                if x.device().is_autodiff() {
+                    let [b, c, h, w] = x.dims();
+                    let flat = x.reshape([b, c, h * w]);
+                    let mean = flat.clone().mean_dim(2).mean_dim(0); // [1, C, 1]
+                    let centered = flat - mean;
+                    let var = centered.clone().powi_scalar(2).mean_dim(2).mean_dim(0);
+                    let scale =
+                        var.add_scalar(m.epsilon).sqrt().recip() * m.gamma.val().reshape([1, c, 1]);
+                    (centered * scale + m.beta.val().reshape([1, c, 1])).reshape([b, c, h, w])
+                } else {
+                    m.forward(x)
+                }
+            }
+            Self::Relu => burn::tensor::activation::relu(x),
+            Self::Add => x.clone() + x,
+            Self::Pool => x.mean_dims(&[2, 3]),
+            Self::Linear(l) => {
+                let y = l.forward(x.reshape([b, c]));
+                let n = y.dims()[1];
+                y.reshape([b, n, 1, 1])
+            }
+        }
+    }
+}
+
+fn ops_bench(args: &OpsBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    let plain = select_device(&args.device)?;
+    let ad = plain.clone().autodiff();
+    let b = args.batch_size;
+    writeln!(
+        out,
+        "ops: batch {b}, device {}, median of {} runs; fwd = forward only (no autodiff), fwd+bwd = forward, sum, backward",
+        args.device, args.steps
+    )?;
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    for (name, [c, h, w]) in OPS {
+        let x = Tensor::<4>::random(
+            [b, c, h, w],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &plain,
+        );
+        let (op_plain, op_ad) = (BenchOp::new(name, c, &plain), BenchOp::new(name, c, &ad));
+        // Parameters initialize lazily: touch them before timing.
+        let _ = op_plain.apply(x.clone()).into_data();
+        let xa = x.clone().autodiff().require_grad();
+        let _ = op_ad.apply(xa.clone()).into_data();
+        let (fwd, _) = timed(args.steps, &plain, || {
+            let _ = op_plain.apply(x.clone()).into_data();
+            Ok(())
+        })?;
+        let (both, _) = timed(args.steps, &ad, || {
+            let _grads = op_ad.apply(xa.clone()).sum().backward();
+            Ok(())
+        })?;
+        rows.push((name.to_string(), fwd, both));
+    }
+    let mut reference: Option<serde_json::Value> = None;
+    if let Some(python) = &args.pytorch {
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let output = std::process::Command::new(python)
+            .arg(&args.pytorch_script)
+            .args([
+                "--ops",
+                "--batch",
+                &b.to_string(),
+                "--steps",
+                &args.steps.to_string(),
+            ])
+            .args(["--threads", &threads.to_string()])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", python.display()))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "the PyTorch reference failed ({})",
+            output.status
+        );
+        reference = Some(
+            serde_json::from_slice(&output.stdout)
+                .context("the PyTorch reference printed no JSON")?,
+        );
+    }
+    let theirs = |name: &str, key: &str| -> Option<f64> {
+        reference.as_ref()?["results"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"].as_str() == Some(name))?[key]
+            .as_f64()
+    };
+    writeln!(
+        out,
+        "{:<26} {:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "op", "fwd ms", "torch", "fwd+bwd", "torch", "ratio", "ratio"
+    )?;
+    for (name, fwd, both) in rows {
+        let (tf, tb) = (theirs(&name, "fwd"), theirs(&name, "fwd_bwd"));
+        let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
+        writeln!(
+            out,
+            "{:<26} {:>10.3} {:>10} {:>10.3} {:>10} {:>8} {:>8}",
+            name,
+            fwd,
+            f(tf, 3),
+            both,
+            f(tb, 3),
+            f(tf.map(|t| fwd / t), 2),
+            f(tb.map(|t| both / t), 2)
+        )?;
     }
     Ok(())
 }

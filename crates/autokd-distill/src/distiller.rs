@@ -39,7 +39,7 @@ impl Connector {
     /// # Shapes
     /// - `x`: `[B, C_s, H, W]` → `[B, C_t, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(x))
+        autokd_models::common::batch_norm(&self.bn, self.conv.forward(x))
     }
 }
 

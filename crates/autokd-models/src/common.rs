@@ -40,6 +40,46 @@ pub(crate) fn bn(channels: usize, device: &Device) -> BatchNorm {
     BatchNormConfig::new(channels).init(device)
 }
 
+/// `bn(x)` for a `[B, C, H, W]` input: the same results as `BatchNorm::forward`, with a faster
+/// training path.
+///
+/// In training (autodiff device and the layer's training flag on) burn 0.22's backend-generic
+/// `batch_norm_train` computes the statistics after swapping the batch and channel axes, which
+/// copies the activation in the forward pass and three more times in the backward pass; on `flex`
+/// a 64×16×32×32 forward + backward took 26 ms against PyTorch's 3.9 ms (`autokd bench ops`).
+/// Here the statistics are reductions over the contiguous `H·W` axis and then the batch, and
+/// autodiff differentiates the composition: 4.1 ms. Running statistics are updated as burn does
+/// (momentum, biased batch variance). Inference uses the running statistics through burn.
+///
+/// `AUTOKD_BATCHNORM=burn` in the environment selects burn's own training path instead (to
+/// measure the difference side by side).
+pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    static BURN_PATH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let burn_path =
+        *BURN_PATH.get_or_init(|| std::env::var("AUTOKD_BATCHNORM").is_ok_and(|v| v == "burn"));
+    if burn_path || !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        return bn.forward(x);
+    }
+    let [b, c, h, w] = x.dims();
+    let flat = x.reshape([b, c, h * w]);
+    let mean = flat.clone().mean_dim(2).mean_dim(0); // [1, C, 1]
+    let centered = flat - mean.clone();
+    let var = centered.clone().powi_scalar(2).mean_dim(2).mean_dim(0); // biased
+    let scale =
+        var.clone().add_scalar(bn.epsilon).sqrt().recip() * bn.gamma.val().reshape([1, c, 1]);
+    let out = centered * scale + bn.beta.val().reshape([1, c, 1]);
+    let device = out.device();
+    let m = bn.momentum;
+    let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<3>| {
+        let old = state.value_sync().to_device(&device);
+        let new = old.mul_scalar(1.0 - m) + batch.detach().reshape([c]).mul_scalar(m);
+        state.update(new.detach());
+    };
+    update(&bn.running_mean, mean);
+    update(&bn.running_var, var);
+    out.reshape([b, c, h, w])
+}
+
 /// Convolution then batch norm (no activation).
 #[derive(Module, Debug)]
 pub struct ConvBn {
@@ -70,7 +110,7 @@ impl ConvBn {
 
     /// `bn(conv(x))`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(conv_fwd(&self.conv, x))
+        batch_norm(&self.bn, conv_fwd(&self.conv, x))
     }
 
     /// `relu(bn(conv(x)))`.
@@ -114,6 +154,90 @@ mod tests {
             .try_to_vec::<f32>()
             .unwrap();
         assert_eq!(three, vec![0.0, 2.0, 4.0, 1.0, 3.0, 5.0]);
+    }
+
+    #[test]
+    fn batch_norm_matches_burn_in_training_and_inference() {
+        let ad = Device::flex().autodiff();
+        let make = || {
+            let mut m = BatchNormConfig::new(3).init(&ad);
+            // Non-trivial affine parameters.
+            m.gamma = m
+                .gamma
+                .map(|_| Tensor::from_floats([0.5, 1.5, -2.0], &ad).require_grad());
+            m.beta = m
+                .beta
+                .map(|_| Tensor::from_floats([0.1, -0.3, 2.0], &ad).require_grad());
+            m
+        };
+        let (ours, theirs) = (make(), make());
+        let values: Vec<f32> = (0..4 * 3 * 5 * 2)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 3.0)
+            .collect();
+        let x = || {
+            Tensor::<4>::from_data(TensorData::new(values.clone(), [4, 3, 5, 2]), &ad)
+                .require_grad()
+        };
+        let (xa, xb) = (x(), x());
+        let (ya, yb) = (batch_norm(&ours, xa.clone()), theirs.forward(xb.clone()));
+        let close = |a: Tensor<1>, b: Tensor<1>, what: &str| {
+            let (a, b) = (
+                a.into_data().try_to_vec::<f32>().unwrap(),
+                b.into_data().try_to_vec::<f32>().unwrap(),
+            );
+            assert_eq!(a.len(), b.len());
+            for (u, v) in a.iter().zip(&b) {
+                assert!(
+                    (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                    "{what}: {a:?} vs {b:?}"
+                );
+            }
+        };
+        let flat = |t: Tensor<4>| t.reshape([-1]);
+        close(flat(ya.clone()), flat(yb.clone()), "output");
+        // A loss that weighs positions unequally, so that every gradient term matters.
+        let w = Tensor::<4>::from_data(
+            TensorData::new(
+                (0..120).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<_>>(),
+                [4, 3, 5, 2],
+            ),
+            &ad,
+        );
+        let (ga, gb) = ((ya * w.clone()).sum().backward(), (yb * w).sum().backward());
+        close(
+            flat(xa.grad(&ga).unwrap()),
+            flat(xb.grad(&gb).unwrap()),
+            "input gradient",
+        );
+        close(
+            ours.gamma.val().grad(&ga).unwrap(),
+            theirs.gamma.val().grad(&gb).unwrap(),
+            "gamma gradient",
+        );
+        close(
+            ours.beta.val().grad(&ga).unwrap(),
+            theirs.beta.val().grad(&gb).unwrap(),
+            "beta gradient",
+        );
+        close(
+            ours.running_mean.value(),
+            theirs.running_mean.value(),
+            "running mean",
+        );
+        close(
+            ours.running_var.value(),
+            theirs.running_var.value(),
+            "running var",
+        );
+        // Off the autodiff device, the running statistics: burn's inference path.
+        let plain = Device::flex();
+        let (ours, theirs) = (ours.valid(), theirs.valid());
+        let xp = Tensor::<4>::from_data(TensorData::new(values.clone(), [4, 3, 5, 2]), &plain);
+        close(
+            flat(batch_norm(&ours, xp.clone())),
+            flat(theirs.forward(xp)),
+            "inference",
+        );
     }
 
     #[test]

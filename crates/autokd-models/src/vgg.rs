@@ -8,7 +8,7 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::common::{bn, conv, global_avg_pool};
+use crate::common::{batch_norm, bn, conv, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
 use crate::params::{conv_fwd, linear_fwd};
 
@@ -135,7 +135,7 @@ impl Backbone for Vgg {
                 x = self.pool.forward(x);
             }
             for (j, layer) in block.iter().enumerate() {
-                x = layer.bn.forward(conv_fwd(&layer.conv, x));
+                x = batch_norm(&layer.bn, conv_fwd(&layer.conv, x));
                 if j + 1 < block.len() {
                     x = relu(x);
                 }

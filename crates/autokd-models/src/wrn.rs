@@ -11,7 +11,7 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::common::{bn, conv, global_avg_pool};
+use crate::common::{batch_norm, bn, conv, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
 use crate::params::{conv_fwd, linear_fwd};
 
@@ -38,8 +38,8 @@ impl WideBlock {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let act = relu(self.bn1.forward(x.clone()));
-        let out = relu(self.bn2.forward(conv_fwd(&self.conv1, act.clone())));
+        let act = relu(batch_norm(&self.bn1, x.clone()));
+        let out = relu(batch_norm(&self.bn2, conv_fwd(&self.conv1, act.clone())));
         let out = conv_fwd(&self.conv2, out);
         match &self.conv_shortcut {
             // Unequal in/out: the shortcut takes the activated input (as the reference does).
@@ -123,8 +123,8 @@ impl Backbone for WideResNet {
                 let f = if taps.pre_act() {
                     // The batch norm that follows this group.
                     match self.blocks.get(g + 1).and_then(|next| next.first()) {
-                        Some(next) => next.bn1.forward(x.clone()),
-                        None => self.bn1.forward(x.clone()),
+                        Some(next) => batch_norm(&next.bn1, x.clone()),
+                        None => batch_norm(&self.bn1, x.clone()),
                     }
                 } else {
                     x.clone()
@@ -132,7 +132,7 @@ impl Backbone for WideResNet {
                 taps.offer_map(g + 1, &f);
             }
         }
-        let embedding = global_avg_pool(relu(self.bn1.forward(x)));
+        let embedding = global_avg_pool(relu(batch_norm(&self.bn1, x)));
         let logits = linear_fwd(&self.fc, embedding.clone());
         taps.finish(embedding, logits)
     }
