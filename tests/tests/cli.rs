@@ -401,11 +401,14 @@ fn train_a_teacher_then_distil_with_a_spec_file() {
         "10",
         "--milestones",
         "1",
+        "--device",
+        "flex,flex",
         "--out",
         &p("small"),
     ])
     .unwrap();
     assert!(small.contains("(200 train, 100 test)"), "{small}");
+    assert!(small.contains("data parallel on 2 devices"), "{small}");
     let weights = p("teacher/seed0/model.bpk");
     assert!(std::path::Path::new(&weights).is_file());
     let spec = autokd_distill::DistillerSpec::baseline("cwd").unwrap();

@@ -68,9 +68,10 @@ pub struct TrainArgs {
     /// Continue from the checkpoints in the run folder.
     #[arg(long)]
     pub resume: bool,
-    /// Device.
-    #[arg(long, default_value = "flex")]
-    pub device: DeviceSpec,
+    /// Device; several (comma-separated, e.g. `cuda:0,cuda:1`) train data-parallel: each batch is
+    /// split across them and the gradients are summed on the first.
+    #[arg(long, value_delimiter = ',', default_value = "flex")]
+    pub device: Vec<DeviceSpec>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,7 +94,15 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Trains.
 pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let device = select_device(&args.device)?;
+    let devices = args
+        .device
+        .iter()
+        .map(select_device)
+        .collect::<Result<Vec<_>, _>>()?;
+    let device = devices
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("--device: no device given"))?;
     let mut dataset = args
         .dataset
         .load()
@@ -157,7 +166,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     );
     writeln!(
         out,
-        "train: {} on {} ({} train, {} test), recipe {} ({} epochs, batch {}, lr {}), {distiller}, seeds {:?}",
+        "train: {} on {} ({} train, {} test), recipe {} ({} epochs, batch {}, lr {}), {distiller}, seeds {:?}{}",
         args.model,
         info.name,
         dataset.train.len(),
@@ -166,7 +175,12 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         recipe.epochs,
         recipe.batch_size,
         recipe.lr,
-        args.seeds
+        args.seeds,
+        if devices.len() > 1 {
+            format!(", data parallel on {} devices", devices.len())
+        } else {
+            String::new()
+        }
     )?;
     let mut results = Vec::new();
     for &seed in &args.seeds {
@@ -194,7 +208,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             &dir,
             args.resume,
             None,
-            &device,
+            &devices,
             |event| match event {
                 TrainEvent::Step {
                     epoch,

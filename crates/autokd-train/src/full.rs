@@ -23,7 +23,7 @@ use burn::store::{BurnpackStore, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::step::{DistillStudent, distill_step};
+use crate::step::{DistillStudent, data_parallel_step, distill_step};
 
 /// Optimizer of a recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -293,9 +293,12 @@ pub fn train(
     run_dir: &Path,
     resume: bool,
     stop_after: Option<usize>,
-    device: &Device,
+    devices: &[Device],
     mut on_event: impl FnMut(TrainEvent<'_>),
 ) -> Result<(Model, TrainSummary)> {
+    let Some(device) = devices.first() else {
+        return Err(TrainError::Config("no device to train on".into()));
+    };
     let ad = device.clone().autodiff();
     let guard = crate::INIT_LOCK
         .lock()
@@ -384,7 +387,7 @@ pub fn train(
             let b = batch.positions.len();
             let plain = batch.clone().to_device(device);
             let t_out = match &frozen {
-                Some(t) => t.forward_intermediates(plain.images, &t_req),
+                Some(t) => t.forward_intermediates(plain.images.clone(), &t_req),
                 None => Intermediates {
                     features: Vec::new(),
                     embedding: Tensor::zeros([b, 1], device),
@@ -392,9 +395,20 @@ pub fn train(
                     dist_logits: None,
                 },
             };
-            let batch = batch.to_device(&ad);
-            let (n2, losses) =
-                distill_step(net, &mut optim, lr, batch.images, batch.targets, &t_out)?;
+            let (n2, losses) = if devices.len() > 1 {
+                data_parallel_step(
+                    net,
+                    &mut optim,
+                    lr,
+                    plain.images,
+                    plain.targets,
+                    &t_out,
+                    devices,
+                )?
+            } else {
+                let batch = batch.to_device(&ad);
+                distill_step(net, &mut optim, lr, batch.images, batch.targets, &t_out)?
+            };
             net = n2;
             if sums.is_empty() {
                 sums = losses.terms.iter().map(|(k, _)| (k.clone(), 0.0)).collect();
@@ -567,7 +581,7 @@ mod tests {
             &whole,
             false,
             None,
-            &device,
+            std::slice::from_ref(&device),
             |_| {},
         )
         .unwrap();
@@ -610,7 +624,7 @@ mod tests {
             &split,
             false,
             Some(2),
-            &device,
+            std::slice::from_ref(&device),
             |_| {},
         )
         .unwrap();
@@ -625,7 +639,7 @@ mod tests {
             &split,
             true,
             None,
-            &device,
+            std::slice::from_ref(&device),
             |_| {},
         )
         .unwrap();
@@ -671,7 +685,7 @@ mod tests {
             dir.path(),
             false,
             None,
-            &device,
+            std::slice::from_ref(&device),
             |e| match e {
                 TrainEvent::Step {
                     epoch, step, steps, ..

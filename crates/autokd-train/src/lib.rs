@@ -46,5 +46,5 @@ pub use full::{
     evaluate, train,
 };
 pub use proxy::{ProxyConfig, ProxyEvaluator, RewardKind, TrialOutcome, representation_gap};
-pub use step::{DistillStudent, StepLosses, distill_step};
+pub use step::{DistillStudent, StepLosses, data_parallel_step, distill_step};
 pub use supervised::{EpochReport, SupervisedConfig, accuracy, train_supervised};
