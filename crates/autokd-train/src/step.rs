@@ -55,6 +55,9 @@ pub fn distill_step(
     Ok((model, StepLosses { total, terms }))
 }
 
+/// One shard's gradients (on the first device), weighted loss terms and total.
+type ShardResult = (GradientsParams, Vec<(String, f64)>, f64);
+
 /// [`distill_step`] on several devices at once (data parallel, as DDP does on one node): the
 /// batch is split along its first axis, one replica per device computes the gradient of its shard
 /// (its loss weighted by the shard's share of the batch, so that the sum is the full batch's mean
@@ -113,54 +116,53 @@ pub fn data_parallel_step(
             .as_ref()
             .map(|d| d.clone().narrow(0, start, len).to_device(device)),
     };
-    let results: Vec<Result<(GradientsParams, Vec<(String, f64)>, f64)>> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = shards
-                .iter()
-                .zip(devices)
-                .enumerate()
-                .map(|(i, (&(start, len), device))| {
-                    let (images, targets, model, request) = (&images, &targets, &model, &request);
-                    scope.spawn(move || -> Result<_> {
-                        let ad = device.clone().autodiff();
-                        // Shard 0 trains the model itself (its BatchNorm running statistics are
-                        // kept); the others train independent copies.
-                        let replica = if i == 0 {
-                            model.clone()
-                        } else {
-                            model.valid().train().fork(&ad)
-                        };
-                        let x = images.clone().narrow(0, start, len).to_device(&ad);
-                        let y = targets.clone().narrow(0, start, len).to_device(&ad);
-                        let t = shard_of(teacher, start, len, device);
-                        let out = replica.student.forward_intermediates(x, request);
-                        let loss = replica.distiller.loss(&out, &t, y)?;
-                        let share = len as f64 / b as f64;
-                        let total = f64::from(loss.total.clone().into_scalar::<f32>()) * share;
-                        let terms = loss
-                            .terms
-                            .iter()
-                            .map(|(k, v)| {
-                                (k.clone(), f64::from(v.clone().into_scalar::<f32>()) * share)
-                            })
-                            .collect();
-                        let grads = GradientsParams::from_grads(
-                            loss.total.mul_scalar(share).backward(),
-                            &replica,
-                        );
-                        Ok((grads.to_device(main, model), terms, total))
-                    })
+    let results: Vec<Result<ShardResult>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .iter()
+            .zip(devices)
+            .enumerate()
+            .map(|(i, (&(start, len), device))| {
+                let (images, targets, model, request) = (&images, &targets, &model, &request);
+                scope.spawn(move || -> Result<_> {
+                    let ad = device.clone().autodiff();
+                    // Shard 0 trains the model itself (its BatchNorm running statistics are
+                    // kept); the others train independent copies.
+                    let replica = if i == 0 {
+                        model.clone()
+                    } else {
+                        model.valid().train().fork(&ad)
+                    };
+                    let x = images.clone().narrow(0, start, len).to_device(&ad);
+                    let y = targets.clone().narrow(0, start, len).to_device(&ad);
+                    let t = shard_of(teacher, start, len, device);
+                    let out = replica.student.forward_intermediates(x, request);
+                    let loss = replica.distiller.loss(&out, &t, y)?;
+                    let share = len as f64 / b as f64;
+                    let total = f64::from(loss.total.clone().into_scalar::<f32>()) * share;
+                    let terms = loss
+                        .terms
+                        .iter()
+                        .map(|(k, v)| {
+                            (k.clone(), f64::from(v.clone().into_scalar::<f32>()) * share)
+                        })
+                        .collect();
+                    let grads = GradientsParams::from_grads(
+                        loss.total.mul_scalar(share).backward(),
+                        &replica,
+                    );
+                    Ok((grads.to_device(main, model), terms, total))
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(TrainError::Config("a data-parallel worker panicked".into()))
-                    })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Config("a data-parallel worker panicked".into()))
                 })
-                .collect()
-        });
+            })
+            .collect()
+    });
     let mut acc = burn::optim::GradientsAccumulator::new();
     let (mut total, mut terms): (f64, Vec<(String, f64)>) = (0.0, Vec::new());
     for r in results {
