@@ -437,8 +437,13 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "wrote {}/{{config.toml, trials.jsonl, best.toml, report.md, rewards.svg}} ({} trials in {elapsed:.1} s)",
+        "wrote {}/{{config.toml, {}trials.jsonl, best.toml, report.md, rewards.svg}} ({} trials in {elapsed:.1} s)",
         dir.display(),
+        match cfg.store {
+            StoreKind::Journal => "journal.jsonl, ",
+            StoreKind::Sqlite if cfg.store_path.is_none() => "trials.sqlite, ",
+            _ => "",
+        },
         records.len()
     )?;
     Ok(())
