@@ -901,11 +901,12 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
 
 /// The operations of `bench ops`: name, input shape `[C, H, W]`, and what runs on it. The same
 /// names and shapes are in the PyTorch script's `--ops` mode.
-const OPS: [(&str, [usize; 3]); 10] = [
+const OPS: [(&str, [usize; 3]); 11] = [
     ("conv3x3 16->16 @32", [16, 32, 32]),
     ("conv3x3 32->32 @16", [32, 16, 16]),
     ("conv3x3 64->64 @8", [64, 8, 8]),
     ("conv1x1 16->32 s2 @32", [16, 32, 32]),
+    ("conv1x1 16->32 s2 autokd @32", [16, 32, 32]),
     ("batchnorm train 16 @32", [16, 32, 32]),
     ("batchnorm composed 16 @32", [16, 32, 32]),
     ("relu 16 @32", [16, 32, 32]),
@@ -919,6 +920,7 @@ enum BenchOp {
     Conv(burn::nn::conv::Conv2d),
     Norm(burn::nn::BatchNorm),
     Composed(burn::nn::BatchNorm),
+    Subsampled(burn::nn::conv::Conv2d),
     Relu,
     Add,
     Pool,
@@ -941,6 +943,9 @@ impl BenchOp {
         };
         match name {
             n if n.starts_with("conv3x3") => Self::Conv(conv(c, 3, 1)),
+            n if n.starts_with("conv1x1") && n.contains("autokd") => {
+                Self::Subsampled(conv(2 * c, 1, 2))
+            }
             n if n.starts_with("conv1x1") => Self::Conv(conv(2 * c, 1, 2)),
             n if n.starts_with("batchnorm composed") => {
                 Self::Composed(burn::nn::BatchNormConfig::new(c).init(d))
@@ -959,6 +964,7 @@ impl BenchOp {
         let [b, c, _, _] = x.dims();
         match self {
             Self::Conv(m) => m.forward(x),
+            Self::Subsampled(m) => autokd_models::common::conv2d(m, x),
             Self::Norm(m) => m.forward(x),
             Self::Composed(m) => {
                 if x.device().is_autodiff() {

@@ -80,6 +80,41 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     out.reshape([b, c, h, w])
 }
 
+/// `conv(x)`, with 1×1 strided convolutions without padding (ResNet and WRN shortcuts) computed
+/// as a subsampling followed by a stride-1 1×1 convolution: the same numbers, but burn-flex runs
+/// stride-1 1×1 convolutions as one matrix product on NCHW data and strided ones through its
+/// general im2col path, 7× slower than PyTorch in the forward pass (`autokd bench ops`).
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let [sh, sw] = conv.stride;
+    let unpadded = match conv.padding {
+        PaddingConfig2d::Valid => true,
+        PaddingConfig2d::Explicit(t, l, bo, r) => t == 0 && l == 0 && bo == 0 && r == 0,
+        _ => false,
+    };
+    let pointwise_strided = conv.kernel_size == [1, 1]
+        && (sh > 1 || sw > 1)
+        && unpadded
+        && conv.dilation == [1, 1]
+        && h % sh == 0
+        && w % sw == 0;
+    if !pointwise_strided {
+        return conv.forward(x);
+    }
+    let (ho, wo) = (h / sh, w / sw);
+    let sub: Tensor<4> = x
+        .reshape([b, c, ho, sh, wo, sw])
+        .narrow(3, 0, 1)
+        .narrow(5, 0, 1)
+        .reshape([b, c, ho, wo]);
+    burn::tensor::module::conv2d(
+        sub,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|p| p.val()),
+        burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], conv.groups),
+    )
+}
+
 /// Convolution then batch norm (no activation).
 #[derive(Module, Debug)]
 pub struct ConvBn {
@@ -238,6 +273,51 @@ mod tests {
             flat(theirs.forward(xp)),
             "inference",
         );
+    }
+
+    #[test]
+    fn subsampled_pointwise_conv_matches_burn() {
+        let ad = Device::flex().autodiff();
+        for (stride, groups, bias, side) in [(2, 1, false, 8), (2, 2, true, 6), (3, 1, true, 9)] {
+            let conv = Conv2dConfig::new([4, 6], [1, 1])
+                .with_stride([stride, stride])
+                .with_groups(groups)
+                .with_bias(bias)
+                .init(&ad);
+            let values: Vec<f32> = (0..2 * 4 * side * side)
+                .map(|i| ((i * 29 % 17) as f32 - 8.0) / 5.0)
+                .collect();
+            let x = || {
+                Tensor::<4>::from_data(TensorData::new(values.clone(), [2, 4, side, side]), &ad)
+                    .require_grad()
+            };
+            let (xa, xb) = (x(), x());
+            let (ya, yb) = (conv2d(&conv, xa.clone()), conv.forward(xb.clone()));
+            assert_eq!(ya.dims(), yb.dims());
+            let flat = |t: Tensor<4>| t.into_data().try_to_vec::<f32>().unwrap();
+            let (ga, gb) = (ya.clone().sum().backward(), yb.clone().sum().backward());
+            for (a, b) in [
+                (flat(ya), flat(yb)),
+                (flat(xa.grad(&ga).unwrap()), flat(xb.grad(&gb).unwrap())),
+                (
+                    flat(conv.weight.val().grad(&ga).unwrap()),
+                    flat(conv.weight.val().grad(&gb).unwrap()),
+                ),
+            ] {
+                for (u, v) in a.iter().zip(&b) {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * (1.0 + v.abs()),
+                        "stride {stride}: {u} vs {v}"
+                    );
+                }
+            }
+        }
+        // Not strided, padded or 3×3: burn's own path (same object, same numbers trivially).
+        let conv = Conv2dConfig::new([4, 6], [3, 3])
+            .with_stride([2, 2])
+            .init(&ad);
+        let x = Tensor::<4>::ones([1, 4, 8, 8], &ad);
+        assert_eq!(conv2d(&conv, x.clone()).dims(), conv.forward(x).dims());
     }
 
     #[test]
