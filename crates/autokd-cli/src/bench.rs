@@ -465,9 +465,7 @@ fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         let (_, t_req) = distiller.tap_requests();
         // The teacher cache: computed once, outside the timed steps.
         let cached = teacher.forward_intermediates(images.clone(), &t_req);
-        let optim = burn::optim::SgdConfig::new()
-            .with_momentum(Some(burn::optim::momentum::MomentumConfig::new()))
-            .init();
+        let optim = autokd_train::sgd(0.9, 0.0);
         variants.push((
             family,
             dspec,
@@ -592,6 +590,29 @@ fn proxy(args: &ProxyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One training step of the model in `net` (taken out and put back) at learning rate 0.01.
+fn step_once(
+    net: &mut Option<DistillStudent>,
+    optim: &mut burn::optim::ModuleOptimizer,
+    images: &Tensor<4>,
+    targets: &Tensor<1, Int>,
+    teacher: &autokd_models::Intermediates,
+) -> anyhow::Result<()> {
+    let m = net
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
+    let (m, _) = distill_step(
+        m,
+        optim,
+        0.01,
+        images.clone().autodiff(),
+        targets.clone(),
+        teacher,
+    )?;
+    *net = Some(m);
+    Ok(())
+}
+
 /// Median of `steps` timed calls after two warm-up calls, with the peak RSS over them.
 fn timed(
     steps: usize,
@@ -658,12 +679,8 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             ratio: None,
         });
     };
-    let sgd = || {
-        burn::optim::SgdConfig::new()
-            .with_momentum(Some(burn::optim::momentum::MomentumConfig::new()))
-            .with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(5e-4)))
-            .init()
-    };
+    // PyTorch's SGD as the reference script runs it: momentum 0.9, no dampening, decay 5e-4.
+    let sgd = || autokd_train::sgd(0.9, 5e-4);
     // A student with its distiller (CE only, or KD) on the autodiff device.
     let student_with = |s: ModelName, t: Option<(ModelName, &autokd_models::Model)>, kd: bool| {
         let dspec = DistillerSpec::baseline(if kd { "kd" } else { "vanilla" })?;
@@ -689,26 +706,9 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             autokd_models::trainable_params(&spec(s).init(&plain)?),
         ));
         let mut optim = sgd();
-        let none = autokd_models::Intermediates {
-            features: Vec::new(),
-            embedding: Tensor::zeros([b, 1], &plain),
-            logits: Tensor::zeros([b, 100], &plain),
-            dist_logits: None,
-        };
+        let none = autokd_models::Intermediates::no_teacher(b, 100, &plain);
         let r = timed(args.steps, &ad, || {
-            let m = net
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
-            let (m, _) = distill_step(
-                m,
-                &mut optim,
-                0.01,
-                images.clone().autodiff(),
-                targets.clone(),
-                &none,
-            )?;
-            net = Some(m);
-            Ok(())
+            step_once(&mut net, &mut optim, &images, &targets, &none)
         })?;
         push(format!("ce step {s}"), r, b);
     }
@@ -737,19 +737,7 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
                 } else {
                     cached.clone()
                 };
-                let m = net
-                    .take()
-                    .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
-                let (m, _) = distill_step(
-                    m,
-                    &mut optim,
-                    0.01,
-                    images.clone().autodiff(),
-                    targets.clone(),
-                    &t_out,
-                )?;
-                net = Some(m);
-                Ok(())
+                step_once(&mut net, &mut optim, &images, &targets, &t_out)
             })?;
             let mode = if online { "online" } else { "cached" };
             push(format!("kd step {mode} {t}->{s}"), r, b);

@@ -126,6 +126,17 @@ pub struct Intermediates {
 }
 
 impl Intermediates {
+    /// What stands for the teacher's outputs when there is no teacher (a model trained from
+    /// scratch): zeros that no loss term reads, `[B, 1]` embedding and `[B, classes]` logits.
+    pub fn no_teacher(batch: usize, classes: usize, device: &Device) -> Self {
+        Self {
+            features: Vec::new(),
+            embedding: Tensor::zeros([batch, 1], device),
+            logits: Tensor::zeros([batch, classes], device),
+            dist_logits: None,
+        }
+    }
+
     /// The prediction at evaluation: `logits`, or the mean of both heads for DeiT with a
     /// distillation token (as DeiT evaluates).
     pub fn eval_logits(&self) -> Tensor<2> {

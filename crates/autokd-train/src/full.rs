@@ -170,7 +170,7 @@ impl Recipe {
 
 /// SGD with momentum (no dampening, as PyTorch's default) and L2 weight decay: the optimizer
 /// of the CIFAR/ImageNet recipes, the supervised trainer and the proxy.
-pub(crate) fn sgd(momentum: f64, weight_decay: f64) -> ModuleOptimizer {
+pub fn sgd(momentum: f64, weight_decay: f64) -> ModuleOptimizer {
     SgdConfig::new()
         .with_momentum(Some(
             MomentumConfig::new()
@@ -388,12 +388,7 @@ pub fn train(
             let plain = batch.clone().to_device(device);
             let t_out = match &frozen {
                 Some(t) => t.forward_intermediates(plain.images.clone(), &t_req),
-                None => Intermediates {
-                    features: Vec::new(),
-                    embedding: Tensor::zeros([b, 1], device),
-                    logits: Tensor::zeros([b, dataset.info.num_classes], device),
-                    dist_logits: None,
-                },
+                None => Intermediates::no_teacher(b, dataset.info.num_classes, device),
             };
             let (n2, losses) = if devices.len() > 1 {
                 data_parallel_step(

@@ -43,7 +43,7 @@ pub use cache::TeacherCache;
 pub use error::{Result, TrainError};
 pub use full::{
     EpochMetrics, OptimizerKind, PRESETS, Recipe, Schedule, TeacherSetup, TrainEvent, TrainSummary,
-    evaluate, train,
+    evaluate, sgd, train,
 };
 pub use proxy::{ProxyConfig, ProxyEvaluator, RewardKind, TrialOutcome, representation_gap};
 pub use step::{DistillStudent, StepLosses, data_parallel_step, distill_step};

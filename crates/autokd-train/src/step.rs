@@ -347,12 +347,7 @@ mod tests {
             TensorData::new(vec![0i64, 1, 2, 3, 0, 1, 2, 3], [8]),
             &plain,
         );
-        let none = Intermediates {
-            features: Vec::new(),
-            embedding: Tensor::zeros([8, 1], &plain),
-            logits: Tensor::zeros([8, 4], &plain),
-            dist_logits: None,
-        };
+        let none = Intermediates::no_teacher(8, 4, &plain);
         let mut optim = SgdConfig::new().init();
         let devices = [plain.clone(), plain.clone(), plain.clone()];
         let mut losses = Vec::new();
