@@ -301,6 +301,24 @@ fn search_end_to_end_on_the_embedded_digits() {
             .unwrap()
             .contains("random search, best so far")
     );
+    // Two devices (both the CPU here): one evaluator each, two trials at a time.
+    let text5 = autokd(&[
+        "search",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        dir.path().join("run5").to_str().unwrap(),
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--device",
+        "flex,flex",
+        "--store",
+        "sqlite",
+    ])
+    .unwrap();
+    assert!(text5.contains("4 trials, 2 at a time"), "{text5}");
+    assert!(text5.contains("[  4/4] "), "{text5}");
+    assert!(dir.path().join("run5/trials.sqlite").is_file());
     // A wall-time budget of zero runs no trial, and says so.
     let err = autokd(&[
         "search",

@@ -143,9 +143,11 @@ pub struct SearchArgs {
     /// Where trials are kept (overrides the config).
     #[arg(long)]
     pub store: Option<StoreKind>,
-    /// Device.
-    #[arg(long, default_value = "flex")]
-    pub device: DeviceSpec,
+    /// Device; several (comma-separated, e.g. `cuda:0,cuda:1`) evaluate trials on all of them at
+    /// once, one proxy evaluator (with its own teacher cache) per device, at least one worker
+    /// each. The teacher is trained on the first.
+    #[arg(long, value_delimiter = ',', default_value = "flex")]
+    pub device: Vec<DeviceSpec>,
     /// Folder of trained teachers, reused across searches; default `$XDG_CACHE_HOME/autokd` or
     /// `~/.cache/autokd`.
     #[arg(long)]
@@ -275,7 +277,16 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.trials > 0, "trials must be at least 1");
     anyhow::ensure!(cfg.workers > 0, "workers must be at least 1");
     let space = cfg.space.validate()?;
-    let device = select_device(&args.device)?;
+    let devices = args
+        .device
+        .iter()
+        .map(select_device)
+        .collect::<Result<Vec<_>, _>>()?;
+    let device = devices
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("--device: no device given"))?;
+    cfg.workers = cfg.workers.max(devices.len());
     let dataset = cfg
         .dataset
         .load()
@@ -335,16 +346,25 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let teacher = teacher(&cfg, &t_spec, &dataset, args, &device, out)?;
     let taps: Vec<usize> = (0..teacher.feature_info().len()).collect();
     let start = Instant::now();
-    let evaluator = ProxyEvaluator::new(
-        &dataset,
-        &teacher,
-        cfg.teacher.as_str(),
-        s_spec,
-        &taps,
-        cfg.proxy.clone(),
-        &device,
-    )?;
-    let (n_train, n_val) = evaluator.sizes();
+    let evaluators = devices
+        .iter()
+        .map(|d| {
+            ProxyEvaluator::new(
+                &dataset,
+                &teacher.clone().fork(d),
+                cfg.teacher.as_str(),
+                s_spec.clone(),
+                &taps,
+                cfg.proxy.clone(),
+                d,
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let evaluator = EvaluatorPool {
+        busy: std::sync::Mutex::new(vec![0; evaluators.len()]),
+        evaluators,
+    };
+    let (n_train, n_val) = evaluator.evaluators[0].sizes();
     writeln!(
         out,
         "proxy: {n_train} training images ({} per class), {n_val} validation images, {} epochs; teacher cached in {:.1} s",
@@ -462,12 +482,50 @@ fn best_of(records: &[Record]) -> Option<&Record> {
         })
 }
 
+/// One proxy evaluator per device; a trial runs on the one with the fewest trials in flight.
+struct EvaluatorPool {
+    evaluators: Vec<ProxyEvaluator>,
+    busy: std::sync::Mutex<Vec<usize>>,
+}
+
+impl EvaluatorPool {
+    fn evaluate(&self, spec: &DistillerSpec) -> autokd_train::Result<TrialOutcome> {
+        let lock = || {
+            self.busy
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let least = {
+            let mut busy = lock();
+            let least = busy
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, n)| **n)
+                .map(|(i, _)| i);
+            if let Some(n) = least.and_then(|i| busy.get_mut(i)) {
+                *n += 1;
+            }
+            least
+        };
+        let (Some(i), Some(e)) = (least, least.and_then(|i| self.evaluators.get(i))) else {
+            return Err(autokd_train::TrainError::Config(
+                "no proxy evaluator".into(),
+            ));
+        };
+        let outcome = e.evaluate(spec);
+        if let Some(n) = lock().get_mut(i) {
+            *n -= 1;
+        }
+        outcome
+    }
+}
+
 /// What a trial loop needs.
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
     cfg: &'a SearchConfig,
     space: &'a autokd_distill::SearchSpace,
-    evaluator: &'a ProxyEvaluator,
+    evaluator: &'a EvaluatorPool,
     deadline: Option<Instant>,
 }
 
