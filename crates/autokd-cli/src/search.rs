@@ -353,7 +353,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 &dataset,
                 &teacher.clone().fork(d),
                 cfg.teacher.as_str(),
-                s_spec.clone(),
+                s_spec,
                 &taps,
                 cfg.proxy.clone(),
                 d,
