@@ -531,12 +531,7 @@ fn proxy(args: &ProxyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None => synthetic_cifar(args.per_class * 100 * 2)?,
     };
     let info = &ds.info;
-    let spec = |name: ModelName| ModelSpec {
-        name,
-        in_channels: info.channels,
-        num_classes: info.num_classes,
-        image_size: info.height,
-    };
+    let spec = |name: ModelName| crate::model_spec(name, info);
     let teacher = spec(args.teacher).init(&device)?;
     let taps: Vec<usize> = vec![teacher.feature_info().len() - 1];
     let cfg = |cache_teacher| autokd_train::ProxyConfig {

@@ -167,6 +167,19 @@ impl FromStr for DeviceSpec {
     }
 }
 
+/// The devices of a `--device a,b,...` list: the first (the main one) and all of them.
+pub fn select_devices(specs: &[DeviceSpec]) -> anyhow::Result<(Device, Vec<Device>)> {
+    let devices = specs
+        .iter()
+        .map(select_device)
+        .collect::<Result<Vec<_>, _>>()?;
+    let main = devices
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("--device: no device given"))?;
+    Ok((main, devices))
+}
+
 /// The device for `spec`, or an error that names the feature to enable.
 pub fn select_device(spec: &DeviceSpec) -> Result<Device, DeviceError> {
     #[allow(unused_variables)]

@@ -32,10 +32,23 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Version, compiled backends, visible devices, known datasets and models.
     Info(info::InfoArgs),
-    /// Benchmarks (data loader throughput).
+    /// Benchmarks: data loader, distiller families, proxy trials, training steps, kernels.
     Bench(bench::BenchArgs),
     /// Load a PyTorch/safetensors checkpoint into an architecture (strictly) and save it as burnpack.
     Convert(convert::ConvertArgs),
+}
+
+/// The spec of `name` sized for a dataset: its channels, classes and image side.
+pub fn model_spec(
+    name: autokd_models::ModelName,
+    info: &autokd_data::DatasetInfo,
+) -> autokd_models::ModelSpec {
+    autokd_models::ModelSpec {
+        name,
+        in_channels: info.channels,
+        num_classes: info.num_classes,
+        image_size: info.height,
+    }
 }
 
 /// Runs a parsed command line, writing its report to `out`.

@@ -15,7 +15,7 @@ use autokd_train::{ProxyConfig, ProxyEvaluator, SupervisedConfig, TrialOutcome, 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::device::{DeviceSpec, select_device};
+use crate::device::{DeviceSpec, select_devices};
 
 /// Which search strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -277,27 +277,14 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     anyhow::ensure!(cfg.trials > 0, "trials must be at least 1");
     anyhow::ensure!(cfg.workers > 0, "workers must be at least 1");
     let space = cfg.space.validate()?;
-    let devices = args
-        .device
-        .iter()
-        .map(select_device)
-        .collect::<Result<Vec<_>, _>>()?;
-    let device = devices
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("--device: no device given"))?;
+    let (device, devices) = select_devices(&args.device)?;
     cfg.workers = cfg.workers.max(devices.len());
     let dataset = cfg
         .dataset
         .load()
         .with_context(|| format!("loading {}", cfg.dataset))?;
     let info = &dataset.info;
-    let spec_of = |name: ModelName| ModelSpec {
-        name,
-        in_channels: info.channels,
-        num_classes: info.num_classes,
-        image_size: info.height,
-    };
+    let spec_of = |name: ModelName| crate::model_spec(name, info);
     let (t_spec, s_spec) = (spec_of(cfg.teacher), spec_of(cfg.student));
     let dir = match &args.out {
         Some(d) => d.clone(),

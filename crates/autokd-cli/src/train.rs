@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use anyhow::Context;
 use autokd_data::DatasetSpec;
 use autokd_distill::DistillerSpec;
-use autokd_models::{ModelName, ModelSpec, load_weights, save_weights};
+use autokd_models::{ModelName, load_weights, save_weights};
 use autokd_train::{Recipe, TeacherSetup, TrainEvent, train};
 use serde::Serialize;
 
-use crate::device::{DeviceSpec, select_device};
+use crate::device::{DeviceSpec, select_devices};
 
 /// Arguments of `autokd train`.
 #[derive(Debug, clap::Args)]
@@ -94,15 +94,7 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Trains.
 pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    let devices = args
-        .device
-        .iter()
-        .map(select_device)
-        .collect::<Result<Vec<_>, _>>()?;
-    let device = devices
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("--device: no device given"))?;
+    let (device, devices) = select_devices(&args.device)?;
     let mut dataset = args
         .dataset
         .load()
@@ -119,12 +111,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     let dataset = dataset;
     let info = &dataset.info;
-    let spec = |name: ModelName| ModelSpec {
-        name,
-        in_channels: info.channels,
-        num_classes: info.num_classes,
-        image_size: info.height,
-    };
+    let spec = |name: ModelName| crate::model_spec(name, info);
     let mut recipe = Recipe::preset(&args.recipe)?;
     if let Some(e) = args.epochs {
         recipe.epochs = e;
