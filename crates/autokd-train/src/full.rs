@@ -155,7 +155,7 @@ impl Recipe {
         }
     }
 
-    fn optimizer(&self) -> ModuleOptimizer {
+    pub(crate) fn optimizer(&self) -> ModuleOptimizer {
         match &self.optimizer {
             OptimizerKind::Sgd {
                 momentum,
@@ -658,12 +658,7 @@ mod tests {
         let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
-        let spec = ModelSpec {
-            name: ModelName::Resnet8,
-            in_channels: 1,
-            num_classes: 10,
-            image_size: 8,
-        };
+        let spec = crate::testing::digits_spec(ModelName::Resnet8);
         let recipe = Recipe {
             epochs: 2,
             ..Recipe::preset("digits").unwrap()

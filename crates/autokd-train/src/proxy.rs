@@ -440,22 +440,12 @@ mod tests {
         let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
-        let teacher = ModelSpec {
-            name: ModelName::Resnet14,
-            in_channels: 1,
-            num_classes: 10,
-            image_size: 8,
-        }
-        .init(&device.clone().autodiff())
-        .unwrap();
+        let teacher = crate::testing::digits_spec(ModelName::Resnet14)
+            .init(&device.clone().autodiff())
+            .unwrap();
         let before = crate::testing::snapshot(&teacher);
         let all: Vec<usize> = (0..teacher.feature_info().len()).collect();
-        let student = ModelSpec {
-            name: ModelName::Resnet8,
-            in_channels: 1,
-            num_classes: 10,
-            image_size: 8,
-        };
+        let student = crate::testing::digits_spec(ModelName::Resnet8);
         let eval = ProxyEvaluator::new(&ds, &teacher, "resnet14", student, &all, small(), &device)
             .unwrap();
         // 6 per class for training; round(0.2·n) per class of the 1,438 held out.
@@ -546,14 +536,9 @@ mod tests {
         let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
-        let teacher = ModelSpec {
-            name: ModelName::Resnet8,
-            in_channels: 1,
-            num_classes: 10,
-            image_size: 8,
-        }
-        .init(&device)
-        .unwrap();
+        let teacher = crate::testing::digits_spec(ModelName::Resnet8)
+            .init(&device)
+            .unwrap();
         let split = ds.train.subset(&[0, 1, 2, 3, 4]).unwrap();
         let t = Transform::eval(&ds.info).unwrap();
         let cache =

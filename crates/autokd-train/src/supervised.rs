@@ -10,6 +10,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::full::{OptimizerKind, Recipe, Schedule};
 
 /// A supervised recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +46,25 @@ impl Default for SupervisedConfig {
             milestones: vec![20, 25],
             gamma: 0.1,
             seed: 0,
+        }
+    }
+}
+
+impl SupervisedConfig {
+    /// The same schedule and optimizer as a [`Recipe`]: SGD, ×`gamma` at each milestone.
+    pub fn recipe(&self) -> Recipe {
+        Recipe {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            optimizer: OptimizerKind::Sgd {
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+            },
+            schedule: Schedule::MultiStep {
+                milestones: self.milestones.clone(),
+                gamma: self.gamma,
+            },
         }
     }
 }
@@ -96,14 +116,12 @@ pub fn train_supervised(
             ..LoaderConfig::default()
         },
     )?;
-    let mut optim = crate::full::sgd(config.momentum, config.weight_decay);
+    let recipe = config.recipe();
+    let mut optim = recipe.optimizer();
     let ce = CrossEntropyLossConfig::new().init(&ad);
     let mut reports = Vec::new();
     for epoch in 0..config.epochs {
-        let lr = config.lr
-            * config
-                .gamma
-                .powi(config.milestones.iter().filter(|&&m| m <= epoch).count() as i32);
+        let lr = recipe.lr_at(epoch);
         let (mut sum, mut steps) = (0.0f64, 0usize);
         for batch in loader.epoch(epoch as u64, &ad) {
             let batch = batch?;
@@ -144,12 +162,7 @@ mod tests {
         let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
-        let spec = ModelSpec {
-            name: ModelName::Resnet8,
-            in_channels: 1,
-            num_classes: 10,
-            image_size: 8,
-        };
+        let spec = crate::testing::digits_spec(ModelName::Resnet8);
         let cfg = SupervisedConfig {
             epochs: 4,
             milestones: vec![3],
