@@ -2,6 +2,11 @@
 
 use burn::prelude::*;
 
+/// The values of a tensor, in row-major order.
+pub(crate) fn vals<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
 /// `r × d` deterministic values in about [-2, 2] (a fixed pseudo-random sequence).
 pub(crate) fn f64_rows(r: usize, d: usize, seed: u64) -> Vec<Vec<f64>> {
     let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(1);

@@ -247,11 +247,6 @@ mod tests {
         assert!(losses[5] < losses[0], "{losses:?}");
     }
 
-    /// Every float of a module, in visiting order.
-    fn floats<M: Module>(m: &M) -> Vec<f32> {
-        crate::testing::snapshot(m)
-    }
-
     #[test]
     fn data_parallel_step_equals_the_full_batch_step() {
         // DeiT has LayerNorm only: without BatchNorm, shards of a batch give exactly the full
@@ -308,7 +303,8 @@ mod tests {
         let devices = [plain.clone(), plain.clone()];
         let (two, l2) = data_parallel_step(copy(), &mut o2, 0.1, x, y, &t_out, &devices).unwrap();
         assert!((l1.total - l2.total).abs() < 1e-5, "{l1:?} vs {l2:?}");
-        let (a, b, before) = (floats(&one), floats(&two), floats(&copy()));
+        let snapshot = crate::testing::snapshot;
+        let (a, b, before) = (snapshot(&one), snapshot(&two), snapshot(&copy()));
         assert_eq!(a.len(), b.len());
         let moved = a.iter().zip(&before).filter(|(u, v)| u != v).count();
         assert!(moved > 1000, "the step changed only {moved} floats");

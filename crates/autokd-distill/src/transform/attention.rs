@@ -149,11 +149,7 @@ fn attention_weights_channel(x: &Tensor<4>, temperature: f64) -> Tensor<4> {
 mod tests {
     use super::*;
     use crate::distance::Distance;
-    use crate::testing::{grad_check, tensor};
-
-    fn vals(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
-    }
+    use crate::testing::{grad_check, tensor, vals};
 
     #[test]
     fn attention_by_hand() {

@@ -88,11 +88,7 @@ fn local_patches(x: Tensor<4>, k: usize) -> Tensor<4> {
 mod tests {
     use super::*;
     use crate::distance::Distance;
-    use crate::testing::{grad_check, tensor};
-
-    fn vals(t: Tensor<4>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
-    }
+    use crate::testing::{grad_check, tensor, vals};
 
     #[test]
     fn multi_scale_by_hand() {
