@@ -885,10 +885,13 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
 
 /// The operations of `bench ops`: name, input shape `[C, H, W]`, and what runs on it. The same
 /// names and shapes are in the PyTorch script's `--ops` mode.
-const OPS: [(&str, [usize; 3]); 11] = [
+const OPS: [(&str, [usize; 3]); 14] = [
     ("conv3x3 16->16 @32", [16, 32, 32]),
+    ("conv3x3 16->16 autokd @32", [16, 32, 32]),
     ("conv3x3 32->32 @16", [32, 16, 16]),
+    ("conv3x3 32->32 autokd @16", [32, 16, 16]),
     ("conv3x3 64->64 @8", [64, 8, 8]),
+    ("conv3x3 64->64 autokd @8", [64, 8, 8]),
     ("conv1x1 16->32 s2 @32", [16, 32, 32]),
     ("conv1x1 16->32 s2 autokd @32", [16, 32, 32]),
     ("batchnorm train 16 @32", [16, 32, 32]),
@@ -899,12 +902,13 @@ const OPS: [(&str, [usize; 3]); 11] = [
     ("linear 64->100", [64, 1, 1]),
 ];
 
-/// One operation of [`OPS`], its module built once.
+/// One operation of [`OPS`], its module built once. Rows named `autokd` run the same operation
+/// as the row above them through autokd's own code instead of burn's module.
 enum BenchOp {
     Conv(burn::nn::conv::Conv2d),
     Norm(burn::nn::BatchNorm),
     AutokdNorm(burn::nn::BatchNorm),
-    Subsampled(burn::nn::conv::Conv2d),
+    AutokdConv(burn::nn::conv::Conv2d),
     Relu,
     Add,
     Pool,
@@ -926,9 +930,12 @@ impl BenchOp {
                 .init(d)
         };
         match name {
+            n if n.starts_with("conv3x3") && n.contains("autokd") => {
+                Self::AutokdConv(conv(c, 3, 1))
+            }
             n if n.starts_with("conv3x3") => Self::Conv(conv(c, 3, 1)),
             n if n.starts_with("conv1x1") && n.contains("autokd") => {
-                Self::Subsampled(conv(2 * c, 1, 2))
+                Self::AutokdConv(conv(2 * c, 1, 2))
             }
             n if n.starts_with("conv1x1") => Self::Conv(conv(2 * c, 1, 2)),
             n if n.starts_with("batchnorm train autokd") => {
@@ -948,7 +955,7 @@ impl BenchOp {
         let [b, c, _, _] = x.dims();
         match self {
             Self::Conv(m) => m.forward(x),
-            Self::Subsampled(m) => autokd_models::common::conv2d(m, x),
+            Self::AutokdConv(m) => autokd_models::common::conv2d(m, x),
             Self::Norm(m) => m.forward(x),
             Self::AutokdNorm(m) => autokd_models::common::batch_norm(m, x),
             Self::Relu => burn::tensor::activation::relu(x),
@@ -1036,7 +1043,9 @@ fn ops_bench(args: &OpsBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "op", "fwd ms", "torch", "fwd+bwd", "torch", "ratio", "ratio"
     )?;
     for (name, fwd, both) in rows {
-        let (tf, tb) = (theirs(&name, "fwd"), theirs(&name, "fwd_bwd"));
+        // An autokd row is compared with PyTorch's row for the same operation.
+        let op = name.replace(" autokd", "");
+        let (tf, tb) = (theirs(&op, "fwd"), theirs(&op, "fwd_bwd"));
         let f = |v: Option<f64>, p: usize| v.map_or("-".into(), |v| format!("{v:.p$}"));
         writeln!(
             out,

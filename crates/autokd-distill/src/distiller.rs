@@ -39,7 +39,8 @@ impl Connector {
     /// # Shapes
     /// - `x`: `[B, C_s, H, W]` → `[B, C_t, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        autokd_models::common::batch_norm(&self.bn, self.conv.forward(x))
+        let y = autokd_models::common::conv2d(&self.conv, x);
+        autokd_models::common::batch_norm(&self.bn, y)
     }
 }
 

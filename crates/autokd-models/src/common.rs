@@ -3,6 +3,7 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
+use burn::tensor::ops::ConvOptions;
 
 use crate::params::conv_fwd;
 use burn::tensor::activation::relu;
@@ -46,21 +47,40 @@ pub(crate) fn bn(channels: usize, device: &Device) -> BatchNorm {
 /// In training (autodiff device and the layer's training flag on) burn 0.22's backend-generic
 /// `batch_norm_train` computes the statistics after swapping the batch and channel axes, which
 /// copies the activation in the forward pass and three more times in the backward pass; on `flex`
-/// a 64×16×32×32 forward + backward took 26 ms against PyTorch's 3.9 ms (`autokd bench ops`).
-/// Here the statistics are reductions over the contiguous `H·W` axis and then the batch, and
-/// autodiff differentiates the composition: 4.1 ms. Running statistics are updated as burn does
-/// (momentum, biased batch variance). Inference uses the running statistics through burn.
+/// a 64×16×32×32 forward + backward took 18.5 ms against PyTorch's 2.7 ms (`autokd bench ops`).
+/// - On `flex`, [`crate::flex::batch_norm_train`]: one kernel forward, one backward.
+/// - Elsewhere, the statistics are reductions over the contiguous `H·W` axis and then the batch,
+///   and autodiff differentiates the composition.
 ///
-/// `AUTOKD_BATCHNORM=burn` in the environment selects burn's own training path instead (to
-/// measure the difference side by side).
+/// Running statistics are updated as burn does (momentum, biased batch variance). Inference uses
+/// the running statistics through burn.
+///
+/// `AUTOKD_BATCHNORM=burn` in the environment selects burn's own training path, and
+/// `AUTOKD_BATCHNORM=composed` the composed one everywhere (to measure them side by side).
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    static BURN_PATH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let burn_path =
-        *BURN_PATH.get_or_init(|| std::env::var("AUTOKD_BATCHNORM").is_ok_and(|v| v == "burn"));
-    if burn_path || !(x.device().is_autodiff() && bn.training.is_enabled()) {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let path = PATH.get_or_init(|| std::env::var("AUTOKD_BATCHNORM").unwrap_or_default());
+    if path == "burn" || !(x.device().is_autodiff() && bn.training.is_enabled()) {
         return bn.forward(x);
     }
     let [b, c, h, w] = x.dims();
+    let device = x.device();
+    let m = bn.momentum;
+    let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<1>| {
+        let old = state.value_sync().to_device(&device);
+        let new = old.mul_scalar(1.0 - m) + batch.detach().mul_scalar(m);
+        state.update(new.detach());
+    };
+    #[cfg(feature = "flex")]
+    if path != "composed" {
+        let (gamma, beta) = (bn.gamma.val(), bn.beta.val());
+        if let Some(n) = crate::flex::batch_norm_train(&x, &gamma, &beta, bn.epsilon) {
+            let stat = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v, [c]), &device);
+            update(&bn.running_mean, stat(n.mean));
+            update(&bn.running_var, stat(n.var));
+            return n.output;
+        }
+    }
     let flat = x.reshape([b, c, h * w]);
     let mean = flat.clone().mean_dim(2).mean_dim(0); // [1, C, 1]
     let centered = flat - mean.clone();
@@ -68,51 +88,73 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let scale =
         var.clone().add_scalar(bn.epsilon).sqrt().recip() * bn.gamma.val().reshape([1, c, 1]);
     let out = centered * scale + bn.beta.val().reshape([1, c, 1]);
-    let device = out.device();
-    let m = bn.momentum;
-    let update = |state: &burn::module::RunningState<Tensor<1>>, batch: Tensor<3>| {
-        let old = state.value_sync().to_device(&device);
-        let new = old.mul_scalar(1.0 - m) + batch.detach().reshape([c]).mul_scalar(m);
-        state.update(new.detach());
-    };
-    update(&bn.running_mean, mean);
-    update(&bn.running_var, var);
+    update(&bn.running_mean, mean.reshape([c]));
+    update(&bn.running_var, var.reshape([c]));
     out.reshape([b, c, h, w])
 }
 
-/// `conv(x)`, with 1×1 strided convolutions without padding (ResNet and WRN shortcuts) computed
-/// as a subsampling followed by a stride-1 1×1 convolution: the same numbers, but burn-flex runs
-/// stride-1 1×1 convolutions as one matrix product on NCHW data and strided ones through its
-/// general im2col path, 7× slower than PyTorch in the forward pass (`autokd bench ops`).
+/// `conv(x)` as `Conv2d::forward`, faster on `flex`.
+///
+/// - On `flex`, convolutions with one group and no dilation run through [`crate::flex`]
+///   (direct NCHW im2col + gemm per image, forward and backward), 2–4× faster than burn-flex's
+///   own path at the CIFAR models' shapes (`autokd bench ops`).
+/// - 1×1 strided convolutions without padding (ResNet and WRN shortcuts) are computed as a
+///   subsampling followed by a stride-1 1×1 convolution: the same numbers, as one matrix
+///   product per image instead of a general im2col.
+///
+/// `AUTOKD_CONV=burn` in the environment selects burn's own convolution for every layer (to
+/// measure the difference side by side).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    static BURN_PATH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let burn_path =
+        *BURN_PATH.get_or_init(|| std::env::var("AUTOKD_CONV").is_ok_and(|v| v == "burn"));
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        PaddingConfig2d::Explicit(t, l, b, r) => [(t, b), (l, r)],
+        _ => return conv.forward(x),
+    };
+    if burn_path {
+        return conv.forward(x);
+    }
     let [b, c, h, w] = x.dims();
     let [sh, sw] = conv.stride;
-    let unpadded = match conv.padding {
-        PaddingConfig2d::Valid => true,
-        PaddingConfig2d::Explicit(t, l, bo, r) => t == 0 && l == 0 && bo == 0 && r == 0,
-        _ => false,
-    };
+    let weight = conv.weight.val();
+    let bias = conv.bias.as_ref().map(|p| p.val());
     let pointwise_strided = conv.kernel_size == [1, 1]
         && (sh > 1 || sw > 1)
-        && unpadded
+        && padding == [(0, 0), (0, 0)]
         && conv.dilation == [1, 1]
         && h % sh == 0
         && w % sw == 0;
-    if !pointwise_strided {
-        return conv.forward(x);
+    if pointwise_strided {
+        let (ho, wo) = (h / sh, w / sw);
+        let sub: Tensor<4> = x
+            .reshape([b, c, ho, sh, wo, sw])
+            .narrow(3, 0, 1)
+            .narrow(5, 0, 1)
+            .reshape([b, c, ho, wo]);
+        let options = ConvOptions::new([1, 1], [0, 0], [1, 1], conv.groups);
+        return conv2d_op(sub, weight, bias, options);
     }
-    let (ho, wo) = (h / sh, w / sw);
-    let sub: Tensor<4> = x
-        .reshape([b, c, ho, sh, wo, sw])
-        .narrow(3, 0, 1)
-        .narrow(5, 0, 1)
-        .reshape([b, c, ho, wo]);
-    burn::tensor::module::conv2d(
-        sub,
-        conv.weight.val(),
-        conv.bias.as_ref().map(|p| p.val()),
-        burn::tensor::ops::ConvOptions::new([1, 1], [0, 0], [1, 1], conv.groups),
-    )
+    let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
+    conv2d_op(x, weight, bias, options)
+}
+
+/// `burn::tensor::module::conv2d`, through [`crate::flex`] where that applies.
+pub fn conv2d_op(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    {
+        crate::flex::conv2d(x, weight, bias, options)
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        burn::tensor::module::conv2d(x, weight, bias, options)
+    }
 }
 
 /// Convolution then batch norm (no activation).

@@ -8,6 +8,8 @@ pub mod common;
 pub mod deit;
 pub mod error;
 pub mod features;
+#[cfg(feature = "flex")]
+pub mod flex;
 pub mod mobilenet_v1;
 pub mod mobilenet_v2;
 pub mod params;

@@ -39,6 +39,7 @@ impl MaskGenerator {
             .greater_equal_elem(ratio)
             .float();
         let masked = x * keep; // broadcast over channels
-        self.conv2.forward(relu(self.conv1.forward(masked)))
+        use autokd_models::common::conv2d;
+        conv2d(&self.conv2, relu(conv2d(&self.conv1, masked)))
     }
 }
