@@ -141,6 +141,10 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     for (r, row) in col.chunks_exact_mut(p).enumerate() {
         let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
         let plane = &x[ci * hw..(ci + 1) * hw];
+        if g.sh == 1 && g.sw == 1 && g.ow == g.w {
+            shifted_row(g, plane, row, ky, kx);
+            continue;
+        }
         for (oy, dst) in row.chunks_exact_mut(g.ow).enumerate() {
             let Some(iy) = g.input_row(oy, ky) else {
                 dst.fill(0.0);
@@ -164,12 +168,92 @@ fn im2col(g: &Geometry, x: &[f32], col: &mut [f32]) {
     }
 }
 
+/// Where one row of the patch matrix (kernel offset `ky`, `kx`) of a stride-1 convolution with
+/// output rows as wide as the input's ("same" padding) reads the image. Output position `q` then
+/// reads the input at `q + shift` for one `shift`, so the row is one shifted copy of the plane,
+/// except for the output columns whose input column lies outside the image (there the flat shift
+/// wraps into the neighbouring row): one copy of `H·W` floats instead of one per output row.
+struct Shifted {
+    /// Positions `q0..q1` have their input row inside the image.
+    q0: usize,
+    q1: usize,
+    /// Positions `qa..qb` (within `q0..q1`) have their flat source index inside the plane; the
+    /// others of `q0..q1` are border columns.
+    qa: usize,
+    qb: usize,
+    shift: isize,
+}
+
+impl Shifted {
+    fn new(g: &Geometry, ky: usize, kx: usize) -> Self {
+        let (ow, hw) = (g.ow as isize, (g.h * g.w) as isize);
+        let oy_lo = g.ph.saturating_sub(ky).min(g.oh);
+        let oy_hi = (g.h + g.ph).saturating_sub(ky).clamp(oy_lo, g.oh);
+        let (q0, q1) = (oy_lo as isize * ow, oy_hi as isize * ow);
+        let shift = (ky as isize - g.ph as isize) * g.w as isize + kx as isize - g.pw as isize;
+        let qa = q0.max(-shift).min(q1);
+        let qb = q1.min(hw - shift).max(qa);
+        let u = |v: isize| v as usize;
+        Self {
+            q0: u(q0),
+            q1: u(q1),
+            qa: u(qa),
+            qb: u(qb),
+            shift,
+        }
+    }
+
+    /// The plane index of position `q` (for `q` in `qa..qb`).
+    fn source(&self, q: usize) -> usize {
+        (q as isize + self.shift) as usize
+    }
+
+    /// Sets the border columns of `row[q0..q1]` to zero.
+    fn zero_borders(&self, g: &Geometry, row: &mut [f32], kx: usize) {
+        let (lo, hi) = g.valid_cols(kx);
+        if lo > 0 || hi < g.ow {
+            for out in row[self.q0..self.q1].chunks_exact_mut(g.ow) {
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// One patch-matrix row of a "same" stride-1 convolution (see [`Shifted`]).
+fn shifted_row(g: &Geometry, plane: &[f32], row: &mut [f32], ky: usize, kx: usize) {
+    let s = Shifted::new(g, ky, kx);
+    row[..s.q0].fill(0.0);
+    row[s.q1..].fill(0.0);
+    row[s.q0..s.qa].fill(0.0);
+    row[s.qb..s.q1].fill(0.0);
+    if s.qa < s.qb {
+        let from = s.source(s.qa);
+        row[s.qa..s.qb].copy_from_slice(&plane[from..from + (s.qb - s.qa)]);
+    }
+    s.zero_borders(g, row, kx);
+}
+
 /// Adds the patch-matrix gradient `col` back onto one image's gradient `dx` (`[C, H, W]`).
-fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
+/// `col` is scratch: its border entries of "same" convolutions are zeroed on the way.
+fn col2im(g: &Geometry, col: &mut [f32], dx: &mut [f32]) {
     let (p, hw) = (g.p(), g.h * g.w);
-    for (r, row) in col.chunks_exact(p).enumerate() {
+    for (r, row) in col.chunks_exact_mut(p).enumerate() {
         let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
         let plane = &mut dx[ci * hw..(ci + 1) * hw];
+        if g.sh == 1 && g.sw == 1 && g.ow == g.w {
+            // Border entries belong to no input pixel: zero them, then add one shifted run.
+            let s = Shifted::new(g, ky, kx);
+            s.zero_borders(g, row, kx);
+            if s.qa < s.qb {
+                let from = s.source(s.qa);
+                let dst = &mut plane[from..from + (s.qb - s.qa)];
+                for (d, v) in dst.iter_mut().zip(&row[s.qa..s.qb]) {
+                    *d += *v;
+                }
+            }
+            continue;
+        }
         for (oy, src) in row.chunks_exact(g.ow).enumerate() {
             let Some(iy) = g.input_row(oy, ky) else {
                 continue;
@@ -192,6 +276,25 @@ fn col2im(g: &Geometry, col: &[f32], dx: &mut [f32]) {
             }
         }
     }
+}
+
+std::thread_local! {
+    /// Each thread's patch-matrix buffer, reused across images, layers and steps.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` on a scratch buffer of `len` floats (contents unspecified): this thread's buffer, or a
+/// fresh one if that is in use.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// A matrix operand: its data, row stride and column stride.
@@ -291,20 +394,23 @@ fn forward(g: &Geometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
     let mut out = vec![0.0f32; g.batch * g.o * p];
     out.par_chunks_mut(g.o * p)
         .zip(x.par_chunks(g.image()))
-        .for_each_init(Vec::new, |col, (y, xb)| {
-            let cols = if g.pointwise() {
-                xb
+        .for_each(|(y, xb)| {
+            let run = |cols: &[f32], y: &mut [f32]| {
+                let cmat = Mat {
+                    data: cols,
+                    rs: p,
+                    cs: 1,
+                };
+                sgemm(g.o, p, k, wmat, cmat, y, Order::RowMajor, false);
+            };
+            if g.pointwise() {
+                run(xb, y);
             } else {
-                col.resize(k * p, 0.0);
-                im2col(g, xb, col);
-                col
-            };
-            let cmat = Mat {
-                data: cols,
-                rs: p,
-                cs: 1,
-            };
-            sgemm(g.o, p, k, wmat, cmat, y, Order::RowMajor, false);
+                with_scratch(k * p, |col| {
+                    im2col(g, xb, col);
+                    run(col, y);
+                });
+            }
         });
     out
 }
@@ -321,7 +427,7 @@ fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
     let mut dx = vec![0.0f32; g.batch * g.image()];
     dx.par_chunks_mut(g.image())
         .zip(dy.par_chunks(g.o * p))
-        .for_each_init(Vec::new, |col, (dxb, dyb)| {
+        .for_each(|(dxb, dyb)| {
             let dmat = Mat {
                 data: dyb,
                 rs: p,
@@ -330,9 +436,10 @@ fn input_grad(g: &Geometry, weight: &[f32], dy: &[f32]) -> Vec<f32> {
             if g.pointwise() {
                 sgemm(k, p, g.o, wt, dmat, dxb, Order::RowMajor, false);
             } else {
-                col.resize(k * p, 0.0);
-                sgemm(k, p, g.o, wt, dmat, col, Order::RowMajor, false);
-                col2im(g, col, dxb);
+                with_scratch(k * p, |col| {
+                    sgemm(k, p, g.o, wt, dmat, col, Order::RowMajor, false);
+                    col2im(g, col, dxb);
+                });
             }
         });
     dx
@@ -356,27 +463,29 @@ fn weight_grad(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         .zip(dy.par_chunks(GROUP * g.o * p))
         .map(|(xs, dys)| {
             let mut acc = vec![0.0f32; size];
-            let mut col = Vec::new();
             for (xb, dyb) in xs.chunks_exact(g.image()).zip(dys.chunks_exact(g.o * p)) {
-                let cols: &[f32] = if g.pointwise() {
-                    xb
+                let mut run = |cols: &[f32]| {
+                    // colᵀ: element (q, r) is col[r·P + q].
+                    let ct = Mat {
+                        data: cols,
+                        rs: 1,
+                        cs: p,
+                    };
+                    let dmat = Mat {
+                        data: dyb,
+                        rs: p,
+                        cs: 1,
+                    };
+                    sgemm(g.o, k, p, dmat, ct, &mut acc, Order::ColumnMajor, true);
+                };
+                if g.pointwise() {
+                    run(xb);
                 } else {
-                    col.resize(k * p, 0.0);
-                    im2col(g, xb, &mut col);
-                    &col
-                };
-                // colᵀ: element (q, r) is col[r·P + q].
-                let ct = Mat {
-                    data: cols,
-                    rs: 1,
-                    cs: p,
-                };
-                let dmat = Mat {
-                    data: dyb,
-                    rs: p,
-                    cs: 1,
-                };
-                sgemm(g.o, k, p, dmat, ct, &mut acc, Order::ColumnMajor, true);
+                    with_scratch(k * p, |col| {
+                        im2col(g, xb, col);
+                        run(col);
+                    });
+                }
             }
             acc
         })
@@ -702,6 +811,32 @@ mod tests {
                 [1, 1],
                 1,
             ),
+            // "Same" padding (one shifted copy per patch row): 5×5, and 3×3 on one-pixel-wide
+            // and one-pixel-high images.
+            case(
+                [2, 2, 5, 4],
+                [3, 2, 5, 5],
+                [1, 1],
+                [(2, 2), (2, 2)],
+                [1, 1],
+                1,
+            ),
+            case(
+                [2, 2, 4, 1],
+                [2, 2, 3, 3],
+                [1, 1],
+                [(1, 1), (1, 1)],
+                [1, 1],
+                1,
+            ),
+            case(
+                [2, 2, 1, 4],
+                [2, 2, 3, 3],
+                [1, 1],
+                [(1, 1), (1, 1)],
+                [1, 1],
+                1,
+            ),
             // Not handled here: groups and dilation go through burn.
             case(
                 [2, 4, 5, 5],
@@ -775,7 +910,12 @@ mod tests {
             .iter()
             .map(|c| Geometry::new(c.x, c.w, &c.options()).is_some())
             .collect();
-        assert_eq!(handled, [true, true, true, true, true, true, false, false]);
+        assert_eq!(
+            handled,
+            [
+                true, true, true, true, true, true, true, true, true, false, false
+            ]
+        );
         // And the tensors of both flex devices take this module's path.
         let case = &cases()[0];
         let g = Geometry::new(case.x, case.w, &case.options()).unwrap();
@@ -826,7 +966,7 @@ mod tests {
     #[test]
     fn kernels_on_slices_match_the_reference() {
         // The slice kernels directly, so the test fails if `conv2d` quietly fell back to burn.
-        for (n, case) in cases().iter().enumerate().take(6) {
+        for (n, case) in cases().iter().enumerate().take(9) {
             let g = Geometry::new(case.x, case.w, &case.options()).unwrap();
             let count = |s: [usize; 4]| s.iter().product::<usize>();
             let (xv, wv) = (values(count(case.x), n), values(count(case.w), n + 1));
