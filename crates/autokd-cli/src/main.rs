@@ -3,6 +3,9 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = autokd_cli::Cli::parse();
     tracing_subscriber::fmt()
