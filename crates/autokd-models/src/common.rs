@@ -95,9 +95,9 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
 
 /// `conv(x)` as `Conv2d::forward`, faster on `flex`.
 ///
-/// - On `flex`, convolutions with one group and no dilation run through [`crate::flex`]
-///   (direct NCHW im2col + gemm per image, forward and backward), 2–4× faster than burn-flex's
-///   own path at the CIFAR models' shapes (`autokd bench ops`).
+/// - On `flex`, convolutions without dilation, with one group or depthwise, run through
+///   [`crate::flex`] (NCHW im2col + gemm per image, forward and backward): 2.5–4× faster than
+///   burn-flex's own path at the CIFAR models' shapes, forward + backward (`autokd bench ops`).
 /// - 1×1 strided convolutions without padding (ResNet and WRN shortcuts) are computed as a
 ///   subsampling followed by a stride-1 1×1 convolution: the same numbers, as one matrix
 ///   product per image instead of a general im2col.

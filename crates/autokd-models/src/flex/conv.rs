@@ -14,7 +14,9 @@
 //! the image's `[O, OH·OW]` block of the NCHW output. Images run in parallel on rayon's pool,
 //! each with its own patch buffer, which stays in cache. The backward pass uses the same pieces:
 //! the input gradient is `Wᵀ · dY_b` folded back onto the image (col2im), the weight gradient is
-//! `Σ_b dY_b · col_bᵀ`, with the patch matrix recomputed rather than stored.
+//! `Σ_b dY_b · col_bᵀ`, with the patch matrix recomputed rather than stored. Depthwise
+//! convolutions (one group per channel) are computed plane by plane without a matrix product
+//! ([`depthwise`]). Every result is deterministic: no sum depends on how rayon splits the work.
 //!
 //! [`conv2d`] takes this path when every tensor lives on `flex` (with or without autodiff, the
 //! latter with burn's default no-checkpointing strategy) and is `f32`; everything else goes
@@ -748,8 +750,8 @@ fn forward_autodiff(
 }
 
 /// `conv2d(x, weight) + bias` as burn's `burn::tensor::module::conv2d`, through this module's
-/// kernels when the tensors are `f32` on `flex` and the convolution has one group and no
-/// dilation.
+/// kernels when the tensors are `f32` on `flex` and the convolution has no dilation and one
+/// group or one group per channel (depthwise).
 pub fn conv2d(
     x: Tensor<4>,
     weight: Tensor<4>,
