@@ -58,8 +58,7 @@ pub(crate) fn bn(channels: usize, device: &Device) -> BatchNorm {
 /// `AUTOKD_BATCHNORM=burn` in the environment selects burn's own training path, and
 /// `AUTOKD_BATCHNORM=composed` the composed one everywhere (to measure them side by side).
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let path = PATH.get_or_init(|| std::env::var("AUTOKD_BATCHNORM").unwrap_or_default());
+    let path = batch_norm_path();
     if path == "burn" || !(x.device().is_autodiff() && bn.training.is_enabled()) {
         return bn.forward(x);
     }
@@ -93,6 +92,17 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     out.reshape([b, c, h, w])
 }
 
+/// `AUTOKD_BATCHNORM`: `burn`, `composed` or empty (see [`batch_norm`]).
+fn batch_norm_path() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| std::env::var("AUTOKD_BATCHNORM").unwrap_or_default())
+}
+
+/// `AUTOKD_BATCHNORM=burn` also keeps burn's batch norm in inference (no folding).
+fn burn_batch_norm() -> bool {
+    batch_norm_path() == "burn"
+}
+
 /// `conv(x)` as `Conv2d::forward`, faster on `flex`.
 ///
 /// - On `flex`, convolutions without dilation, with one group or depthwise, run through
@@ -105,21 +115,43 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
 /// `AUTOKD_CONV=burn` in the environment selects burn's own convolution for every layer (to
 /// measure the difference side by side).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
-    static BURN_PATH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let burn_path =
-        *BURN_PATH.get_or_init(|| std::env::var("AUTOKD_CONV").is_ok_and(|v| v == "burn"));
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
-        PaddingConfig2d::Explicit(t, l, b, r) => [(t, b), (l, r)],
-        _ => return conv.forward(x),
-    };
-    if burn_path {
-        return conv.forward(x);
+    match explicit_padding(conv) {
+        Some(padding) => {
+            let bias = conv.bias.as_ref().map(|p| p.val());
+            conv2d_with(conv, padding, conv.weight.val(), bias, x)
+        }
+        None => conv.forward(x),
     }
+}
+
+/// `AUTOKD_CONV=burn`: burn's convolution everywhere.
+fn burn_conv() -> bool {
+    static BURN_PATH: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *BURN_PATH.get_or_init(|| std::env::var("AUTOKD_CONV").is_ok_and(|v| v == "burn"))
+}
+
+/// The padding of `conv` as `(begin, end)` pairs, unless it is `Same` (computed by burn from the
+/// input) or `AUTOKD_CONV=burn` asks for burn's path.
+fn explicit_padding(conv: &Conv2d) -> Option<[(usize, usize); 2]> {
+    match conv.padding {
+        _ if burn_conv() => None,
+        PaddingConfig2d::Valid => Some([(0, 0), (0, 0)]),
+        PaddingConfig2d::Explicit(t, l, b, r) => Some([(t, b), (l, r)]),
+        _ => None,
+    }
+}
+
+/// The convolution of `conv`'s geometry (stride, dilation, groups, `padding`) with the given
+/// weight and bias.
+fn conv2d_with(
+    conv: &Conv2d,
+    padding: [(usize, usize); 2],
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    x: Tensor<4>,
+) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
     let [sh, sw] = conv.stride;
-    let weight = conv.weight.val();
-    let bias = conv.bias.as_ref().map(|p| p.val());
     let pointwise_strided = conv.kernel_size == [1, 1]
         && (sh > 1 || sw > 1)
         && padding == [(0, 0), (0, 0)]
@@ -138,6 +170,31 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
     let options = ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups);
     conv2d_op(x, weight, bias, options)
+}
+
+/// `bn(conv(x))`, counting the convolution's multiply-accumulates.
+///
+/// In inference (the batch norm uses its running statistics) the batch norm is folded into the
+/// convolution: `W·γ/σ` and bias `β − μ·γ/σ` (plus the convolution's own bias times `γ/σ`), one
+/// pass over the activation instead of a convolution and then a batch norm. The teacher's
+/// forward pass (online distillation, building the teacher cache) and evaluation take this path.
+pub(crate) fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
+    let training = x.device().is_autodiff() && bn.training.is_enabled();
+    let padding = explicit_padding(conv);
+    let Some(padding) = padding.filter(|_| !training && !burn_batch_norm()) else {
+        return batch_norm(bn, conv_fwd(conv, x));
+    };
+    let o = conv.weight.dims()[0];
+    let scale = bn.gamma.val() / bn.running_var.value().add_scalar(bn.epsilon).sqrt();
+    let weight = conv.weight.val() * scale.clone().reshape([o, 1, 1, 1]);
+    let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+    let bias = match &conv.bias {
+        Some(b) => shift + b.val() * scale,
+        None => shift,
+    };
+    let y = conv2d_with(conv, padding, weight, Some(bias), x);
+    crate::params::count_conv(conv, &y);
+    y
 }
 
 /// `burn::tensor::module::conv2d`, through [`crate::flex`] where that applies.
@@ -187,7 +244,7 @@ impl ConvBn {
 
     /// `bn(conv(x))`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        batch_norm(&self.bn, conv_fwd(&self.conv, x))
+        conv_bn(&self.conv, &self.bn, x)
     }
 
     /// `relu(bn(conv(x)))`.
@@ -360,6 +417,43 @@ mod tests {
             .init(&ad);
         let x = Tensor::<4>::ones([1, 4, 8, 8], &ad);
         assert_eq!(conv2d(&conv, x.clone()).dims(), conv.forward(x).dims());
+    }
+
+    #[test]
+    fn folded_inference_equals_conv_then_batch_norm() {
+        // Running statistics, affine parameters and a convolution bias that are all non-trivial,
+        // with stride 1 and 2 (the strided 1×1 shortcut takes the subsampled path).
+        let device = Device::flex();
+        for (kernel, stride, padding, bias) in [(3, 1, 1, true), (1, 2, 0, false), (3, 2, 1, false)]
+        {
+            let conv = Conv2dConfig::new([3, 4], [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_padding(PaddingConfig2d::Explicit(
+                    padding, padding, padding, padding,
+                ))
+                .with_bias(bias)
+                .init(&device);
+            let mut bn = BatchNormConfig::new(4).init(&device);
+            let t = |v: [f32; 4]| Tensor::<1>::from_floats(v, &device);
+            bn.gamma = bn.gamma.map(|_| t([0.5, 1.5, -2.0, 1.0]));
+            bn.beta = bn.beta.map(|_| t([0.1, -0.3, 2.0, 0.0]));
+            bn.running_mean = burn::module::RunningState::new(t([0.2, -1.0, 0.5, 3.0]));
+            bn.running_var = burn::module::RunningState::new(t([0.5, 2.0, 0.1, 4.0]));
+            let values: Vec<f32> = (0..2 * 3 * 6 * 6)
+                .map(|i| ((i * 37 % 23) as f32 - 11.0) / 5.0)
+                .collect();
+            let x = Tensor::<4>::from_data(TensorData::new(values, [2, 3, 6, 6]), &device);
+            let folded = conv_bn(&conv, &bn, x.clone());
+            let unfused = bn.forward(conv.forward(x));
+            assert_eq!(folded.dims(), unfused.dims());
+            let (a, b) = (
+                folded.into_data().try_to_vec::<f32>().unwrap(),
+                unfused.into_data().try_to_vec::<f32>().unwrap(),
+            );
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() <= 1e-4 * (1.0 + v.abs()), "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -61,12 +61,17 @@ fn add_macs(n: u64) {
 /// A convolution that counts its multiply-accumulates while [`forward_macs`] runs.
 pub(crate) fn conv_fwd(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let y = crate::common::conv2d(conv, x);
+    count_conv(conv, &y);
+    y
+}
+
+/// Counts the multiply-accumulates of `conv` having produced `y`, while [`forward_macs`] runs.
+pub(crate) fn count_conv(conv: &Conv2d, y: &Tensor<4>) {
     if MACS.with(|m| m.get().is_some()) {
         let [b, co, ho, wo] = y.dims();
         let [_, ci_g, kh, kw] = conv.weight.shape().dims();
         add_macs((b * co * ho * wo * ci_g * kh * kw) as u64);
     }
-    y
 }
 
 /// A linear layer that counts its multiply-accumulates while [`forward_macs`] runs.

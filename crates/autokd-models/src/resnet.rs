@@ -14,9 +14,9 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{ConvBn, batch_norm, bn, conv, global_avg_pool};
+use crate::common::{ConvBn, bn, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
-use crate::params::{conv_fwd, linear_fwd};
+use crate::params::linear_fwd;
 
 /// The basic block: two 3×3 convolutions and an identity or projection shortcut.
 #[derive(Module, Debug)]
@@ -87,8 +87,8 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (out, shortcut) = match self {
             Block::Basic(b) => {
-                let out = relu(batch_norm(&b.bn1, conv_fwd(&b.conv1, x.clone())));
-                let out = batch_norm(&b.bn2, conv_fwd(&b.conv2, out));
+                let out = relu(conv_bn(&b.conv1, &b.bn1, x.clone()));
+                let out = conv_bn(&b.conv2, &b.bn2, out);
                 let sc = match &b.downsample {
                     Some(d) => d.forward(x),
                     None => x,
@@ -96,9 +96,9 @@ impl Block {
                 (out, sc)
             }
             Block::Bottleneck(b) => {
-                let out = relu(batch_norm(&b.bn1, conv_fwd(&b.conv1, x.clone())));
-                let out = relu(batch_norm(&b.bn2, conv_fwd(&b.conv2, out)));
-                let out = batch_norm(&b.bn3, conv_fwd(&b.conv3, out));
+                let out = relu(conv_bn(&b.conv1, &b.bn1, x.clone()));
+                let out = relu(conv_bn(&b.conv2, &b.bn2, out));
+                let out = conv_bn(&b.conv3, &b.bn3, out);
                 let sc = match &b.downsample {
                     Some(d) => d.forward(x),
                     None => x,
@@ -289,7 +289,7 @@ impl Backbone for ResNet {
 
     fn forward_intermediates(&self, x: Tensor<4>, request: &TapRequest) -> Intermediates {
         let mut taps = Collector::new(request);
-        let mut x = relu(batch_norm(&self.bn1, conv_fwd(&self.conv1, x))); // [B, C0, H/r, W/r]
+        let mut x = relu(conv_bn(&self.conv1, &self.bn1, x)); // [B, C0, H/r, W/r]
         taps.offer_map(0, &x);
         if let Some(pool) = &self.maxpool {
             x = pool.forward(x);

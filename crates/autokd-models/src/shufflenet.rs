@@ -8,9 +8,9 @@ use burn::nn::{BatchNorm, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::common::{ConvBn, batch_norm, bn, channel_shuffle, conv, global_avg_pool};
+use crate::common::{ConvBn, bn, channel_shuffle, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
-use crate::params::{conv_fwd, linear_fwd};
+use crate::params::linear_fwd;
 
 /// ShuffleNetV1 unit: grouped 1×1, shuffle, depthwise 3×3, grouped 1×1; a stride-2 unit
 /// concatenates a 3×3 average-pooled shortcut, a stride-1 unit adds the identity.
@@ -278,7 +278,7 @@ impl Backbone for ShuffleNetV2 {
         for (i, layer) in self.layers.iter().enumerate() {
             x = taps.stage(i + 1, layer, x, |u, x| u.forward(x));
         }
-        let x = relu(batch_norm(&self.bn2, conv_fwd(&self.conv2, x)));
+        let x = relu(conv_bn(&self.conv2, &self.bn2, x));
         let embedding = global_avg_pool(x);
         let logits = linear_fwd(&self.linear, embedding.clone());
         taps.finish(embedding, logits)

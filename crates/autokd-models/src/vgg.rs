@@ -8,9 +8,9 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::common::{batch_norm, bn, conv, global_avg_pool};
+use crate::common::{bn, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
-use crate::params::{conv_fwd, linear_fwd};
+use crate::params::linear_fwd;
 
 /// One 3×3 convolution with bias and its batch norm.
 #[derive(Module, Debug)]
@@ -135,7 +135,7 @@ impl Backbone for Vgg {
                 x = self.pool.forward(x);
             }
             for (j, layer) in block.iter().enumerate() {
-                x = batch_norm(&layer.bn, conv_fwd(&layer.conv, x));
+                x = conv_bn(&layer.conv, &layer.bn, x);
                 if j + 1 < block.len() {
                     x = relu(x);
                 }

@@ -11,7 +11,7 @@ use burn::nn::{BatchNorm, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use crate::common::{batch_norm, bn, conv, global_avg_pool};
+use crate::common::{batch_norm, bn, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
 use crate::params::{conv_fwd, linear_fwd};
 
@@ -39,7 +39,7 @@ impl WideBlock {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let act = relu(batch_norm(&self.bn1, x.clone()));
-        let out = relu(batch_norm(&self.bn2, conv_fwd(&self.conv1, act.clone())));
+        let out = relu(conv_bn(&self.conv1, &self.bn2, act.clone()));
         let out = conv_fwd(&self.conv2, out);
         match &self.conv_shortcut {
             // Unequal in/out: the shortcut takes the activated input (as the reference does).

@@ -669,15 +669,27 @@ fn forward_flex(
     g: &Geometry,
     x: FlexTensor,
     weight: FlexTensor,
+    bias: Option<FlexTensor>,
     options: &ConvOptions<2>,
 ) -> FlexTensor {
     let data = f32_data(&x).zip(f32_data(&weight));
+    let bias_data = bias.as_ref().and_then(f32_data);
+    let bs = bias_data.as_ref().and_then(|t| t.as_slice::<f32>());
     match data
         .as_ref()
         .and_then(|(xc, wc)| xc.as_slice::<f32>().zip(wc.as_slice::<f32>()))
     {
-        Some((xs, ws)) => tensor(forward(g, xs, ws), [g.batch, g.o, g.oh, g.ow]),
-        None => Flex::conv2d(x, weight, None, options.clone()),
+        Some((xs, ws)) if bias.is_none() || bs.is_some_and(|b| b.len() == g.o) => {
+            let mut out = forward(g, xs, ws);
+            if let Some(b) = bs {
+                // One pass over the output while it is still warm, instead of a tensor add.
+                out.par_chunks_mut(g.p())
+                    .enumerate()
+                    .for_each(|(plane, y)| y.iter_mut().for_each(|v| *v += b[plane % g.o]));
+            }
+            tensor(out, [g.batch, g.o, g.oh, g.ow])
+        }
+        _ => Flex::conv2d(x, weight, bias, options.clone()),
     }
 }
 
@@ -737,13 +749,20 @@ fn forward_autodiff(
         OpsKind::Tracked(mut prep) => {
             let x_state = prep.checkpoint(&x);
             let w_state = prep.checkpoint(&weight);
-            let out = forward_flex(&g, x.into_primitive(), weight.into_primitive(), &options);
+            let out = forward_flex(
+                &g,
+                x.into_primitive(),
+                weight.into_primitive(),
+                None,
+                &options,
+            );
             prep.finish((x_state, w_state, g, options), out)
         }
         OpsKind::UnTracked(prep) => prep.finish(forward_flex(
             &g,
             x.into_primitive(),
             weight.into_primitive(),
+            None,
             &options,
         )),
     }
@@ -760,43 +779,42 @@ pub fn conv2d(
 ) -> Tensor<4> {
     let out = Geometry::new(x.dims(), weight.dims(), &options)
         .filter(|_| x.dtype() == DType::F32)
-        .and_then(|g| fast(g, &x, &weight, &options));
+        .and_then(|g| fast(g, &x, &weight, bias.as_ref(), &options));
     match (out, bias) {
-        (Some(y), Some(b)) => {
+        (Some((y, false)), Some(b)) => {
             let o = b.dims()[0];
             y + b.reshape([1, o, 1, 1])
         }
-        (Some(y), None) => y,
+        (Some((y, _)), _) => y,
         (None, bias) => burn::tensor::module::conv2d(x, weight, bias, options),
     }
 }
 
-/// The convolution without bias through this module's kernels, if both tensors are on flex
-/// (both with autodiff or both without).
+/// The convolution through this module's kernels if both tensors are on flex (both with
+/// autodiff or both without), and whether it added `bias` (without autodiff, when the bias is
+/// on flex too; otherwise the caller adds it).
 fn fast(
     g: Geometry,
     x: &Tensor<4>,
     weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
     options: &ConvOptions<2>,
-) -> Option<Tensor<4>> {
+) -> Option<(Tensor<4>, bool)> {
     if let (Ok(xp), Ok(wp)) = (
         x.clone().try_into_primitive::<Flex>(),
         weight.clone().try_into_primitive::<Flex>(),
     ) {
-        return Some(Tensor::from_primitive::<Flex>(forward_flex(
-            &g, xp, wp, options,
-        )));
+        let bp = bias.and_then(|b| b.clone().try_into_primitive::<Flex>().ok());
+        let added = bp.is_some();
+        let y = forward_flex(&g, xp, wp, bp, options);
+        return Some((Tensor::from_primitive::<Flex>(y), added));
     }
     if let (Ok(xp), Ok(wp)) = (
         x.clone().try_into_primitive::<AdFlex>(),
         weight.clone().try_into_primitive::<AdFlex>(),
     ) {
-        return Some(Tensor::from_primitive::<AdFlex>(forward_autodiff(
-            g,
-            xp,
-            wp,
-            options.clone(),
-        )));
+        let y = forward_autodiff(g, xp, wp, options.clone());
+        return Some((Tensor::from_primitive::<AdFlex>(y), false));
     }
     None
 }
@@ -1102,7 +1120,10 @@ mod tests {
             } else {
                 w
             };
-            assert!(fast(g, &x, &w, &case.options()).is_some(), "{device:?}");
+            assert!(
+                fast(g, &x, &w, None, &case.options()).is_some(),
+                "{device:?}"
+            );
         }
     }
 
