@@ -59,7 +59,7 @@ pub(crate) fn bn(channels: usize, device: &Device) -> BatchNorm {
 /// `AUTOKD_BATCHNORM=composed` the composed one everywhere (to measure them side by side).
 pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let path = batch_norm_path();
-    if path == "burn" || !(x.device().is_autodiff() && bn.training.is_enabled()) {
+    if path == "burn" || !in_training(bn, &x) {
         return bn.forward(x);
     }
     let [b, c, h, w] = x.dims();
@@ -90,6 +90,12 @@ pub fn batch_norm(bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     update(&bn.running_mean, mean.reshape([c]));
     update(&bn.running_var, var.reshape([c]));
     out.reshape([b, c, h, w])
+}
+
+/// Whether `bn` normalizes `x` with batch statistics (and updates its running ones), as burn's
+/// `BatchNorm::forward` decides: on an autodiff device with the layer's training flag on.
+fn in_training(bn: &BatchNorm, x: &Tensor<4>) -> bool {
+    x.device().is_autodiff() && bn.training.is_enabled()
 }
 
 /// `AUTOKD_BATCHNORM`: `burn`, `composed` or empty (see [`batch_norm`]).
@@ -179,9 +185,8 @@ fn conv2d_with(
 /// pass over the activation instead of a convolution and then a batch norm. The teacher's
 /// forward pass (online distillation, building the teacher cache) and evaluation take this path.
 pub(crate) fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
-    let training = x.device().is_autodiff() && bn.training.is_enabled();
     let padding = explicit_padding(conv);
-    let Some(padding) = padding.filter(|_| !training && !burn_batch_norm()) else {
+    let Some(padding) = padding.filter(|_| !in_training(bn, &x) && !burn_batch_norm()) else {
         return batch_norm(bn, conv_fwd(conv, x));
     };
     let o = conv.weight.dims()[0];

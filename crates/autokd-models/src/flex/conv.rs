@@ -800,23 +800,20 @@ fn fast(
     bias: Option<&Tensor<1>>,
     options: &ConvOptions<2>,
 ) -> Option<(Tensor<4>, bool)> {
-    if let (Ok(xp), Ok(wp)) = (
-        x.clone().try_into_primitive::<Flex>(),
-        weight.clone().try_into_primitive::<Flex>(),
-    ) {
-        let bp = bias.and_then(|b| b.clone().try_into_primitive::<Flex>().ok());
-        let added = bp.is_some();
-        let y = forward_flex(&g, xp, wp, bp, options);
-        return Some((Tensor::from_primitive::<Flex>(y), added));
-    }
-    if let (Ok(xp), Ok(wp)) = (
-        x.clone().try_into_primitive::<AdFlex>(),
-        weight.clone().try_into_primitive::<AdFlex>(),
-    ) {
+    // The device says which conversion can succeed; a failed one formats an error message, which
+    // every training step would otherwise pay for at every layer.
+    if x.device().is_autodiff() {
+        let xp = x.clone().try_into_primitive::<AdFlex>().ok()?;
+        let wp = weight.clone().try_into_primitive::<AdFlex>().ok()?;
         let y = forward_autodiff(g, xp, wp, options.clone());
         return Some((Tensor::from_primitive::<AdFlex>(y), false));
     }
-    None
+    let xp = x.clone().try_into_primitive::<Flex>().ok()?;
+    let wp = weight.clone().try_into_primitive::<Flex>().ok()?;
+    let bp = bias.and_then(|b| b.clone().try_into_primitive::<Flex>().ok());
+    let added = bp.is_some();
+    let y = forward_flex(&g, xp, wp, bp, options);
+    Some((Tensor::from_primitive::<Flex>(y), added))
 }
 
 #[cfg(test)]
