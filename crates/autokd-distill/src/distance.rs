@@ -122,14 +122,16 @@ pub fn smooth_l1(s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
     h.sum_dim(1).mean()
 }
 
-/// `mean_r (1 − s·t / (‖s‖ ‖t‖))`, computed as `½‖ŝ − t̂‖²` of the unit rows, which is the same
-/// for non-zero rows and is 0 (not 1) for two zero rows.
+/// `mean_r (1 − ŝ·t̂)` with `x̂ = x / √(‖x‖² + ε)`: PyTorch's `1 − F.cosine_similarity(s, t)`,
+/// which scales each row by `1 / max(‖x‖, 10⁻⁸)` (the same for rows of norm ≫ 10⁻⁶). A zero row
+/// has cosine similarity 0 with a non-zero one, so their distance is 1 (no agreement), as in
+/// PyTorch. Two zero rows are identical and their distance is 0 (PyTorch gives 1): the term
+/// `(1 − ‖ŝ‖²)(1 − ‖t̂‖²)`, 1 for two zero rows and about 10⁻¹²/‖x‖² otherwise, is subtracted.
 pub fn cosine(s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
-    (unit_rows(s) - unit_rows(t))
-        .powi_scalar(2)
-        .sum_dim(1)
-        .mul_scalar(0.5)
-        .mean()
+    let (su, tu) = (unit_rows(s), unit_rows(t));
+    let both_zero = (su.clone().powi_scalar(2).sum_dim(1).neg().add_scalar(1.0))
+        * (tu.clone().powi_scalar(2).sum_dim(1).neg().add_scalar(1.0)); // [R, 1]
+    ((su * tu).sum_dim(1).neg().add_scalar(1.0) - both_zero).mean()
 }
 
 /// Rows scaled to unit L2 norm, `x / √(‖x‖² + ε)`.
@@ -143,7 +145,10 @@ pub fn unit_rows(x: Tensor<2>) -> Tensor<2> {
     x / n
 }
 
-/// `mean_r (1 − corr(s, t))`: cosine of the row-centred vectors.
+/// `mean_r (1 − corr(s, t))`: cosine of the row-centred vectors, as DIST's `pearson_correlation`
+/// (`cosine_similarity(a − mean(a), b − mean(b))`): a constant row has correlation 0 with a
+/// non-constant one, so their distance is 1; two constant rows are at distance 0 (see
+/// [`cosine`]).
 pub fn pearson(s: Tensor<2>, t: Tensor<2>) -> Tensor<1> {
     let sc = s.clone() - s.mean_dim(1);
     let tc = t.clone() - t.mean_dim(1);
@@ -305,6 +310,36 @@ pub(crate) mod tests {
                 (2.0 * d_cos).sqrt()
             );
         }
+    }
+
+    /// Issue 12 item 9: one degenerate row. PyTorch: `1 - F.cosine_similarity(zeros(1,2),
+    /// tensor([[1.,0.]]))` is 1; DIST's `1 - pearson_correlation` of `[[1,1,1]]` and `[[1,2,3]]`
+    /// is 1 (the centred constant row is zero). Two degenerate rows agree: 0 (PyTorch: 1).
+    #[test]
+    fn one_degenerate_row_means_no_agreement() {
+        let device = Device::flex();
+        let r = |v: Vec<f64>| rows(&[v], &device);
+        let d = |dist: Distance, a: Vec<f64>, b: Vec<f64>| -> f32 {
+            dist.apply(r(a), r(b), 1.0, false).unwrap().into_scalar()
+        };
+        for (a, b) in [
+            (vec![0.0, 0.0], vec![1.0, 0.0]),
+            (vec![1.0, 0.0], vec![0.0, 0.0]),
+        ] {
+            let v = d(Distance::Cosine, a, b);
+            assert!((v - 1.0).abs() < 1e-6, "{v}");
+        }
+        for (a, b) in [
+            (vec![1.0, 1.0, 1.0], vec![1.0, 2.0, 3.0]),
+            (vec![1.0, 2.0, 3.0], vec![1.0, 1.0, 1.0]),
+        ] {
+            let v = d(Distance::Pearson, a, b);
+            assert!((v - 1.0).abs() < 1e-6, "{v}");
+        }
+        let v = d(Distance::Cosine, vec![0.0, 0.0], vec![0.0, 0.0]);
+        assert!(v.abs() < 1e-6, "{v}");
+        let v = d(Distance::Pearson, vec![2.0, 2.0], vec![5.0, 5.0]);
+        assert!(v.abs() < 1e-6, "{v}");
     }
 
     #[test]
