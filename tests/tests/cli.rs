@@ -343,46 +343,196 @@ fn search_end_to_end_on_the_embedded_digits() {
     );
 }
 
+/// Every shipped config can start at its dataset's real size (issue 12 item 1): the taps it
+/// names exist in both models, its proxy subset fits in the training split, and the teacher's
+/// outputs either fit the cache budget (only the taps the space reaches are cached) or are served
+/// by the online teacher, which holds nothing but the gap's validation embeddings. Sized from
+/// the image counts the dataset declares (ImageNet-1k's for the image-folder configs, which are
+/// the ImageNet ones), without the data.
+/// Issue 12 item 5: what can be checked is checked before the teacher trains. A missing tap,
+/// unreadable teacher weights and an unusable store path each fail at once, naming the problem,
+/// and no teacher was trained (none is in the cache folder).
 #[test]
-fn shipped_configs_parse() {
+fn a_search_checks_its_inputs_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let base = "trials = 2\n[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n";
+    let search = |name: &str, extra_top: &str, extra_space: &str| {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, format!("{extra_top}{base}[space]\n{extra_space}")).unwrap();
+        let start = std::time::Instant::now();
+        let err = autokd(&[
+            "search",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            dir.path().join(name).to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        (format!("{err:#}"), start.elapsed())
+    };
+    let (err, _) = search("tap", "", "student_tap = \"stage9\"\n");
+    assert!(
+        err.contains("stage9") && err.contains("stage3"),
+        "the error names the tap and the available ones: {err}"
+    );
+    let (err, _) = search("weights", "teacher_weights = \"/nonexistent/t.bpk\"\n", "");
+    assert!(
+        err.contains("teacher_weights") && err.contains("/nonexistent/t.bpk"),
+        "{err}"
+    );
+    // A SQLite store under a path whose parent is a file.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let bad_store = format!(
+        "store = \"sqlite\"\nstore_path = \"{}\"\n",
+        file.join("trials.sqlite").display()
+    );
+    let (err, _) = search("store", &bad_store, "");
+    assert!(err.contains("trials.sqlite"), "{err}");
+    assert!(
+        !cache.join("teachers").exists(),
+        "a teacher was trained before the check failed"
+    );
+}
+
+/// Issue 12 item 7: a failed write of the trial log stops the search with an error naming the
+/// file (the log is a link to /dev/full, where every write fails with ENOSPC).
+#[test]
+fn a_failed_log_write_stops_the_search() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("search.toml");
+    std::fs::write(
+        &config,
+        "trials = 3\n[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::os::unix::fs::symlink("/dev/full", out.join("trials.jsonl")).unwrap();
+    let err = autokd(&[
+        "search",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--cache-dir",
+        dir.path().join("cache").to_str().unwrap(),
+    ])
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("trials.jsonl"), "{msg}");
+    // It stopped at the first trial instead of running the other two.
+    let finished = std::fs::read_to_string(out.join("journal.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"finished\""))
+        .count();
+    assert_eq!(finished, 1);
+}
+
+#[test]
+fn shipped_configs_can_start() {
+    use autokd_models::Backbone;
+    use autokd_train::{TeacherPlan, TeacherSource};
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let device = burn::prelude::Device::flex();
     let mut n = 0;
-    for dir in std::fs::read_dir(&root).unwrap() {
-        for file in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            let path = file.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let cfg: Result<autokd_cli::search::SearchConfig, _> = toml::from_str(&text);
-                let cfg = cfg.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                cfg.space.validate().unwrap();
-                // The taps named exist in both models (parameters initialize lazily, so
-                // building even an ImageNet model here is cheap).
-                let device = burn::prelude::Device::flex();
-                let taps = |m: autokd_models::ModelName| -> Vec<String> {
-                    use autokd_models::Backbone;
-                    m.reference_spec()
-                        .init(&device)
-                        .unwrap()
-                        .feature_info()
-                        .into_iter()
-                        .map(|t| t.name)
-                        .collect()
-                };
-                for (tap, model) in [
-                    (&cfg.space.student_tap, cfg.student),
-                    (&cfg.space.teacher_tap, cfg.teacher),
-                ] {
-                    if let Some(tap) = tap {
-                        assert!(
-                            taps(model).contains(tap),
-                            "{}: {model} has no tap {tap}",
-                            path.display()
-                        );
-                    }
-                }
-                n += 1;
-            }
+    let mut paths: Vec<_> = std::fs::read_dir(&root)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg: Result<autokd_cli::search::SearchConfig, _> = toml::from_str(&text);
+        let cfg = cfg.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let space = cfg.space.validate().unwrap();
+        let declared = cfg
+            .dataset
+            .declared_size()
+            .unwrap_or(autokd_data::DeclaredSize {
+                input: [3, 224, 224],
+                num_classes: 1000,
+                train_per_class: 732,
+            });
+        let spec = |name| autokd_models::ModelSpec {
+            name,
+            in_channels: declared.input[0],
+            num_classes: declared.num_classes,
+            image_size: declared.input[1],
+        };
+        // Parameters initialize lazily: building even an ImageNet model here is cheap.
+        let teacher = spec(cfg.teacher).init(&device).unwrap();
+        let student = spec(cfg.student).init(&device).unwrap();
+        let taps = space
+            .teacher_taps(
+                cfg.student.as_str(),
+                &student.feature_info(),
+                cfg.teacher.as_str(),
+                &teacher.feature_info(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let per_class = declared.train_per_class;
+        let held_out = (cfg.proxy.val_fraction * per_class as f64).round() as usize;
+        assert!(
+            cfg.proxy.per_class <= per_class - held_out,
+            "{}: proxy.per_class {} > the {} images per class left after validation",
+            path.display(),
+            cfg.proxy.per_class,
+            per_class - held_out
+        );
+        let images = cfg.proxy.per_class * declared.num_classes;
+        let plan = |taps: &[usize]| {
+            TeacherPlan::new(
+                &teacher,
+                taps,
+                declared.input,
+                images,
+                cfg.proxy.cache_budget_bytes,
+                cfg.proxy.cache_teacher,
+                &device,
+            )
+            .unwrap()
+        };
+        let all: Vec<usize> = (0..teacher.feature_info().len()).collect();
+        let (p, every) = (plan(&taps), plan(&all));
+        let val_images = (held_out * declared.num_classes).min(autokd_train::proxy::GAP_IMAGES);
+        let resident = match p.source {
+            TeacherSource::Cache => p.bytes,
+            TeacherSource::Online => 0,
+        } + val_images
+            * autokd_train::bytes_per_image(&teacher, &[], declared.input, &device).unwrap();
+        eprintln!(
+            "{}: {} → {}, {images} proxy images, taps {taps:?}: cache {} MiB ({:?}; all {} taps would be {} MiB), resident {} MiB",
+            path.strip_prefix(&root).unwrap().display(),
+            cfg.teacher,
+            cfg.student,
+            p.bytes >> 20,
+            p.source,
+            all.len(),
+            every.bytes >> 20,
+            resident >> 20
+        );
+        assert!(
+            resident <= cfg.proxy.cache_budget_bytes,
+            "{}: {resident} bytes",
+            path.display()
+        );
+        // The CIFAR and small-data configs cache their teacher (before, caching every tap put
+        // resnet32x4, wrn_40_2 and vgg13 over the budget and the search refused to start).
+        if cfg.dataset.declared_size().is_some() {
+            assert_eq!(p.source, TeacherSource::Cache, "{}", path.display());
         }
+        n += 1;
     }
     assert!(n >= 9, "{n} configs");
     // The digits config is the built-in default.

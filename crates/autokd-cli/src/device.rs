@@ -180,6 +180,20 @@ pub fn select_devices(specs: &[DeviceSpec]) -> anyhow::Result<(Device, Vec<Devic
     Ok((main, devices))
 }
 
+/// A device on the host CPU for small exact computations (f64), when `flex` is compiled;
+/// otherwise `fallback`.
+pub fn host_device(fallback: &Device) -> Device {
+    #[cfg(feature = "flex")]
+    {
+        let _ = fallback;
+        Device::flex()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        fallback.clone()
+    }
+}
+
 /// The device for `spec`, or an error that names the feature to enable.
 pub fn select_device(spec: &DeviceSpec) -> Result<Device, DeviceError> {
     #[allow(unused_variables)]

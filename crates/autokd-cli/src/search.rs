@@ -308,11 +308,67 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    // Everything that can be checked is checked before the teacher trains (minutes to hours):
+    // the taps of both models against the space, the teacher's weights, the run folder and the
+    // stores.
+    let (t_model, s_model) = (t_spec.init(&device)?, s_spec.init(&device)?);
+    let (t_info, s_info) = (t_model.feature_info(), s_model.feature_info());
+    let taps = space
+        .teacher_taps(cfg.student.as_str(), &s_info, cfg.teacher.as_str(), &t_info)
+        .context("the search space does not fit the models")?;
+    // Candidates that compute the same loss at these taps are evaluated once.
+    let effective = {
+        let zeros = space.levels().iter().map(|_| 0).collect::<Vec<_>>();
+        let terms = space.spec(&zeros)?.resolve(
+            cfg.student.as_str(),
+            &s_info,
+            cfg.teacher.as_str(),
+            &t_info,
+        )?;
+        let term = terms
+            .first()
+            .context("the search space has no feature term")?;
+        let [c, h, w] = info.input_shape();
+        let shape_at = |model: &Model, tap: usize| {
+            let out = model.forward_intermediates(
+                Tensor::<4>::zeros([1, c, h, w], &device),
+                &autokd_models::TapRequest::indices(&[tap]),
+            );
+            out.features
+                .first()
+                .map(|f| autokd_distill::map_shape(&f.dims()))
+                .context("a model returned no tap")
+        };
+        let ([ct, ht, wt], [_, hs, ws]) = (
+            shape_at(&t_model, term.teacher_index)?,
+            shape_at(&s_model, term.student_index)?,
+        );
+        autokd_distill::Effective::new(
+            &space,
+            [ct, ht.min(hs), wt.min(ws)],
+            &crate::device::host_device(&device),
+        )?
+    };
+    if let Some(w) = &cfg.teacher_weights {
+        std::fs::File::open(w)
+            .with_context(|| format!("teacher_weights: cannot read {}", w.display()))?;
+    }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("the run folder {} is not writable", dir.display()))?;
+    let mut store = open_store(&cfg, &dir, "mcts")?;
+    store.events()?;
+    let mut baseline_store = if cfg.baseline && cfg.strategy == StrategyName::Mcts {
+        let mut s = open_store(&cfg, &dir, "random")?;
+        s.events()?;
+        Some(s)
+    } else {
+        None
+    };
     crate::write_atomic(&config_path, toml::to_string(&cfg)?.as_bytes())?;
     writeln!(
         out,
-        "search: {} → {} on {} ({} train, {} test), {:?}, {} trials, {} at a time, space of {} distillers; run folder {} ({} it with --out {})",
+        "search: {} → {} on {} ({} train, {} test), {:?}, {} trials, {} at a time, space of {} distillers ({} distinct losses at these taps); run folder {} ({} it with --out {})",
         cfg.teacher,
         cfg.student,
         info.name,
@@ -322,6 +378,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         cfg.trials,
         cfg.workers,
         space.size(),
+        effective.distinct(),
         dir.display(),
         if resuming {
             "resuming; resume"
@@ -331,7 +388,6 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         dir.display()
     )?;
     let teacher = teacher(&cfg, &t_spec, &dataset, args, &device, out)?;
-    let taps: Vec<usize> = (0..teacher.feature_info().len()).collect();
     let start = Instant::now();
     let evaluators = devices
         .iter()
@@ -352,12 +408,28 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         evaluators,
     };
     let (n_train, n_val) = evaluator.evaluators[0].sizes();
+    let plan = evaluator.evaluators[0].plan();
+    let mib = |b: usize| b as f64 / f64::from(1u32 << 20);
+    let source = match plan.source {
+        autokd_train::TeacherSource::Cache => format!(
+            "teacher outputs cached ({:.0} MiB of its {:.0} MiB budget) in {:.1} s",
+            mib(plan.bytes),
+            mib(plan.budget),
+            start.elapsed().as_secs_f64()
+        ),
+        autokd_train::TeacherSource::Online if cfg.proxy.cache_teacher => format!(
+            "the teacher cache would need {:.0} MiB, over its {:.0} MiB budget (proxy.cache_budget_bytes): the frozen teacher runs online on every batch instead",
+            mib(plan.bytes),
+            mib(plan.budget)
+        ),
+        autokd_train::TeacherSource::Online => {
+            "the frozen teacher runs online on every batch (proxy.cache_teacher = false)".into()
+        }
+    };
     writeln!(
         out,
-        "proxy: {n_train} training images ({} per class), {n_val} validation images, {} epochs; teacher cached in {:.1} s",
-        cfg.proxy.per_class,
-        cfg.proxy.epochs,
-        start.elapsed().as_secs_f64()
+        "proxy: {n_train} training images ({} per class), {n_val} validation images, {} epochs; {source}",
+        cfg.proxy.per_class, cfg.proxy.epochs,
     )?;
     let levels: Vec<usize> = space.levels().iter().map(|l| l.options).collect();
     let deadline = cfg
@@ -371,6 +443,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let ctx = Ctx {
         cfg: &cfg,
         space: &space,
+        effective: &effective,
         evaluator: &evaluator,
         deadline,
     };
@@ -378,12 +451,12 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         &ctx,
         strategy.as_mut(),
         "",
-        open_store(&cfg, &dir, "mcts")?.as_mut(),
+        store.as_mut(),
         &dir.join("trials.jsonl"),
         out,
     )?;
     let elapsed = search_start.elapsed().as_secs_f64();
-    let baseline = if cfg.baseline && cfg.strategy == StrategyName::Mcts {
+    let baseline = if let Some(baseline_store) = baseline_store.as_mut() {
         writeln!(
             out,
             "baseline: random search over the same space, same budget ({} trials)",
@@ -404,7 +477,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             &ctx,
             &mut random,
             "random ",
-            open_store(&cfg, &dir, "random")?.as_mut(),
+            baseline_store.as_mut(),
             &dir.join("trials_random.jsonl"),
             out,
         )?)
@@ -499,11 +572,22 @@ impl EvaluatorPool {
                 "no proxy evaluator".into(),
             ));
         };
-        let outcome = e.evaluate(spec);
-        if let Some(n) = lock().get_mut(i) {
-            *n -= 1;
+        // Released even when the trial panics (the driver records the panic as a rejection).
+        struct Release<'a>(&'a EvaluatorPool, usize);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                let mut busy = self
+                    .0
+                    .busy
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(n) = busy.get_mut(self.1) {
+                    *n -= 1;
+                }
+            }
         }
-        outcome
+        let _release = Release(self, i);
+        e.evaluate(spec)
     }
 }
 
@@ -512,6 +596,7 @@ impl EvaluatorPool {
 struct Ctx<'a> {
     cfg: &'a SearchConfig,
     space: &'a autokd_distill::SearchSpace,
+    effective: &'a autokd_distill::Effective,
     evaluator: &'a EvaluatorPool,
     deadline: Option<Instant>,
 }
@@ -570,6 +655,8 @@ fn trial_loop(
     let mut records: Vec<Record> = Vec::new();
     let mut best: Option<f64> = None;
     let mut failure: Option<anyhow::Error> = None;
+    // Set with `failure`: no new trial starts once an output or log write has failed.
+    let failed = std::cell::Cell::new(false);
     let budget = ctx.cfg.trials;
     let deadline = ctx.deadline;
     let bar = progress_bar(budget as u64, label);
@@ -596,6 +683,7 @@ fn trial_loop(
             Ok(x) => x,
             Err(e) => {
                 failure = Some(e);
+                failed.set(true);
                 return;
             }
         };
@@ -604,34 +692,42 @@ fn trial_loop(
             best = Some(best.map_or(v, |b| b.max(v)));
         }
         bar.inc(1);
-        if !r.replayed {
-            let line = match (&outcome.reward, &outcome.rejected) {
-                (Some(v), _) => format!(
-                    "reward {v:>8.4} (ce {:.3}, gap {:.3}, top-1 {:5.1}%)",
-                    outcome.val_ce,
-                    outcome.gap,
-                    100.0 * outcome.accuracy
-                ),
-                (None, Some(why)) => format!("rejected: {why}"),
-                (None, None) => "rejected".to_string(),
-            };
-            bar.suspend(|| {
-                let _ = writeln!(
-                    out,
-                    "{label}[{k:>3}/{budget}] {line}  best {:>8.4}  {:.1}s  {spec}",
-                    best.unwrap_or(f64::NAN),
-                    outcome.seconds
-                );
-            });
-        }
-        if let Ok(j) = serde_json::to_string(&TrialLine {
-            trial: r.trial.index + 1,
-            choices: &r.trial.choices,
-            distiller: spec.to_string(),
-            spec: &spec,
-            outcome: &outcome,
-        }) {
-            let _ = writeln!(log, "{j}");
+        let written = (|| -> anyhow::Result<()> {
+            if !r.replayed {
+                let line = match (&outcome.reward, &outcome.rejected) {
+                    (Some(v), _) => format!(
+                        "reward {v:>8.4} (ce {:.3}, gap {:.3}, top-1 {:5.1}%)",
+                        outcome.val_ce,
+                        outcome.gap,
+                        100.0 * outcome.accuracy
+                    ),
+                    (None, Some(why)) => format!("rejected: {why}"),
+                    (None, None) => "rejected".to_string(),
+                };
+                bar.suspend(|| {
+                    writeln!(
+                        out,
+                        "{label}[{k:>3}/{budget}] {line}  best {:>8.4}  {:.1}s  {spec}",
+                        best.unwrap_or(f64::NAN),
+                        outcome.seconds
+                    )
+                })
+                .context("writing the search's output")?;
+            }
+            let j = serde_json::to_string(&TrialLine {
+                trial: r.trial.index + 1,
+                choices: &r.trial.choices,
+                distiller: spec.to_string(),
+                spec: &spec,
+                outcome: &outcome,
+            })?;
+            writeln!(log, "{j}").with_context(|| format!("writing {}", log_path.display()))?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            failure = Some(e);
+            failed.set(true);
+            return;
         }
         records.push((r.trial.clone(), spec, outcome));
     };
@@ -643,7 +739,8 @@ fn trial_loop(
             workers: ctx.cfg.workers,
             max_repeats: 10 * budget.max(100),
         },
-        || deadline.is_some_and(|d| Instant::now() >= d),
+        &|c| ctx.effective.canonical(c),
+        || failed.get() || deadline.is_some_and(|d| Instant::now() >= d),
         evaluate,
         on_result,
     );

@@ -128,6 +128,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             gamma: 0.1,
         };
     }
+    recipe
+        .validate()
+        .context("--epochs, --batch-size, --lr and --milestones override the recipe")?;
     let teacher = match (args.teacher, &args.teacher_weights) {
         (Some(t), Some(w)) => Some((
             t,
@@ -185,6 +188,8 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             name: name.as_str(),
             spec: &distiller,
         });
+        // The first failed write of an epoch line; the run stops with it once `train` returns.
+        let mut write_error: Option<std::io::Error> = None;
         let (model, summary) = train(
             &spec(args.model),
             setup,
@@ -220,8 +225,8 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                         .iter()
                         .map(|(k, v)| format!("{k} {v:.4}"))
                         .collect();
-                    bar.suspend(|| {
-                        let _ = writeln!(
+                    let written = bar.suspend(|| {
+                        writeln!(
                             out,
                             "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s",
                             m.epoch,
@@ -231,19 +236,33 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                             100.0 * m.top1,
                             100.0 * m.top5,
                             m.images_per_s
-                        );
+                        )
                     });
+                    if let Err(e) = written {
+                        write_error.get_or_insert(e);
+                    }
                 }
             },
         )?;
         bar.finish_and_clear();
+        if let Some(e) = write_error {
+            return Err(anyhow::Error::new(e).context("writing the training's output"));
+        }
         save_weights(&model, &dir.join("model.bpk"))?;
         writeln!(
             out,
-            "seed {seed}: best top-1 {:.2}%, last {:.2}%  ({})",
+            "seed {seed}: best top-1 {:.2}%, last {:.2}%  ({}){}",
             100.0 * summary.best_top1,
             100.0 * summary.last_top1,
-            dir.join("model.bpk").display()
+            dir.join("model.bpk").display(),
+            if summary.epochs_run == 0 {
+                format!(
+                    "; already finished: the checkpoint holds all {} epochs",
+                    recipe.epochs
+                )
+            } else {
+                String::new()
+            }
         )?;
         results.push(SeedResult {
             seed,

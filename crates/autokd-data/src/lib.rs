@@ -24,5 +24,5 @@ pub use dataset::{Dataset, DatasetInfo, Split};
 pub use error::{DataError, Result};
 pub use image::{Image, ImageSource, InMemory};
 pub use loader::{Batch, DataLoader, HostBatch, LoaderConfig};
-pub use spec::{DATASET_FORMS, DatasetSpec};
+pub use spec::{DATASET_FORMS, DatasetSpec, DeclaredSize};
 pub use split::{stratified_split, stratified_subset};

@@ -37,7 +37,36 @@ pub const DATASET_FORMS: [&str; 5] = [
     "imagefolder:DIR",
 ];
 
+/// The size a dataset declares, known without reading its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeclaredSize {
+    /// Image shape the models see, `[channels, height, width]`.
+    pub input: [usize; 3],
+    /// Classes.
+    pub num_classes: usize,
+    /// Training images of the smallest class.
+    pub train_per_class: usize,
+}
+
 impl DatasetSpec {
+    /// The published size of the dataset: CIFAR-10/100 (5,000 / 500 training images per class,
+    /// 32×32×3), Fashion-MNIST (6,000 per class, 28×28×1), the embedded digits (at least 139
+    /// training images per class, 8×8×1). `None` for an image folder, whose size is its files'.
+    pub fn declared_size(&self) -> Option<DeclaredSize> {
+        let (input, num_classes, train_per_class) = match self {
+            DatasetSpec::Digits => ([1, 8, 8], 10, 139),
+            DatasetSpec::FashionMnist(_) => ([1, 28, 28], 10, 6000),
+            DatasetSpec::Cifar10(_) => ([3, 32, 32], 10, 5000),
+            DatasetSpec::Cifar100(_) => ([3, 32, 32], 100, 500),
+            DatasetSpec::ImageFolder(_) => return None,
+        };
+        Some(DeclaredSize {
+            input,
+            num_classes,
+            train_per_class,
+        })
+    }
+
     /// Reads the dataset. Image folders are sized to [`folder::DEFAULT_IMAGE_SIZE`]; use
     /// [`DatasetSpec::load_with_size`] for another size.
     pub fn load(&self) -> Result<Dataset> {
@@ -127,6 +156,23 @@ impl<'de> Deserialize<'de> for DatasetSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_embedded_digits_match_their_declared_size() {
+        let ds = DatasetSpec::Digits.load().unwrap();
+        let d = DatasetSpec::Digits.declared_size().unwrap();
+        assert_eq!(d.input, ds.info.input_shape());
+        assert_eq!(d.num_classes, ds.info.num_classes);
+        let mut counts = vec![0usize; d.num_classes];
+        for i in 0..ds.train.len() {
+            counts[ds.train.label(i)] += 1;
+        }
+        assert_eq!(
+            counts.iter().min().copied(),
+            Some(d.train_per_class),
+            "{counts:?}"
+        );
+    }
 
     #[test]
     fn parse_display_round_trip() {

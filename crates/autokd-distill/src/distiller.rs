@@ -15,8 +15,8 @@ use burn::prelude::*;
 use burn::tensor::module::adaptive_avg_pool2d;
 
 use crate::error::{DistillError, Result};
-use crate::spec::{DistillerSpec, ResolvedTerm};
-use crate::transform::{GlobalTransform, MaskGenerator};
+use crate::spec::{DistillerSpec, FeatureTerm, ResolvedTerm};
+use crate::transform::{GlobalTransform, MaskGenerator, MaskRng};
 
 /// 1×1 convolution + batch norm from student to teacher channels (FitNet's regressor).
 #[derive(Module, Debug)]
@@ -54,6 +54,26 @@ pub struct LossTerms {
     pub terms: Vec<(String, Tensor<1>)>,
 }
 
+/// The unweighted value of a feature term between aligned maps (after the connector and the
+/// pooling to a common size): global transform, intra-spatial transform, relation, distance.
+/// `generator` is required for the mask transform.
+///
+/// # Shapes
+/// - `s`, `t`: `[B, C, H, W]` → `[1]`
+pub fn term_value(
+    term: &FeatureTerm,
+    s: Tensor<4>,
+    t: Tensor<4>,
+    generator: Option<&MaskGenerator>,
+) -> Result<Tensor<1>> {
+    let temp = term.temperature.get();
+    let (s, t) = term.global.apply(s, t, temp, generator)?;
+    let (s, t) = (term.intra.apply(s), term.intra.apply(t));
+    let (s, t) = (term.relation.apply(s, temp), term.relation.apply(t, temp));
+    term.distance
+        .apply(s, t, temp, term.relation.is_distribution())
+}
+
 /// A distiller ready to train with a student.
 #[derive(Module, Debug)]
 pub struct Distiller {
@@ -65,24 +85,37 @@ pub struct Distiller {
     terms: Vec<ResolvedTerm>,
 }
 
+/// The `[C, H, W]` map a feature of `dims` (`[B, C, H, W]`, or tokens `[B, N, C]`) becomes in a
+/// feature term: tokens are laid out as a `√N × √N` map when `N` is a square, else `N × 1`.
+pub fn map_shape(dims: &[usize]) -> [usize; 3] {
+    match *dims {
+        [_, c, h, w] => [c, h, w],
+        [_, n, c] => {
+            let side = (n as f64).sqrt().round() as usize;
+            if side * side == n {
+                [c, side, side]
+            } else {
+                [c, n, 1]
+            }
+        }
+        _ => [dims.iter().product(), 1, 1],
+    }
+}
+
 fn as_map(f: &Feature) -> Tensor<4> {
     match f {
         Feature::Map(t) => t.clone(),
         Feature::Tokens(t) => {
             let [b, n, c] = t.dims();
-            let side = (n as f64).sqrt().round() as usize;
-            let (h, w) = if side * side == n {
-                (side, side)
-            } else {
-                (n, 1)
-            };
+            let [_, h, w] = map_shape(&[b, n, c]);
             t.clone().swap_dims(1, 2).reshape([b, c, h, w])
         }
     }
 }
 
 impl Distiller {
-    /// Builds the distiller for a student and a teacher from their taps.
+    /// Builds the distiller for a student and a teacher from their taps. The masks of MGD terms
+    /// come from streams seeded with 0 until [`Distiller::seed_masks`].
     pub fn new(
         spec: &DistillerSpec,
         student_model: &str,
@@ -103,15 +136,47 @@ impl Distiller {
             .iter()
             .map(|r| {
                 matches!(r.term.global, GlobalTransform::Mask { .. })
-                    .then(|| MaskGenerator::new(r.teacher.channels, device))
+                    .then(|| MaskGenerator::new(r.teacher.channels, 0, device))
             })
             .collect();
-        Ok(Self {
+        let distiller = Self {
             connectors,
             generators,
             spec: spec.clone(),
             terms,
-        })
+        };
+        distiller.seed_masks(0);
+        Ok(distiller)
+    }
+
+    /// Restarts the mask streams of the MGD terms from `seed` (one stream per term, derived from
+    /// it). The streams belong to this distiller and its clones, never to the device, so other
+    /// threads' seeding or drawing cannot change them.
+    pub fn seed_masks(&self, seed: u64) {
+        for (i, g) in self.generators.iter().enumerate() {
+            if let Some(g) = g {
+                g.rng()
+                    .reseed(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            }
+        }
+    }
+
+    /// New mask streams forked from this distiller's, one per MGD term, for a replica that must
+    /// draw its own masks (a data-parallel shard); give them to it with [`Distiller::set_masks`].
+    pub fn fork_masks(&self) -> Vec<Option<MaskRng>> {
+        self.generators
+            .iter()
+            .map(|g| g.as_ref().map(|g| g.rng().fork()))
+            .collect()
+    }
+
+    /// Gives this distiller the mask streams of [`Distiller::fork_masks`].
+    pub fn set_masks(&mut self, streams: Vec<Option<MaskRng>>) {
+        for (g, s) in self.generators.iter_mut().zip(streams) {
+            if let (Some(g), Some(s)) = (g, s) {
+                g.set_rng(s);
+            }
+        }
     }
 
     /// The spec it was built from.
@@ -151,14 +216,7 @@ impl Distiller {
         if (ht, wt) != (h, w) {
             t = adaptive_avg_pool2d(t, [h, w]);
         }
-        let temp = term.temperature.get();
-        let (s, t) = term.global.apply(s, t, temp, self.generators[i].as_ref())?;
-        let (s, t) = (term.intra.apply(s), term.intra.apply(t));
-        let (s, t) = (term.relation.apply(s, temp), term.relation.apply(t, temp));
-        let d = term
-            .distance
-            .apply(s, t, temp, term.relation.is_distribution())?;
-        Ok(d.mul_scalar(term.weight.get()))
+        Ok(term_value(term, s, t, self.generators[i].as_ref())?.mul_scalar(term.weight.get()))
     }
 
     /// The loss of one step. `student` and `teacher` hold the taps of [`Distiller::tap_requests`]

@@ -3,6 +3,7 @@
 
 pub mod distance;
 pub mod distiller;
+pub mod effective;
 pub mod error;
 pub mod logits;
 pub mod real;
@@ -14,7 +15,8 @@ pub(crate) mod testing;
 pub mod transform;
 
 pub use distance::Distance;
-pub use distiller::{Connector, Distiller, LossTerms};
+pub use distiller::{Connector, Distiller, LossTerms, map_shape, term_value};
+pub use effective::Effective;
 pub use error::{DistillError, Result};
 pub use logits::LogitsDistance;
 pub use real::Real;

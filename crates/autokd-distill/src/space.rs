@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use autokd_models::TapInfo;
+
 use crate::distance::Distance;
 use crate::error::{DistillError, Result};
 use crate::logits::LogitsDistance;
@@ -215,6 +217,28 @@ impl SearchSpace {
         ]
     }
 
+    /// Checks the space against the student's and the teacher's taps (the error names a missing
+    /// tap and lists the available ones) and returns the teacher taps its candidates read, as
+    /// indices of `teacher`: the only ones a teacher cache needs to hold.
+    pub fn teacher_taps(
+        &self,
+        student_model: &str,
+        student: &[TapInfo],
+        teacher_model: &str,
+        teacher: &[TapInfo],
+    ) -> Result<Vec<usize>> {
+        let zeros = vec![0; self.levels().len()];
+        let mut taps: Vec<usize> = self
+            .spec(&zeros)?
+            .resolve(student_model, student, teacher_model, teacher)?
+            .iter()
+            .map(|r| r.teacher_index)
+            .collect();
+        taps.sort_unstable();
+        taps.dedup();
+        Ok(taps)
+    }
+
     /// Number of full distillers in the space.
     pub fn size(&self) -> u128 {
         self.levels().iter().map(|l| l.options as u128).product()
@@ -272,6 +296,44 @@ mod tests {
         );
         assert!(s.spec(&[5, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(s.spec(&[0; 8]).is_err());
+    }
+
+    #[test]
+    fn teacher_taps_are_the_ones_candidates_read() {
+        let info = |names: &[&str]| -> Vec<TapInfo> {
+            names
+                .iter()
+                .map(|n| TapInfo {
+                    name: (*n).into(),
+                    channels: 8,
+                    reduction: 1,
+                    kind: autokd_models::TapKind::FeatureMap,
+                })
+                .collect()
+        };
+        let (s, t) = (
+            info(&["stage1", "stage2"]),
+            info(&["stage1", "stage2", "stage3"]),
+        );
+        // Default: the last taps.
+        assert_eq!(
+            SearchSpace::default()
+                .teacher_taps("s", &s, "t", &t)
+                .unwrap(),
+            vec![2]
+        );
+        let space = SearchSpace {
+            student_tap: Some("stage1".into()),
+            teacher_tap: Some("stage2".into()),
+            ..SearchSpace::default()
+        };
+        assert_eq!(space.teacher_taps("s", &s, "t", &t).unwrap(), vec![1]);
+        let bad = SearchSpace {
+            student_tap: Some("stage9".into()),
+            ..SearchSpace::default()
+        };
+        let err = bad.teacher_taps("s", &s, "t", &t).unwrap_err().to_string();
+        assert!(err.contains("stage9") && err.contains("stage1"), "{err}");
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //! logging every trial to a [`TrialStore`] so that a killed search resumes where it stopped.
 //!
 //! - A candidate seen before is not evaluated again: its reward is told to the strategy and no
-//!   budget is spent (a candidate still in flight is told when its trial finishes).
+//!   budget is spent (a candidate still in flight is told when its trial finishes). "Seen" is up
+//!   to the caller's `canonical` map: candidates with the same representative (the same loss,
+//!   see `autokd_distill::Effective`) are one candidate.
 //! - **Resume.** The store's events are replayed through the same seeded strategy, in their logged
 //!   order: each `started` event must be what the strategy proposes (else the store belongs to a
 //!   different search), each `finished` event is told to it. The strategy ends in the state it had
 //!   when the search stopped; trials started and never finished are run again first.
 //! - **Parallel trials.** `workers` threads evaluate; the calling thread asks, tells and writes the
 //!   store. With one worker the sequence of trials is a function of the seed and the rewards.
+//! - **Panics.** An evaluation that panics (burn panics on shape errors and on device
+//!   out-of-memory) is caught in its worker and recorded as a rejected trial whose payload is
+//!   `{"rejected": "the trial panicked: …"}`; the search goes on.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -42,6 +47,25 @@ pub struct TrialResult {
 /// What an evaluation gives: the reward (`None`: rejected) and a payload to store, or an error
 /// that stops the search.
 pub type Evaluation = Result<(Option<f64>, serde_json::Value), String>;
+
+/// The payload of a trial whose evaluation panicked: `{"rejected": "the trial panicked: <message>"}`.
+pub fn panic_payload(panic: &(dyn std::any::Any + Send)) -> serde_json::Value {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string());
+    serde_json::json!({ "rejected": format!("the trial panicked: {message}") })
+}
+
+/// Runs one evaluation, turning a panic into a rejected trial.
+fn evaluate_caught<E>(evaluate: &E, trial: usize, choices: &Choices) -> Evaluation
+where
+    E: Fn(usize, &Choices) -> Evaluation + Sync,
+{
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| evaluate(trial, choices)))
+        .unwrap_or_else(|panic| Ok((None, panic_payload(panic.as_ref()))))
+}
 
 /// Budget and parallelism of a search.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +103,14 @@ pub enum DriverError {
 /// The coordinator's bookkeeping.
 struct State<'s, S: Strategy + ?Sized> {
     strategy: &'s mut S,
+    /// Representative of a candidate.
+    canonical: &'s dyn Fn(&Choices) -> Choices,
+    /// Rewards by representative.
     seen: HashMap<Choices, Option<f64>>,
     /// Trials started and not finished: their tickets.
     in_flight: HashMap<usize, Ticket>,
-    /// Tickets of candidates asked again while their trial was in flight.
+    /// Tickets of candidates asked again while their trial (or one with the same
+    /// representative) was in flight, by representative.
     waiting: HashMap<Choices, Vec<Ticket>>,
     started: usize,
     repeats: usize,
@@ -96,14 +124,16 @@ impl<S: Strategy + ?Sized> State<'_, S> {
     fn ask_fresh(&mut self) -> Option<Ticket> {
         while self.repeats < self.max_repeats {
             let ticket = self.strategy.ask();
-            if let Some(&reward) = self.seen.get(&ticket.choices) {
+            let key = (self.canonical)(&ticket.choices);
+            if let Some(&reward) = self.seen.get(&key) {
                 self.strategy.tell(&ticket, reward);
                 self.repeats += 1;
-            } else if self.in_flight.values().any(|t| t.choices == ticket.choices) {
-                self.waiting
-                    .entry(ticket.choices.clone())
-                    .or_default()
-                    .push(ticket);
+            } else if self
+                .in_flight
+                .values()
+                .any(|t| (self.canonical)(&t.choices) == key)
+            {
+                self.waiting.entry(key).or_default().push(ticket);
                 self.repeats += 1;
             } else {
                 self.repeats = 0;
@@ -124,10 +154,11 @@ impl<S: Strategy + ?Sized> State<'_, S> {
             DriverError::Diverged(format!("trial {trial} finished but was never started"))
         })?;
         self.strategy.tell(&ticket, reward);
-        for t in self.waiting.remove(&ticket.choices).unwrap_or_default() {
+        let key = (self.canonical)(&ticket.choices);
+        for t in self.waiting.remove(&key).unwrap_or_default() {
             self.strategy.tell(&t, reward);
         }
-        self.seen.insert(ticket.choices.clone(), reward);
+        self.seen.insert(key, reward);
         self.results.push(TrialResult {
             trial: Trial {
                 index: trial,
@@ -144,12 +175,16 @@ impl<S: Strategy + ?Sized> State<'_, S> {
 }
 
 /// Runs `strategy` against `store` (replaying what it holds first) until the budget is spent,
-/// `stop()` says so before a new trial, or the space is exhausted. `on_result` sees every finished
-/// trial, replayed ones first. Returns the finished trials in the order they finished.
+/// `stop()` says so before a new trial, or the space is exhausted. Candidates with the same
+/// `canonical` representative are evaluated once (pass `&|c| c.clone()` to compare choices as
+/// they are). `on_result` sees every finished trial, replayed ones first. Returns the finished
+/// trials in the order they finished.
+#[allow(clippy::too_many_arguments)]
 pub fn drive<S, E>(
     strategy: &mut S,
     store: &mut dyn TrialStore,
     config: DriverConfig,
+    canonical: &dyn Fn(&Choices) -> Choices,
     mut stop: impl FnMut() -> bool,
     evaluate: E,
     mut on_result: impl FnMut(&TrialResult),
@@ -160,6 +195,7 @@ where
 {
     let mut st = State {
         strategy,
+        canonical,
         seen: HashMap::new(),
         in_flight: HashMap::new(),
         waiting: HashMap::new(),
@@ -221,7 +257,8 @@ where
                     let Ok((trial, choices)) = job else {
                         return;
                     };
-                    if done_tx.send((trial, evaluate(trial, &choices))).is_err() {
+                    let evaluation = evaluate_caught(evaluate, trial, &choices);
+                    if done_tx.send((trial, evaluation)).is_err() {
                         return;
                     }
                 }
@@ -308,7 +345,7 @@ pub fn run<S: Strategy + ?Sized, E: FnMut(&Choices) -> Option<f64> + Send>(
     budget: usize,
     max_repeats: usize,
     evaluate: E,
-) -> Vec<Trial> {
+) -> Result<Vec<Trial>, DriverError> {
     run_until(strategy, budget, max_repeats, || false, evaluate)
 }
 
@@ -319,7 +356,7 @@ pub fn run_until<S: Strategy + ?Sized, E: FnMut(&Choices) -> Option<f64> + Send>
     max_repeats: usize,
     stop: impl FnMut() -> bool,
     evaluate: E,
-) -> Vec<Trial> {
+) -> Result<Vec<Trial>, DriverError> {
     // One worker: evaluations happen one at a time, so the FnMut can sit behind a lock.
     let evaluate = Mutex::new(evaluate);
     let config = DriverConfig {
@@ -331,19 +368,18 @@ pub fn run_until<S: Strategy + ?Sized, E: FnMut(&Choices) -> Option<f64> + Send>
         strategy,
         &mut MemoryStore::new(),
         config,
+        &|c| c.clone(),
         stop,
-        |_, c| match evaluate.lock() {
-            Ok(mut f) => Ok(((*f)(c), serde_json::Value::Null)),
-            Err(_) => Err("evaluator panicked".to_string()),
+        |_, c| {
+            // A panic inside `evaluate` is a rejected trial; the lock it poisoned stays usable.
+            let mut f = evaluate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Ok(((*f)(c), serde_json::Value::Null))
         },
         |_| {},
     );
-    // A memory store cannot fail and the evaluator above returns no errors.
-    results
-        .unwrap_or_default()
-        .into_iter()
-        .map(|r| r.trial)
-        .collect()
+    Ok(results?.into_iter().map(|r| r.trial).collect())
 }
 
 #[cfg(test)]
@@ -394,11 +430,11 @@ mod tests {
                     ..MctsConfig::default()
                 },
             );
-            if best_after(&run(&mut m, 2000, 1000, |c| Some(reward(c))), 2000) == optimum {
+            if best_after(&run(&mut m, 2000, 1000, |c| Some(reward(c))).unwrap(), 2000) == optimum {
                 found += 1;
             }
             let mut r = RandomSearch::new(&LEVELS, seed);
-            if best_after(&run(&mut r, 2000, 1000, |c| Some(reward(c))), 2000) == optimum {
+            if best_after(&run(&mut r, 2000, 1000, |c| Some(reward(c))).unwrap(), 2000) == optimum {
                 found_random += 1;
             }
         }
@@ -430,9 +466,9 @@ mod tests {
                     ..MctsConfig::default()
                 },
             );
-            mcts_sum += evals_to(&run(&mut m, budget, 1000, |c| Some(reward(c))));
+            mcts_sum += evals_to(&run(&mut m, budget, 1000, |c| Some(reward(c))).unwrap());
             let mut r = RandomSearch::new(&LEVELS, seed);
-            rand_sum += evals_to(&run(&mut r, budget, 1000, |c| Some(reward(c))));
+            rand_sum += evals_to(&run(&mut r, budget, 1000, |c| Some(reward(c))).unwrap());
         }
         let (m, r) = (mcts_sum as f64 / 30.0, rand_sum as f64 / 30.0);
         eprintln!("mean evaluations to reach reward >= {threshold}: MCTS {m:.1}, random {r:.1}");
@@ -452,6 +488,7 @@ mod tests {
             run(&mut m, 50, 100, |c| {
                 if c[0] == 0 { None } else { Some(reward(c)) }
             })
+            .unwrap()
         };
         assert_eq!(go(3), go(3));
         assert_ne!(go(3), go(4));
@@ -490,7 +527,8 @@ mod tests {
                 calls > 5
             },
             |c| Some(reward(c)),
-        );
+        )
+        .unwrap();
         assert_eq!(trials.len(), 5);
     }
 
@@ -525,6 +563,7 @@ mod tests {
             &mut mcts(7),
             &mut full_store,
             config(40, 1),
+            &|c| c.clone(),
             || false,
             eval,
             |_| {},
@@ -544,6 +583,7 @@ mod tests {
                 &mut mcts(7),
                 &mut store,
                 config(40, 1),
+                &|c| c.clone(),
                 || false,
                 |i, c| {
                     evaluated.lock().unwrap().push(i);
@@ -578,6 +618,7 @@ mod tests {
             &mut mcts(3),
             &mut store,
             config(60, 4),
+            &|c| c.clone(),
             || {
                 stops.set(stops.get() + 1);
                 stops.get() > 23
@@ -611,6 +652,7 @@ mod tests {
             &mut mcts(3),
             &mut store,
             config(60, 2),
+            &|c| c.clone(),
             || false,
             |i, c| {
                 *evaluated.lock().unwrap() += 1;
@@ -637,6 +679,7 @@ mod tests {
             &mut mcts(1),
             &mut MemoryStore::new(),
             config(24, 3),
+            &|c| c.clone(),
             || false,
             |i, c| {
                 let now = active.fetch_add(1, SeqCst) + 1;
@@ -659,6 +702,7 @@ mod tests {
             &mut mcts(1),
             &mut store,
             config(5, 1),
+            &|c| c.clone(),
             || false,
             eval,
             |_| {},
@@ -668,6 +712,7 @@ mod tests {
             &mut mcts(2),
             &mut store,
             config(5, 1),
+            &|c| c.clone(),
             || false,
             eval,
             |_| {},
@@ -683,6 +728,7 @@ mod tests {
             &mut mcts(1),
             &mut MemoryStore::new(),
             config(10, 2),
+            &|c| c.clone(),
             || false,
             |i, c| {
                 if i == 4 {
@@ -698,10 +744,92 @@ mod tests {
         assert_eq!(err, "trial 4 failed: out of memory");
     }
 
+    /// Issue 12 item 2: a trial that panics is a rejected trial with the reason, with one worker
+    /// and with three (before, a panicking worker left the driver waiting forever).
+    #[test]
+    fn a_panicking_trial_is_rejected_and_the_search_goes_on() {
+        for workers in [1, 3] {
+            let mut store = MemoryStore::new();
+            let results = drive(
+                &mut mcts(3),
+                &mut store,
+                config(12, workers),
+                &|c| c.clone(),
+                || false,
+                |trial, c| {
+                    if trial == 4 {
+                        panic!("shape mismatch in candidate {c:?}");
+                    }
+                    eval(trial, c)
+                },
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!(results.len(), 12, "workers {workers}");
+            let bad = results.iter().find(|r| r.trial.index == 4).unwrap();
+            assert_eq!(bad.trial.reward, None);
+            let why = bad.payload["rejected"].as_str().unwrap();
+            assert!(
+                why.starts_with("the trial panicked: shape mismatch in candidate"),
+                "{why}"
+            );
+            // The store holds it like any other finished trial.
+            let events = store.events().unwrap();
+            assert!(events.iter().any(|e| matches!(
+                e,
+                Event::Finished {
+                    trial: 4,
+                    reward: None,
+                    ..
+                }
+            )));
+        }
+        // The convenience runner too: the panicking candidate is rejected, the rest evaluated.
+        let mut calls = 0;
+        let trials = run(&mut RandomSearch::new(&[3, 3], 0), 9, 10_000, |c| {
+            calls += 1;
+            if calls == 2 {
+                panic!("boom");
+            }
+            Some(c[0] as f64)
+        })
+        .unwrap();
+        assert_eq!(trials.len(), 9);
+        assert_eq!(trials.iter().filter(|t| t.reward.is_none()).count(), 1);
+    }
+
+    /// Candidates with the same representative are one candidate: evaluated once, the others
+    /// told its reward without spending budget.
+    #[test]
+    fn candidates_with_one_representative_are_evaluated_once() {
+        // The second level does not matter: its options are all one candidate.
+        let canonical = |c: &Choices| vec![c[0], 0];
+        let mut store = MemoryStore::new();
+        let evaluated = std::sync::Mutex::new(Vec::new());
+        let results = drive(
+            &mut Mcts::new(&[3, 4], MctsConfig::default()),
+            &mut store,
+            config(12, 2),
+            &canonical,
+            || false,
+            |_, c| {
+                evaluated.lock().unwrap().push(c.clone());
+                Ok((Some(c[0] as f64), serde_json::Value::Null))
+            },
+            |_| {},
+        )
+        .unwrap();
+        // 3 distinct losses in a space of 12 candidates: 3 trials, then the space is exhausted.
+        assert_eq!(results.len(), 3);
+        let mut firsts: Vec<usize> = evaluated.lock().unwrap().iter().map(|c| c[0]).collect();
+        firsts.sort();
+        assert_eq!(firsts, vec![0, 1, 2]);
+    }
+
     #[test]
     fn tiny_space_is_exhausted() {
         let mut m = Mcts::new(&[2, 2], MctsConfig::default());
-        let trials = run(&mut m, 100, 50, |c| Some(c[0] as f64 + c[1] as f64));
+        let trials = run(&mut m, 100, 50, |c| Some(c[0] as f64 + c[1] as f64)).unwrap();
         assert_eq!(trials.len(), 4);
     }
 }

@@ -12,7 +12,7 @@ pub mod sqlite;
 pub mod store;
 
 pub use driver::{
-    DriverConfig, DriverError, Evaluation, Trial, TrialResult, drive, run, run_until,
+    DriverConfig, DriverError, Evaluation, Trial, TrialResult, drive, panic_payload, run, run_until,
 };
 pub use mcts::{Mcts, MctsConfig, Ticket};
 pub use random::RandomSearch;

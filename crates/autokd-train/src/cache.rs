@@ -59,6 +59,81 @@ fn select(f: &Feature, idx: Tensor<1, Int>) -> Feature {
     }
 }
 
+/// Bytes the cache holds per image: the taps at `taps`, the embedding and the logits, as the
+/// teacher really returns them for one `[c, h, w]` input (one forward pass of a zero image, so
+/// any tap layout and input size is sized exactly).
+pub fn bytes_per_image(
+    teacher: &Model,
+    taps: &[usize],
+    [c, h, w]: [usize; 3],
+    device: &Device,
+) -> Result<usize> {
+    let info = teacher.feature_info();
+    if let Some(t) = taps.iter().find(|&&t| t >= info.len()) {
+        return Err(TrainError::Config(format!(
+            "teacher has no tap index {t} (it has {})",
+            info.len()
+        )));
+    }
+    let out = teacher.valid().forward_intermediates(
+        Tensor::<4>::zeros([1, c, h, w], device),
+        &TapRequest::indices(taps),
+    );
+    let numel = |dims: Vec<usize>| dims.iter().product::<usize>();
+    let floats = out.features.iter().map(|f| numel(f.dims())).sum::<usize>()
+        + numel(out.embedding.dims().to_vec())
+        + numel(out.logits.dims().to_vec());
+    Ok(4 * floats)
+}
+
+/// Where a proxy evaluator takes the teacher's outputs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherSource {
+    /// Cached once in memory ([`TeacherCache`]).
+    Cache,
+    /// The frozen teacher runs on every batch: the cache would not fit its budget, or caching is
+    /// off.
+    Online,
+}
+
+/// How the teacher's outputs of a proxy subset are served, and what the cache would cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TeacherPlan {
+    /// Cache or online.
+    pub source: TeacherSource,
+    /// Bytes of the cache for the whole subset (whether or not it is built).
+    pub bytes: usize,
+    /// The budget it was checked against.
+    pub budget: usize,
+}
+
+impl TeacherPlan {
+    /// The plan for caching `taps` of `teacher` over `images` inputs of shape `input`: the
+    /// cache when it fits `budget` and `cache` is on, else the online teacher.
+    pub fn new(
+        teacher: &Model,
+        taps: &[usize],
+        input: [usize; 3],
+        images: usize,
+        budget: usize,
+        cache: bool,
+        device: &Device,
+    ) -> Result<Self> {
+        let bytes = images * bytes_per_image(teacher, taps, input, device)?;
+        let source = if cache && bytes <= budget {
+            TeacherSource::Cache
+        } else {
+            TeacherSource::Online
+        };
+        Ok(Self {
+            source,
+            bytes,
+            budget,
+        })
+    }
+}
+
 impl TeacherCache {
     /// Runs `teacher` (frozen: its `valid()` copy, without autodiff) over `split` and keeps the
     /// taps at `taps` (indices of its `feature_info()`), its logits and embeddings. Fails before
@@ -72,17 +147,8 @@ impl TeacherCache {
         budget_bytes: usize,
         device: &Device,
     ) -> Result<Self> {
-        let info = teacher.feature_info();
         let [c, h, w] = transform.output_shape();
-        let mut per_image = 0usize;
-        for &t in taps {
-            let tap = info
-                .get(t)
-                .ok_or_else(|| TrainError::Config(format!("teacher has no tap index {t}")))?;
-            let (rh, rw) = (h.div_ceil(tap.reduction), w.div_ceil(tap.reduction));
-            per_image += tap.channels * rh * rw;
-        }
-        let bytes = 4 * split.len() * per_image;
+        let bytes = split.len() * bytes_per_image(teacher, taps, [c, h, w], device)?;
         if bytes > budget_bytes {
             return Err(TrainError::Config(format!(
                 "teacher cache of {} images ({}x{}x{}) needs {} MiB, over its budget of {} MiB; cache fewer taps or images",

@@ -5,8 +5,8 @@
 //!
 //! The learning rate is a pure function of the epoch (multi-step or cosine with warm-up), and
 //! every random stream is seeded from `(seed, epoch)`: the loader's order and augmentation, and
-//! the device RNG (MGD masks) reseeded at each epoch start. A checkpoint therefore needs no RNG
-//! state beyond its epoch.
+//! the distiller's own MGD mask streams reseeded at each epoch start. A checkpoint therefore needs
+//! no RNG state beyond its epoch.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -223,6 +223,45 @@ pub struct TeacherSetup<'a> {
 struct CheckpointState {
     epoch: usize,
     best_top1: f64,
+    /// Test top-1 after `epoch` (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    last_top1: Option<f64>,
+}
+
+/// The newest complete checkpoint of a run folder: `checkpoint/`, or `checkpoint.old/` when a
+/// crash came between moving the old one aside and renaming the new one in.
+fn find_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    ["checkpoint", "checkpoint.old"]
+        .iter()
+        .map(|d| run_dir.join(d))
+        .find(|d| d.join("state.json").is_file() && d.join("model.bpk").is_file())
+}
+
+impl Recipe {
+    /// Checks the recipe: at least one epoch, a positive batch size and learning rate, milestones
+    /// within the epochs.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(format!("recipe: {m}")));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("lr {} must be a positive number", self.lr));
+        }
+        match &self.schedule {
+            Schedule::MultiStep { gamma, .. } if !(gamma.is_finite() && *gamma > 0.0) => {
+                bad(format!("gamma {gamma} must be a positive number"))
+            }
+            Schedule::Cosine { warmup_epochs } if *warmup_epochs >= self.epochs => bad(format!(
+                "warmup_epochs {warmup_epochs} must be below epochs {}",
+                self.epochs
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
@@ -299,6 +338,7 @@ pub fn train(
     let Some(device) = devices.first() else {
         return Err(TrainError::Config("no device to train on".into()));
     };
+    recipe.validate()?;
     let ad = device.clone().autodiff();
     let guard = crate::INIT_LOCK
         .lock()
@@ -331,12 +371,19 @@ pub fn train(
     std::fs::create_dir_all(run_dir).map_err(|e| io(run_dir, e))?;
     let ckpt = run_dir.join("checkpoint");
     let metrics_path = run_dir.join("metrics.jsonl");
-    let (mut start, mut best) = (0usize, 0.0f64);
-    if resume && ckpt.join("state.json").is_file() {
+    let (mut start, mut best, mut last) = (0usize, 0.0f64, 0.0f64);
+    if resume {
+        let Some(ckpt) = find_checkpoint(run_dir) else {
+            return Err(TrainError::Config(format!(
+                "--resume: {} holds no checkpoint (checkpoint/state.json and model.bpk, or checkpoint.old/); run without --resume to start from scratch",
+                run_dir.display()
+            )));
+        };
+        let state_path = ckpt.join("state.json");
         let state: CheckpointState = serde_json::from_str(
-            &std::fs::read_to_string(ckpt.join("state.json")).map_err(|e| io(&ckpt, e))?,
+            &std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?,
         )
-        .map_err(|e| io(&ckpt.join("state.json"), e))?;
+        .map_err(|e| io(&state_path, e))?;
         let mut store = BurnpackStore::from_file(ckpt.join("model.bpk"));
         net.load_from(&mut store)
             .map_err(|e| io(&ckpt.join("model.bpk"), e))?;
@@ -345,20 +392,35 @@ pub fn train(
             .map_err(|e| io(&ckpt.join("optim.bpk"), format!("{e:?}")))?;
         start = state.epoch;
         best = state.best_top1;
-        // Keep the metrics of the epochs the checkpoint covers.
-        let kept: Vec<String> = std::fs::read_to_string(&metrics_path)
-            .unwrap_or_default()
-            .lines()
-            .take(start)
-            .map(String::from)
-            .collect();
-        std::fs::write(
+        // Keep the metrics of the epochs the checkpoint covers; without them the run's record
+        // would silently lose epochs.
+        let text = std::fs::read_to_string(&metrics_path).map_err(|e| io(&metrics_path, e))?;
+        let kept: Vec<&str> = text.lines().take(start).collect();
+        if kept.len() < start {
+            return Err(io(
+                &metrics_path,
+                format!(
+                    "holds {} epochs, the checkpoint {start}; the run folder is inconsistent",
+                    kept.len()
+                ),
+            ));
+        }
+        last = match state.last_top1 {
+            Some(v) => v,
+            None => kept
+                .last()
+                .and_then(|l| serde_json::from_str::<EpochMetrics>(l).ok())
+                .map_or(0.0, |m| m.top1),
+        };
+        write_file_atomic(
             &metrics_path,
-            kept.iter().map(|l| format!("{l}\n")).collect::<String>(),
-        )
-        .map_err(|e| io(&metrics_path, e))?;
+            kept.iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>()
+                .as_bytes(),
+        )?;
     } else {
-        std::fs::write(&metrics_path, "").map_err(|e| io(&metrics_path, e))?;
+        write_file_atomic(&metrics_path, b"")?;
     }
     let loader = DataLoader::new(
         dataset.train.clone(),
@@ -371,13 +433,13 @@ pub fn train(
             ..LoaderConfig::default()
         },
     )?;
-    let mut last = 0.0;
     let mut run = 0usize;
     for epoch in start..recipe.epochs {
         if stop_after.is_some_and(|s| run >= s) {
             break;
         }
-        ad.seed(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        net.distiller
+            .seed_masks(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let lr = recipe.lr_at(epoch);
         let clock = Instant::now();
         let mut sums: Vec<(String, f64)> = Vec::new();
@@ -462,6 +524,7 @@ pub fn train(
                 &CheckpointState {
                     epoch: epoch + 1,
                     best_top1: best,
+                    last_top1: Some(last),
                 },
             )?;
         }
@@ -476,8 +539,16 @@ pub fn train(
     ))
 }
 
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
 /// Writes the checkpoint into a fresh folder, then swaps it in, so a kill never leaves a
-/// half-written checkpoint.
+/// half-written checkpoint (a kill between the two renames leaves `checkpoint.old/`, which
+/// resuming falls back to).
 fn write_checkpoint(
     dir: &Path,
     net: &DistillStudent,
@@ -693,5 +764,72 @@ mod tests {
         assert!(s.best_top1 > 0.3, "{s:?}");
         assert_eq!(evaluate(&m, &ds, &device).unwrap().0, s.last_top1);
         assert!(dir.path().join("checkpoint/state.json").is_file());
+    }
+
+    /// Issue 12 item 4: `--resume` without a checkpoint is an error that leaves `metrics.jsonl`
+    /// alone; a crash between the checkpoint's two renames resumes from `checkpoint.old/`; a
+    /// finished run resumed reports its real last accuracy; zero epochs are refused.
+    #[test]
+    fn resume_edge_cases() {
+        let _serial = crate::serial();
+        let device = Device::flex();
+        let ds = DatasetSpec::Digits.load().unwrap();
+        let ds = Dataset {
+            train: autokd_data::stratified_subset(&ds.train, 10, 6, 0).unwrap(),
+            ..ds
+        };
+        let spec = crate::testing::digits_spec(ModelName::Resnet8);
+        let recipe = Recipe {
+            epochs: 2,
+            batch_size: 32,
+            ..Recipe::preset("digits").unwrap()
+        };
+        let go = |dir: &Path, recipe: &Recipe, resume: bool| {
+            train(
+                &spec,
+                None,
+                &ds,
+                recipe,
+                0,
+                1,
+                dir,
+                resume,
+                None,
+                std::slice::from_ref(&device),
+                |_| {},
+            )
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        // No checkpoint: an error naming the folder; metrics.jsonl untouched.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::write(empty.join("metrics.jsonl"), "{\"epoch\":1}\n").unwrap();
+        let err = go(&empty, &recipe, true).unwrap_err().to_string();
+        assert!(err.contains("holds no checkpoint"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(empty.join("metrics.jsonl")).unwrap(),
+            "{\"epoch\":1}\n"
+        );
+        // A finished run resumed: nothing to run, the real last accuracy.
+        let done = tmp.path().join("done");
+        let (_, first) = go(&done, &recipe, false).unwrap();
+        let (_, again) = go(&done, &recipe, true).unwrap();
+        assert_eq!(again.epochs_run, 0);
+        assert_eq!(again.last_top1, first.last_top1);
+        assert_eq!(again.best_top1, first.best_top1);
+        assert!(again.last_top1 > 0.0);
+        // Killed between moving checkpoint/ aside and renaming the new one in.
+        std::fs::rename(done.join("checkpoint"), done.join("checkpoint.old")).unwrap();
+        let (_, old) = go(&done, &recipe, true).unwrap();
+        assert_eq!((old.epochs_run, old.last_top1), (0, first.last_top1));
+        // Zero epochs.
+        let zero = Recipe {
+            epochs: 0,
+            ..recipe.clone()
+        };
+        let err = go(&tmp.path().join("zero"), &zero, false)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "recipe: epochs must be at least 1");
     }
 }

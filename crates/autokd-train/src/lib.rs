@@ -39,7 +39,7 @@ pub mod proxy;
 pub mod step;
 pub mod supervised;
 
-pub use cache::TeacherCache;
+pub use cache::{TeacherCache, TeacherPlan, TeacherSource, bytes_per_image};
 pub use error::{Result, TrainError};
 pub use full::{
     EpochMetrics, OptimizerKind, PRESETS, Recipe, Schedule, TeacherSetup, TrainEvent, TrainSummary,

@@ -24,7 +24,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{DEFAULT_BUDGET_BYTES, TeacherCache};
+use crate::cache::{DEFAULT_BUDGET_BYTES, TeacherCache, TeacherPlan, TeacherSource};
 use crate::error::{Result, TrainError};
 use crate::step::{DistillStudent, distill_step};
 
@@ -67,7 +67,8 @@ pub struct ProxyConfig {
     pub seed: u64,
     /// A step whose loss exceeds this multiple of the first step's loss rejects the trial.
     pub explode_factor: f64,
-    /// Memory budget of the teacher cache, in bytes.
+    /// Memory budget of the teacher cache, in bytes. A cache that would exceed it is not built:
+    /// the frozen teacher then runs on every batch (see [`ProxyEvaluator::plan`]).
     pub cache_budget_bytes: usize,
     /// Read the teacher's outputs from the cache (default). `false` runs the frozen teacher on
     /// every batch instead, as an online-teacher loop would (for comparison).
@@ -94,8 +95,11 @@ impl Default for ProxyConfig {
     }
 }
 
-/// The result of one proxy trial, with every component.
+/// The result of one proxy trial, with every component. Fields missing from a stored payload take
+/// the values of a rejected trial (so the search driver's `{"rejected": "the trial panicked: …"}`
+/// reads as one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrialOutcome {
     /// The reward, `None` for a rejected trial (the search scores it worst).
     pub reward: Option<f64>,
@@ -120,8 +124,15 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f6
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
+impl Default for TrialOutcome {
+    fn default() -> Self {
+        Self::rejected(String::new(), Vec::new(), 0.0)
+    }
+}
+
 impl TrialOutcome {
-    fn rejected(reason: String, last_losses: Vec<(String, f64)>, seconds: f64) -> Self {
+    /// A rejected trial.
+    pub fn rejected(reason: String, last_losses: Vec<(String, f64)>, seconds: f64) -> Self {
         Self {
             reward: None,
             val_ce: f64::NAN,
@@ -148,9 +159,13 @@ pub struct ProxyEvaluator {
     train: Split,
     val: Split,
     transform: Transform,
-    cache: TeacherCache,
+    /// Where the teacher's outputs come from.
+    plan: TeacherPlan,
+    /// The cache, when the plan says so.
+    cache: Option<TeacherCache>,
+    /// The teacher's embeddings of the first [`GAP_IMAGES`] validation images.
     val_embeddings: Tensor<2>,
-    /// The frozen teacher, used only when `cache_teacher` is off.
+    /// The frozen teacher, run on every batch when there is no cache.
     teacher: Model,
     config: ProxyConfig,
     device: Device,
@@ -192,15 +207,27 @@ impl ProxyEvaluator {
         let (rest, val) = stratified_split(&dataset.train, classes, config.val_fraction, 0)?;
         let train = stratified_subset(&rest, classes, config.per_class, 0)?;
         let transform = Transform::eval(&dataset.info)?;
-        let cache = TeacherCache::build(
+        let plan = TeacherPlan::new(
             teacher,
             teacher_taps,
-            &train,
-            transform.clone(),
-            config.batch_size.max(64),
+            transform.output_shape(),
+            train.len(),
             config.cache_budget_bytes,
+            config.cache_teacher,
             device,
         )?;
+        let cache = match plan.source {
+            TeacherSource::Cache => Some(TeacherCache::build(
+                teacher,
+                teacher_taps,
+                &train,
+                transform.clone(),
+                config.batch_size.max(64),
+                config.cache_budget_bytes,
+                device,
+            )?),
+            TeacherSource::Online => None,
+        };
         let initial = {
             let _guard = crate::INIT_LOCK
                 .lock()
@@ -211,13 +238,15 @@ impl ProxyEvaluator {
             crate::force_init(&model);
             model.valid()
         };
+        // The gap reads the first GAP_IMAGES validation embeddings only.
+        let first: Vec<usize> = (0..val.len().min(GAP_IMAGES)).collect();
         let val_cache = TeacherCache::build(
             teacher,
             &[],
-            &val,
+            &val.subset(&first)?,
             transform.clone(),
             64,
-            config.cache_budget_bytes,
+            usize::MAX,
             device,
         )?;
         Ok(Self {
@@ -228,12 +257,18 @@ impl ProxyEvaluator {
             train,
             val,
             transform,
+            plan,
             cache,
             val_embeddings: val_cache.embeddings(),
             teacher: teacher.valid(),
             config,
             device: device.clone(),
         })
+    }
+
+    /// Where the teacher's outputs come from, and what the cache costs.
+    pub fn plan(&self) -> TeacherPlan {
+        self.plan
     }
 
     /// Images in the proxy training subset and the validation split.
@@ -251,9 +286,10 @@ impl ProxyEvaluator {
         let start = Instant::now();
         let ad = self.device.clone().autodiff();
         let student = self.initial.clone().train();
-        // The device RNG is process-wide: seed and draw the distiller's own parameters
-        // (connectors, generation blocks) and its masks' stream under one lock.
-        let _guard = crate::INIT_LOCK
+        // The device RNG is process-wide: seed it and draw the distiller's own parameters
+        // (connectors, generation blocks; lazily initialized, so touched here) under one lock.
+        // The MGD masks come from the distiller's own stream, seeded per trial.
+        let guard = crate::INIT_LOCK
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         ad.seed(self.config.seed);
@@ -265,7 +301,9 @@ impl ProxyEvaluator {
             &self.teacher_info,
             &ad,
         )?;
-        drop(_guard);
+        crate::force_init(&distiller);
+        drop(guard);
+        distiller.seed_masks(self.config.seed);
         let (_, t_req) = distiller.tap_requests();
         let mut model = DistillStudent { student, distiller };
         let mut optim = self.optimizer();
@@ -285,8 +323,8 @@ impl ProxyEvaluator {
         for epoch in 0..self.config.epochs {
             for batch in loader.host_epoch(epoch as u64) {
                 let batch = batch?;
-                let teacher = if self.config.cache_teacher {
-                    self.cache.lookup(&batch.positions, &t_req)?
+                let teacher = if let Some(cache) = &self.cache {
+                    cache.lookup(&batch.positions, &t_req)?
                 } else {
                     let plain = batch.clone().to_device(&self.device);
                     self.teacher.forward_intermediates(plain.images, &t_req)
@@ -416,6 +454,15 @@ mod tests {
     }
 
     #[test]
+    fn a_panicked_trials_payload_reads_as_rejected() {
+        let payload = serde_json::json!({ "rejected": "the trial panicked: boom" });
+        let o: TrialOutcome = serde_json::from_value(payload).unwrap();
+        assert_eq!(o.reward, None);
+        assert_eq!(o.rejected.as_deref(), Some("the trial panicked: boom"));
+        assert!(o.val_ce.is_nan() && o.gap.is_nan());
+    }
+
+    #[test]
     fn rejected_outcomes_round_trip_through_json() {
         let o = TrialOutcome::rejected("loss is NaN".into(), vec![("ce".into(), 2.5)], 1.25);
         let json = serde_json::to_string(&o).unwrap();
@@ -514,6 +561,42 @@ mod tests {
         // Equal up to float rounding (the teacher's batches are grouped differently).
         let (ra, rb) = (a.reward.unwrap(), b.reward.unwrap());
         assert!((ra - rb).abs() <= 1e-3 * ra.abs(), "{a:?} vs {b:?}");
+    }
+
+    /// Issue 12 item 3: an MGD candidate's masks come from its own stream, so its reward is the
+    /// same alone and while two other trials (MGD too: they seed the device and draw) run.
+    #[test]
+    fn mgd_rewards_do_not_depend_on_other_trials() {
+        let _serial = crate::serial();
+        let (eval, _) = setup(small());
+        let space = autokd_distill::SearchSpace::default();
+        // Global transform 4 is the mask (λ = 0.5).
+        let mgd = space.spec(&[4, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+        let others = [
+            space.spec(&[4, 0, 5, 1, 0, 1, 0, 0, 0]).unwrap(),
+            space.spec(&[4, 1, 0, 0, 0, 0, 1, 0, 0]).unwrap(),
+        ];
+        let alone = eval.evaluate(&mgd).unwrap();
+        assert!(alone.reward.is_some(), "{alone:?}");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let busy = std::thread::scope(|scope| {
+            for other in &others {
+                let (eval, stop) = (&eval, &stop);
+                scope.spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        eval.evaluate(other).unwrap();
+                    }
+                });
+            }
+            let busy = eval.evaluate(&mgd).unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            busy
+        });
+        assert_eq!(
+            alone.reward.map(f64::to_bits),
+            busy.reward.map(f64::to_bits),
+            "{alone:?} vs {busy:?}"
+        );
     }
 
     #[test]

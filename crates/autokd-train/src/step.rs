@@ -116,6 +116,9 @@ pub fn data_parallel_step(
             .as_ref()
             .map(|d| d.clone().narrow(0, start, len).to_device(device)),
     };
+    // Each shard after the first draws its MGD masks from its own stream, forked here in order
+    // so that the masks do not depend on which thread draws first.
+    let mut streams: Vec<_> = (1..n).map(|_| model.distiller.fork_masks()).collect();
     let results: Vec<Result<ShardResult>> = std::thread::scope(|scope| {
         let handles: Vec<_> = shards
             .iter()
@@ -123,14 +126,20 @@ pub fn data_parallel_step(
             .enumerate()
             .map(|(i, (&(start, len), device))| {
                 let (images, targets, model, request) = (&images, &targets, &model, &request);
+                let stream = i
+                    .checked_sub(1)
+                    .map(|j| streams.get_mut(j).map(std::mem::take).unwrap_or_default());
                 scope.spawn(move || -> Result<_> {
                     let ad = device.clone().autodiff();
                     // Shard 0 trains the model itself (its BatchNorm running statistics are
                     // kept); the others train independent copies.
-                    let replica = if i == 0 {
-                        model.clone()
-                    } else {
-                        model.valid().train().fork(&ad)
+                    let replica = match stream {
+                        None => model.clone(),
+                        Some(stream) => {
+                            let mut r = model.valid().train().fork(&ad);
+                            r.distiller.set_masks(stream);
+                            r
+                        }
                     };
                     let x = images.clone().narrow(0, start, len).to_device(&ad);
                     let y = targets.clone().narrow(0, start, len).to_device(&ad);

@@ -1,23 +1,82 @@
 //! MGD's masked generation (Yang et al. 2022): the student feature is masked at random spatial
 //! positions (each dropped with probability λ) and a learnable block — 3×3 conv, ReLU, 3×3 conv
 //! — must regenerate the teacher's feature from what is left.
+//!
+//! The masks come from the generator's own seeded stream ([`MaskRng`]), never from the device's
+//! process-wide RNG, so a trial's masks do not depend on what other threads seed or draw.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
+use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::DType;
 use burn::tensor::activation::relu;
 
-/// The generation block `conv3×3 → ReLU → conv3×3`, `C → C`.
+/// SplitMix64's increment and output mix (Steele, Lea & Flood 2014).
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A seeded stream of uniform numbers (SplitMix64), shared by the clones of the module that owns
+/// it: the model moves through optimizer steps by value, and its masks continue one stream.
+#[derive(Debug, Clone)]
+pub struct MaskRng(Arc<Mutex<u64>>);
+
+impl MaskRng {
+    /// A stream seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(Arc::new(Mutex::new(mix(seed))))
+    }
+
+    fn next_u64(&self) -> u64 {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *state = state.wrapping_add(GOLDEN);
+        mix(*state)
+    }
+
+    /// Restarts the stream (this one and its clones) from `seed`.
+    pub fn reseed(&self, seed: u64) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = mix(seed);
+    }
+
+    /// A new, independent stream seeded from the next number of this one (for a replica that
+    /// draws its own masks, e.g. one shard of a data-parallel step).
+    pub fn fork(&self) -> Self {
+        Self::new(self.next_u64())
+    }
+
+    /// `n` numbers uniform in `[0, 1)` (53-bit resolution).
+    pub fn uniform(&self, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|_| (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+            .collect()
+    }
+}
+
+impl Default for MaskRng {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+/// The generation block `conv3×3 → ReLU → conv3×3`, `C → C`, with its mask stream.
 #[derive(Module, Debug)]
 pub struct MaskGenerator {
     conv1: Conv2d,
     conv2: Conv2d,
+    #[module(skip)]
+    rng: MaskRng,
 }
 
 impl MaskGenerator {
-    /// A generation block for `channels` channels.
-    pub fn new(channels: usize, device: &Device) -> Self {
+    /// A generation block for `channels` channels; masks from a stream seeded with `seed`.
+    pub fn new(channels: usize, seed: u64, device: &Device) -> Self {
         let conv = || {
             Conv2dConfig::new([channels, channels], [3, 3])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -26,7 +85,55 @@ impl MaskGenerator {
         Self {
             conv1: conv(),
             conv2: conv(),
+            rng: MaskRng::new(seed),
         }
+    }
+
+    /// A generation block whose weights are drawn from a [`MaskRng`] seeded with `seed` (uniform
+    /// in `±1/√(9C)`, PyTorch's default bound) instead of the device RNG: the same weights on
+    /// every call, whatever else the process seeds. Masks from the same stream continue after.
+    /// The weights have element type `dtype`.
+    pub fn deterministic(channels: usize, seed: u64, dtype: DType, device: &Device) -> Self {
+        let mut g = Self::new(channels, seed, device);
+        let bound = 1.0 / ((9 * channels.max(1)) as f64).sqrt();
+        let draw = |shape: Vec<usize>| -> Vec<f32> {
+            let n = shape.iter().product();
+            g.rng
+                .uniform(n)
+                .into_iter()
+                .map(|u| ((2.0 * u - 1.0) * bound) as f32)
+                .collect()
+        };
+        let w = [channels, channels, 3, 3];
+        let (w1, w2, b1, b2) = (
+            draw(w.to_vec()),
+            draw(w.to_vec()),
+            draw(vec![channels]),
+            draw(vec![channels]),
+        );
+        let t4 = |v: Vec<f32>| {
+            Param::from_tensor(Tensor::<4>::from_data(TensorData::new(v, w), device).cast(dtype))
+        };
+        let t1 = |v: Vec<f32>| {
+            Param::from_tensor(
+                Tensor::<1>::from_data(TensorData::new(v, [channels]), device).cast(dtype),
+            )
+        };
+        g.conv1.weight = t4(w1);
+        g.conv2.weight = t4(w2);
+        g.conv1.bias = Some(t1(b1));
+        g.conv2.bias = Some(t1(b2));
+        g
+    }
+
+    /// The mask stream.
+    pub fn rng(&self) -> &MaskRng {
+        &self.rng
+    }
+
+    /// Replaces the mask stream (a replica's own, from [`MaskRng::fork`]).
+    pub fn set_rng(&mut self, rng: MaskRng) {
+        self.rng = rng;
     }
 
     /// `gen(x ⊙ M)` with `M[b, 0, h, w] = 0` with probability `ratio`, else 1.
@@ -35,11 +142,45 @@ impl MaskGenerator {
     /// - `x`: `[B, C, H, W]` → `[B, C, H, W]`
     pub fn forward(&self, x: Tensor<4>, ratio: f64) -> Tensor<4> {
         let [b, _, h, w] = x.dims();
-        let keep = Tensor::<4>::random([b, 1, h, w], Distribution::Uniform(0.0, 1.0), &x.device())
-            .greater_equal_elem(ratio)
-            .float();
+        let keep: Vec<f32> = self
+            .rng
+            .uniform(b * h * w)
+            .into_iter()
+            .map(|u| if u >= ratio { 1.0 } else { 0.0 })
+            .collect();
+        let keep = Tensor::<4>::from_data(TensorData::new(keep, [b, 1, h, w]), &x.device())
+            .cast(x.dtype());
         let masked = x * keep; // broadcast over channels
         use autokd_models::common::conv2d;
         conv2d(&self.conv2, relu(conv2d(&self.conv1, masked)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_seeded_shared_by_clones_and_forkable() {
+        let a = MaskRng::new(7);
+        let first = a.uniform(4);
+        assert!(first.iter().all(|u| (0.0..1.0).contains(u)));
+        // Same seed, same numbers; a clone continues the same stream.
+        let b = MaskRng::new(7);
+        assert_eq!(b.uniform(4), first);
+        let c = b.clone();
+        let (x, y) = (b.uniform(1), c.uniform(1));
+        assert_ne!(x, y);
+        b.reseed(7);
+        assert_eq!(c.uniform(4), first);
+        // A fork is independent of its parent's later draws.
+        let parent = MaskRng::new(1);
+        let child = parent.fork();
+        let want = MaskRng::new(1).fork().uniform(3);
+        parent.uniform(100);
+        assert_eq!(child.uniform(3), want);
+        // Roughly uniform: the mean of 10,000 draws is within 0.02 of 1/2.
+        let mean = MaskRng::new(3).uniform(10_000).iter().sum::<f64>() / 10_000.0;
+        assert!((mean - 0.5).abs() < 0.02, "{mean}");
     }
 }

@@ -6,6 +6,6 @@ pub mod relation;
 pub mod spatial;
 
 pub use attention::GlobalTransform;
-pub use mask::MaskGenerator;
+pub use mask::{MaskGenerator, MaskRng};
 pub use relation::Relation;
 pub use spatial::IntraSpatial;
