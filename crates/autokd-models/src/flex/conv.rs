@@ -800,9 +800,13 @@ fn fast(
     bias: Option<&Tensor<1>>,
     options: &ConvOptions<2>,
 ) -> Option<(Tensor<4>, bool)> {
-    // The device says which conversion can succeed; a failed one formats an error message, which
-    // every training step would otherwise pay for at every layer.
-    if x.device().is_autodiff() {
+    // The device says whether and which conversion can succeed; a failed one formats an error
+    // message, which every training step would otherwise pay for at every layer.
+    let device = x.device();
+    if !super::serves(&device) {
+        return None;
+    }
+    if device.is_autodiff() {
         let xp = x.clone().try_into_primitive::<AdFlex>().ok()?;
         let wp = weight.clone().try_into_primitive::<AdFlex>().ok()?;
         let y = forward_autodiff(g, xp, wp, options.clone());

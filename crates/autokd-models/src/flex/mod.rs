@@ -18,6 +18,14 @@ use burn::backend::{Autodiff, BackendTypes};
 use burn::prelude::Shape;
 use burn::tensor::{Bytes, DType};
 
+/// Whether tensors on `device` can take these kernels: flex's device, with or without autodiff
+/// (devices compare by identity, ignoring autodiff). Checked before any conversion, so tensors of
+/// another backend (a GPU) never attempt one: a failed `try_into_primitive` formats an error
+/// message, which every convolution and batch norm of every step would pay for.
+pub fn serves(device: &burn::prelude::Device) -> bool {
+    *device == burn::prelude::Device::flex()
+}
+
 /// Flex with autodiff (burn's default: no gradient checkpointing).
 type AdFlex = Autodiff<Flex>;
 
@@ -37,4 +45,15 @@ fn flex_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
         Layout::contiguous(Shape::from(shape)),
         DType::F32,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::prelude::Device;
+
+    #[test]
+    fn flex_devices_are_served_with_and_without_autodiff() {
+        assert!(super::serves(&Device::flex()));
+        assert!(super::serves(&Device::flex().autodiff()));
+    }
 }

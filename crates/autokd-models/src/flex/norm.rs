@@ -227,7 +227,13 @@ pub fn batch_norm_train(
     epsilon: f64,
 ) -> Option<Normalized> {
     let [b, c, h, w] = x.dims();
-    if x.dtype() != DType::F32 || gamma.dims() != [c] || beta.dims() != [c] || b * h * w == 0 {
+    if x.dtype() != DType::F32
+        || gamma.dims() != [c]
+        || beta.dims() != [c]
+        || b * h * w == 0
+        || !super::serves(&x.device())
+        || !x.device().is_autodiff()
+    {
         return None;
     }
     let xp = x.clone().try_into_primitive::<AdFlex>().ok()?;
