@@ -6,7 +6,7 @@
 //! `1 − corr(P, Q)`, KL `Σ Pᵢ log(Pᵢ/Qᵢ)` with the teacher as `P`. L1 and smooth-L1 (β = 1) are
 //! the corresponding norms of the row difference (summed over the row, like L2), so all three
 //! "norm" distances scale alike. KL is scaled by `T²` as in Eq. 2 and Eq. 4; rows that are not
-//! yet distributions are turned into `softmax(x / T)` first (ours, DESIGN §5).
+//! yet distributions are turned into `softmax(x / T)` first (ours, ARCHITECTURE §4).
 
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};

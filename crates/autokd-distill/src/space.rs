@@ -1,7 +1,7 @@
 //! The search space as data: the options of every decision in one place, narrowed or widened by
 //! a config file, and the map from one choice per level to a [`DistillerSpec`].
 //!
-//! Levels, in the tree order of the search (DESIGN §6): global transform, intra-spatial,
+//! Levels, in the tree order of the search (ARCHITECTURE §5): global transform, intra-spatial,
 //! relation, distance, temperature, feature weight, logits distance, logits temperature, logits
 //! weight. The default is the supplementary material's space.
 

@@ -66,7 +66,7 @@ pub struct DistillerSpec {
     pub logits: Option<LogitsTerm>,
 }
 
-/// The hand-designed recipes that search must beat, in autokd's conventions (DESIGN §5).
+/// The hand-designed recipes that search must beat, in autokd's conventions (ARCHITECTURE §4).
 pub const BASELINES: [&str; 8] = ["vanilla", "kd", "at", "sp", "ickd", "cwd", "dist", "fitnet"];
 
 impl FeatureTerm {

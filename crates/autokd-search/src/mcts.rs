@@ -1,4 +1,4 @@
-//! Monte Carlo Tree Search over a space of levels (DESIGN §6).
+//! Monte Carlo Tree Search over a space of levels (ARCHITECTURE §5).
 //!
 //! - **Tree.** One level per decision; a node is a partial candidate; children are created when
 //!   first chosen, and unvisited children are tried first (in a seeded random order).

@@ -1,4 +1,4 @@
-//! Proxy evaluation: what scores a candidate distiller during search (DESIGN §7).
+//! Proxy evaluation: what scores a candidate distiller during search (ARCHITECTURE §6).
 //!
 //! A fixed stratified subset of the training split (`per_class` images of each class) is trained
 //! on for a few epochs, reading the teacher's outputs from a [`TeacherCache`]; a held-out
