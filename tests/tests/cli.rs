@@ -349,6 +349,9 @@ fn search_end_to_end_on_the_embedded_digits() {
 /// by the online teacher, which holds nothing but the gap's validation embeddings. Sized from
 /// the image counts the dataset declares (ImageNet-1k's for the image-folder configs, which are
 /// the ImageNet ones), without the data.
+/// A search config's teacher and proxy at their smallest (one teacher epoch, 4 images per class).
+const TINY_SEARCH: &str = "[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n";
+
 /// Issue 12 item 5: what can be checked is checked before the teacher trains. A missing tap,
 /// unreadable teacher weights and an unusable store path each fail at once, naming the problem,
 /// and no teacher was trained (none is in the cache folder).
@@ -356,7 +359,7 @@ fn search_end_to_end_on_the_embedded_digits() {
 fn a_search_checks_its_inputs_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let base = "trials = 2\n[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n";
+    let base = format!("trials = 2\n{TINY_SEARCH}");
     let search = |name: &str, extra_top: &str, extra_space: &str| {
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(&config, format!("{extra_top}{base}[space]\n{extra_space}")).unwrap();
@@ -408,11 +411,7 @@ fn a_failed_log_write_stops_the_search() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("search.toml");
-    std::fs::write(
-        &config,
-        "trials = 3\n[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n",
-    )
-    .unwrap();
+    std::fs::write(&config, format!("trials = 3\n{TINY_SEARCH}")).unwrap();
     let out = dir.path().join("run");
     std::fs::create_dir_all(&out).unwrap();
     std::os::unix::fs::symlink("/dev/full", out.join("trials.jsonl")).unwrap();

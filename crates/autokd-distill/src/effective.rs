@@ -165,14 +165,8 @@ impl Effective {
                         let mut first: Option<Option<Vec<f64>>> = None;
                         for temp in 0..space.temperature.len() {
                             let term = FeatureTerm {
-                                student_tap: None,
-                                teacher_tap: None,
-                                global: space.global[g],
-                                intra: space.intra[i],
-                                relation: space.relation[r],
-                                distance: space.distance[d],
-                                temperature: space.temperature[temp],
                                 weight: crate::Real(1.0),
+                                ..space.feature_term(&[g, i, r, d, temp, 0])?
                             };
                             let grad = match (&first, term.uses_temperature()) {
                                 (Some(f), false) => f.clone(),
@@ -461,16 +455,7 @@ mod tests {
 
             // Every merge checked on other inputs (5 samples, other values, another generator):
             // same gradient. Every candidate is checked against its representative.
-            let term = |f: &[usize]| FeatureTerm {
-                student_tap: None,
-                teacher_tap: None,
-                global: space.global[f[0]],
-                intra: space.intra[f[1]],
-                relation: space.relation[f[2]],
-                distance: space.distance[f[3]],
-                temperature: space.temperature[f[4]],
-                weight: space.feature_weight[f[5]],
-            };
+            let term = |f: &[usize]| space.feature_term(f).unwrap();
             let checks = [[5, 8, h, w], [5, 3, h, w]];
             let mut merged = 0;
             let mut keys: Vec<&Vec<usize>> = eff.feature.keys().collect();

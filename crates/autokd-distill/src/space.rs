@@ -244,6 +244,36 @@ impl SearchSpace {
         self.levels().iter().map(|l| l.options as u128).product()
     }
 
+    /// The feature term of the first six choices (global, intra, relation, distance, temperature,
+    /// weight), at the space's taps.
+    pub fn feature_term(&self, choices: &[usize]) -> Result<FeatureTerm> {
+        let pick = |i: usize| {
+            choices.get(i).copied().ok_or_else(|| {
+                DistillError::Spec(format!("feature choices {choices:?}: level {i} is missing"))
+            })
+        };
+        let get = |name: &str, n: usize, i: usize| {
+            if i < n {
+                Ok(i)
+            } else {
+                Err(DistillError::Spec(format!(
+                    "choice {i} of `{name}` is out of its {n} options"
+                )))
+            }
+        };
+        Ok(FeatureTerm {
+            student_tap: self.student_tap.clone(),
+            teacher_tap: self.teacher_tap.clone(),
+            global: self.global[get("global", self.global.len(), pick(0)?)?],
+            intra: self.intra[get("intra", self.intra.len(), pick(1)?)?],
+            relation: self.relation[get("relation", self.relation.len(), pick(2)?)?],
+            distance: self.distance[get("distance", self.distance.len(), pick(3)?)?],
+            temperature: self.temperature[get("temperature", self.temperature.len(), pick(4)?)?],
+            weight: self.feature_weight
+                [get("feature_weight", self.feature_weight.len(), pick(5)?)?],
+        })
+    }
+
     /// The distiller of one choice per level.
     pub fn spec(&self, choices: &[usize]) -> Result<DistillerSpec> {
         let levels = self.levels();
@@ -260,16 +290,7 @@ impl SearchSpace {
         }
         Ok(DistillerSpec {
             name: None,
-            features: vec![FeatureTerm {
-                student_tap: self.student_tap.clone(),
-                teacher_tap: self.teacher_tap.clone(),
-                global: self.global[choices[0]],
-                intra: self.intra[choices[1]],
-                relation: self.relation[choices[2]],
-                distance: self.distance[choices[3]],
-                temperature: self.temperature[choices[4]],
-                weight: self.feature_weight[choices[5]],
-            }],
+            features: vec![self.feature_term(choices)?],
             logits: Some(LogitsTerm {
                 distance: self.logits_distance[choices[6]],
                 temperature: self.logits_temperature[choices[7]],
