@@ -226,6 +226,7 @@ fn search_end_to_end_on_the_embedded_digits() {
     assert!(text.contains("[  4/4] "), "{text}");
     for f in [
         "config.toml",
+        "space.json",
         "trials.jsonl",
         "best.toml",
         "report.md",

@@ -154,6 +154,61 @@ pub struct SearchArgs {
     pub cache_dir: Option<PathBuf>,
 }
 
+/// The space a run folder is searched over (`space.json`): resolved, with its fingerprint, so that
+/// a run resumes over the space it started with even when the default space changes, and whether
+/// candidates with the same loss are one candidate (runs written before that replay without it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunSpace {
+    /// FNV-1a of the resolved space's JSON.
+    fingerprint: String,
+    /// Deduplicate candidates by their effective loss (`autokd_distill::Effective`).
+    deduplicate: bool,
+    /// The resolved space.
+    space: autokd_distill::SearchSpace,
+}
+
+impl RunSpace {
+    const FILE: &'static str = "space.json";
+
+    fn new(space: autokd_distill::SearchSpace, deduplicate: bool) -> anyhow::Result<Self> {
+        let fingerprint = format!("{:016x}", fnv1a(serde_json::to_string(&space)?.as_bytes()));
+        Ok(Self {
+            fingerprint,
+            deduplicate,
+            space,
+        })
+    }
+
+    /// The space of the run in `dir`: the recorded one when resuming (a folder from before
+    /// `space.json` keeps the configured space, without deduplication), else `configured`.
+    fn for_run(
+        dir: &Path,
+        resuming: bool,
+        configured: autokd_distill::SearchSpace,
+    ) -> anyhow::Result<Self> {
+        let path = dir.join(Self::FILE);
+        if !resuming {
+            return Self::new(configured, true);
+        }
+        if !path.is_file() {
+            return Self::new(configured, false);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let recorded: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a recorded search space", path.display()))?;
+        let check = Self::new(recorded.space.clone(), recorded.deduplicate)?;
+        anyhow::ensure!(
+            check.fingerprint == recorded.fingerprint,
+            "{}: its fingerprint {} does not match its space ({}); the file was edited",
+            path.display(),
+            recorded.fingerprint,
+            check.fingerprint
+        );
+        Ok(recorded)
+    }
+}
+
 /// One line of `trials.jsonl`.
 #[derive(Debug, Serialize)]
 struct TrialLine<'a> {
@@ -276,7 +331,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     anyhow::ensure!(cfg.trials > 0, "trials must be at least 1");
     anyhow::ensure!(cfg.workers > 0, "workers must be at least 1");
-    let space = cfg.space.validate()?;
+    let configured = cfg.space.validate()?;
     let (device, devices) = select_devices(&args.device)?;
     cfg.workers = cfg.workers.max(devices.len());
     let dataset = cfg
@@ -308,6 +363,8 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    let recorded = RunSpace::for_run(&dir, resuming, configured)?;
+    let space = recorded.space.clone();
     // Everything that can be checked is checked before the teacher trains (minutes to hours):
     // the taps of both models against the space, the teacher's weights, the run folder and the
     // stores.
@@ -343,11 +400,16 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             shape_at(&t_model, term.teacher_index)?,
             shape_at(&s_model, term.student_index)?,
         );
-        autokd_distill::Effective::new(
-            &space,
-            [ct, ht.min(hs), wt.min(ws)],
-            &crate::device::host_device(&device),
-        )?
+        recorded
+            .deduplicate
+            .then(|| {
+                autokd_distill::Effective::new(
+                    &space,
+                    [ct, ht.min(hs), wt.min(ws)],
+                    &crate::device::host_device(&device),
+                )
+            })
+            .transpose()?
     };
     if let Some(w) = &cfg.teacher_weights {
         std::fs::File::open(w)
@@ -366,9 +428,13 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None
     };
     crate::write_atomic(&config_path, toml::to_string(&cfg)?.as_bytes())?;
+    crate::write_atomic(
+        &dir.join(RunSpace::FILE),
+        serde_json::to_string_pretty(&recorded)?.as_bytes(),
+    )?;
     writeln!(
         out,
-        "search: {} → {} on {} ({} train, {} test), {:?}, {} trials, {} at a time, space of {} distillers ({} distinct losses at these taps); run folder {} ({} it with --out {})",
+        "search: {} → {} on {} ({} train, {} test), {:?}, {} trials, {} at a time, space of {} distillers ({}); run folder {} ({} it with --out {})",
         cfg.teacher,
         cfg.student,
         info.name,
@@ -378,7 +444,10 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         cfg.trials,
         cfg.workers,
         space.size(),
-        effective.distinct(),
+        match &effective {
+            Some(e) => format!("{} distinct losses at these taps", e.distinct()),
+            None => "no deduplication: a run folder from before it".to_string(),
+        },
         dir.display(),
         if resuming {
             "resuming; resume"
@@ -443,7 +512,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let ctx = Ctx {
         cfg: &cfg,
         space: &space,
-        effective: &effective,
+        effective: effective.as_ref(),
         evaluator: &evaluator,
         deadline,
     };
@@ -517,7 +586,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "wrote {}/{{config.toml, {}trials.jsonl, best.toml, report.md, rewards.svg}} ({} trials in {elapsed:.1} s)",
+        "wrote {}/{{config.toml, space.json, {}trials.jsonl, best.toml, report.md, rewards.svg}} ({} trials in {elapsed:.1} s)",
         dir.display(),
         match cfg.store {
             StoreKind::Journal => "journal.jsonl, ",
@@ -596,7 +665,9 @@ impl EvaluatorPool {
 struct Ctx<'a> {
     cfg: &'a SearchConfig,
     space: &'a autokd_distill::SearchSpace,
-    effective: &'a autokd_distill::Effective,
+    /// Candidates with the same loss (`None`: a run folder written before deduplication, replayed
+    /// as it was).
+    effective: Option<&'a autokd_distill::Effective>,
     evaluator: &'a EvaluatorPool,
     deadline: Option<Instant>,
 }
@@ -666,7 +737,15 @@ fn trial_loop(
             .evaluator
             .evaluate(&spec)
             .map_err(|e| format!("{spec}: {e}"))?;
-        let payload = serde_json::to_value(&outcome).map_err(|e| e.to_string())?;
+        // The stored payload carries the resolved spec, so that the trial stays readable whatever
+        // the space becomes.
+        let mut payload = serde_json::to_value(&outcome).map_err(|e| e.to_string())?;
+        if let Some(map) = payload.as_object_mut() {
+            map.insert(
+                "spec".into(),
+                serde_json::to_value(&spec).map_err(|e| e.to_string())?,
+            );
+        }
         Ok((outcome.reward, payload))
     };
     let on_result = |r: &autokd_search::TrialResult| {
@@ -674,7 +753,11 @@ fn trial_loop(
             return;
         }
         let parsed = (|| -> anyhow::Result<(DistillerSpec, TrialOutcome)> {
-            let spec = ctx.space.spec(&r.trial.choices)?;
+            let spec = match r.payload.get("spec") {
+                Some(v) => serde_json::from_value(v.clone())
+                    .with_context(|| format!("the stored spec of trial {}", r.trial.index))?,
+                None => ctx.space.spec(&r.trial.choices)?,
+            };
             let outcome: TrialOutcome = serde_json::from_value(r.payload.clone())
                 .with_context(|| format!("the stored outcome of trial {}", r.trial.index))?;
             Ok((spec, outcome))
@@ -739,7 +822,10 @@ fn trial_loop(
             workers: ctx.cfg.workers,
             max_repeats: 10 * budget.max(100),
         },
-        &|c| ctx.effective.canonical(c),
+        &|c| match ctx.effective {
+            Some(e) => e.canonical(c),
+            None => c.clone(),
+        },
         || failed.get() || deadline.is_some_and(|d| Instant::now() >= d),
         evaluate,
         on_result,
@@ -909,4 +995,54 @@ fn plot(records: &[Record], baseline: Option<&[Record]>) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autokd_distill::{GlobalTransform, SearchSpace};
+
+    /// A run resumes over the space recorded in its folder, whatever the configured (or
+    /// default) space is now; a folder from before `space.json` replays without deduplication;
+    /// an edited `space.json` is refused.
+    #[test]
+    fn a_run_keeps_its_recorded_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let narrow = SearchSpace {
+            global: vec![GlobalTransform::None],
+            ..SearchSpace::default()
+        };
+        // A new run takes the configured space and deduplicates.
+        let new = RunSpace::for_run(dir.path(), false, narrow.clone()).unwrap();
+        assert!(new.deduplicate);
+        assert_eq!(new.space, narrow);
+        // Resuming a folder without space.json: the configured space, no deduplication.
+        let legacy = RunSpace::for_run(dir.path(), true, SearchSpace::default()).unwrap();
+        assert!(!legacy.deduplicate);
+        // Resuming with a recorded space: that space, even though the default is now wider.
+        std::fs::write(
+            dir.path().join(RunSpace::FILE),
+            serde_json::to_string(&new).unwrap(),
+        )
+        .unwrap();
+        let resumed = RunSpace::for_run(dir.path(), true, SearchSpace::default()).unwrap();
+        assert_eq!(resumed.space, narrow);
+        assert!(resumed.deduplicate);
+        assert_eq!(resumed.fingerprint, new.fingerprint);
+        // An edited file: refused, naming it.
+        let mut edited = new.clone();
+        edited.space.temperature.pop();
+        std::fs::write(
+            dir.path().join(RunSpace::FILE),
+            serde_json::to_string(&edited).unwrap(),
+        )
+        .unwrap();
+        let err = RunSpace::for_run(dir.path(), true, SearchSpace::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("space.json") && err.contains("edited"),
+            "{err}"
+        );
+    }
 }
