@@ -453,7 +453,7 @@ fn shipped_configs_can_start() {
     paths.sort();
     for path in paths {
         let text = std::fs::read_to_string(&path).unwrap();
-        let cfg: Result<autokd_cli::search::SearchConfig, _> = toml::from_str(&text);
+        let cfg: Result<autokd_app::SearchConfig, _> = toml::from_str(&text);
         let cfg = cfg.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let space = cfg.space.validate().unwrap();
         let declared = cfg
@@ -537,8 +537,8 @@ fn shipped_configs_can_start() {
     assert!(n >= 9, "{n} configs");
     // The digits config is the built-in default.
     let text = std::fs::read_to_string(root.join("digits/search_res20_res8.toml")).unwrap();
-    let cfg: autokd_cli::search::SearchConfig = toml::from_str(&text).unwrap();
-    assert_eq!(cfg, autokd_cli::search::SearchConfig::default());
+    let cfg: autokd_app::SearchConfig = toml::from_str(&text).unwrap();
+    assert_eq!(cfg, autokd_app::SearchConfig::default());
 }
 
 #[test]

@@ -38,18 +38,7 @@ pub enum Command {
     Convert(convert::ConvertArgs),
 }
 
-/// The spec of `name` sized for a dataset: its channels, classes and image side.
-pub fn model_spec(
-    name: autokd_models::ModelName,
-    info: &autokd_data::DatasetInfo,
-) -> autokd_models::ModelSpec {
-    autokd_models::ModelSpec {
-        name,
-        in_channels: info.channels,
-        num_classes: info.num_classes,
-        image_size: info.height,
-    }
-}
+pub use autokd_app::{model_spec, write_atomic};
 
 /// Runs a parsed command line, writing its report to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -60,21 +49,4 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args, out),
         Command::Convert(args) => convert::run(&args, out),
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that a
-/// crash never leaves a half-written file behind.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("writing {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
