@@ -11,7 +11,7 @@ use autokd_data::Dataset;
 use autokd_distill::{DistillerSpec, Effective, SearchSpace};
 use autokd_models::{Backbone, Model, ModelSpec, TapRequest, load_weights, save_weights};
 use autokd_search::{Mcts, RandomSearch, Strategy, Trial, TrialStore};
-use autokd_train::{ProxyEvaluator, TeacherPlan, TrialOutcome, train_supervised};
+use autokd_train::{ProxyEvaluator, TeacherPlan, TrialOutcome};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -282,18 +282,32 @@ fn teacher(
         path: &path,
     })
     .map_err(AppError::Output)?;
+    // The one training loop, checkpointed in a folder beside the cached weights: a search killed
+    // while its teacher trains resumes the teacher from its last epoch.
     let start = Instant::now();
-    let (model, reports) = train_supervised(spec, dataset, &cfg.teacher_training, device, |r| {
-        tracing::info!(
-            epoch = r.epoch,
-            loss = r.train_loss,
-            acc = r.test_accuracy,
-            "teacher"
-        );
-    })?;
-    let top1 = reports.last().map_or(0.0, |r| r.test_accuracy);
+    let run_dir = path.with_extension("run");
+    let resume = run_dir.join("checkpoint").is_dir() || run_dir.join("checkpoint.old").is_dir();
+    let (model, summary) = autokd_train::train(
+        spec,
+        None,
+        dataset,
+        &cfg.teacher_training.recipe(),
+        cfg.teacher_training.seed,
+        1,
+        &run_dir,
+        resume,
+        None,
+        std::slice::from_ref(device),
+        |event| {
+            if let autokd_train::TrainEvent::Epoch(m) = event {
+                tracing::info!(epoch = m.epoch, top1 = m.top1, "teacher");
+            }
+        },
+    )?;
+    let top1 = summary.last_top1;
     std::fs::create_dir_all(&dir).map_err(|e| AppError::io(&dir, e))?;
     save_weights(&model, &path)?;
+    std::fs::remove_dir_all(&run_dir).map_err(|e| AppError::io(&run_dir, e))?;
     Ok((
         model,
         TeacherOrigin::Trained {

@@ -37,14 +37,12 @@ pub mod error;
 pub mod full;
 pub mod proxy;
 pub mod step;
-pub mod supervised;
 
 pub use cache::{TeacherCache, TeacherPlan, TeacherSource, bytes_per_image};
 pub use error::{Result, TrainError};
 pub use full::{
-    EpochMetrics, OptimizerKind, PRESETS, Recipe, Schedule, TeacherSetup, TrainEvent, TrainSummary,
-    evaluate, sgd, train,
+    EpochMetrics, OptimizerKind, PRESETS, Recipe, Schedule, SupervisedConfig, TeacherSetup,
+    TrainEvent, TrainSummary, accuracy, evaluate, sgd, train,
 };
 pub use proxy::{ProxyConfig, ProxyEvaluator, RewardKind, TrialOutcome, representation_gap};
 pub use step::{DistillStudent, StepLosses, data_parallel_step, distill_step};
-pub use supervised::{EpochReport, SupervisedConfig, accuracy, train_supervised};
