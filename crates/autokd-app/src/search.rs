@@ -61,6 +61,10 @@ pub enum TeacherOrigin {
     Trained {
         /// Where it was cached.
         path: PathBuf,
+        /// Whether it resumed the checkpoint of a search killed while its teacher trained.
+        resumed: bool,
+        /// Epochs trained by this search (fewer than the recipe's when it resumed).
+        epochs_run: usize,
         /// Wall time.
         seconds: f64,
         /// Test top-1 after the last epoch.
@@ -312,6 +316,8 @@ fn teacher(
         model,
         TeacherOrigin::Trained {
             path,
+            resumed: resume,
+            epochs_run: summary.epochs_run,
             seconds: start.elapsed().as_secs_f64(),
             top1,
         },

@@ -76,3 +76,78 @@ fn a_search_returns_its_typed_report() {
     .unwrap_err();
     assert_eq!(err.to_string(), "writing the search's output: disk full");
 }
+
+/// A search killed while its teacher trains resumes the teacher from its last checkpoint, and
+/// reaches the teacher an uninterrupted search trains.
+#[test]
+fn an_interrupted_teacher_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config: SearchConfig = toml::from_str(
+        "trials = 1\n[teacher_training]\nepochs = 2\nmilestones = [1]\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n",
+    )
+    .unwrap();
+    let request = |name: &str| SearchRequest {
+        config: config.clone(),
+        dir: dir.path().join(name),
+        devices: vec![Device::flex()],
+        exact_device: Device::flex(),
+        cache_dir: dir.path().join(format!("cache-{name}")),
+    };
+    // (epochs trained by the search, test top-1)
+    let teacher_top1 = |request: &SearchRequest| {
+        let mut trained = None;
+        run_search(request, &mut |event| {
+            if let SearchEvent::Teacher {
+                origin:
+                    TeacherOrigin::Trained {
+                        epochs_run, top1, ..
+                    },
+                ..
+            } = event
+            {
+                trained = Some((*epochs_run, *top1));
+            }
+            Ok(())
+        })
+        .unwrap();
+        trained.unwrap()
+    };
+    let (epochs, whole) = teacher_top1(&request("whole"));
+    assert_eq!(epochs, 2);
+    // Stopped when the teacher is about to train: that tells where it is cached.
+    let killed = request("killed");
+    let mut cached = None;
+    run_search(&killed, &mut |event| match event {
+        SearchEvent::TeacherTraining { path, .. } => {
+            cached = Some(path.to_path_buf());
+            Err(std::io::Error::other("stop"))
+        }
+        _ => Ok(()),
+    })
+    .unwrap_err();
+    // A kill after the first epoch leaves the teacher's checkpoint beside its cached weights.
+    let run_dir = cached.unwrap().with_extension("run");
+    let dataset = autokd_data::DatasetSpec::Digits.load().unwrap();
+    let spec = autokd_app::model_spec(config.teacher, &dataset.info);
+    autokd_train::train(
+        &spec,
+        None,
+        &dataset,
+        &config.teacher_training.recipe(),
+        config.teacher_training.seed,
+        1,
+        &run_dir,
+        false,
+        Some(1),
+        &[Device::flex()],
+        |_| {},
+    )
+    .unwrap();
+    assert!(run_dir.join("checkpoint").is_dir());
+    // The search again: it resumes the teacher (one epoch left) and reaches the same one.
+    assert_eq!(teacher_top1(&killed), (1, whole));
+    assert!(
+        !run_dir.exists(),
+        "the teacher's run folder is removed once it is cached"
+    );
+}

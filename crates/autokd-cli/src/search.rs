@@ -181,9 +181,20 @@ fn print_event(
                 path.display(),
                 100.0 * top1
             ),
-            TeacherOrigin::Trained { seconds, top1, .. } => writeln!(
+            TeacherOrigin::Trained {
+                seconds,
+                top1,
+                resumed,
+                epochs_run,
+                ..
+            } => writeln!(
                 out,
-                "teacher: trained in {seconds:.1} s, test top-1 {:.2}%",
+                "teacher: trained in {seconds:.1} s{}, test top-1 {:.2}%",
+                if *resumed {
+                    format!(" ({epochs_run} epochs after resuming its checkpoint)")
+                } else {
+                    String::new()
+                },
                 100.0 * top1
             ),
         },
