@@ -253,16 +253,17 @@ impl RunSpace {
     }
 }
 
-/// The teacher: loaded from the config's weights, from the cache, or trained and cached.
+/// The teacher: `model` (its architecture, freshly initialized) loaded from the config's
+/// weights or from the cache, or a teacher trained and cached.
 fn teacher(
     cfg: &SearchConfig,
     spec: &ModelSpec,
+    model: Model,
     dataset: &Dataset,
     cache_dir: &Path,
     device: &Device,
     observe: &mut Observer<'_>,
 ) -> Result<(Model, TeacherOrigin)> {
-    let model = spec.init(device)?;
     if let Some(w) = &cfg.teacher_weights {
         let model = load_weights(model, cfg.teacher, w)?;
         return Ok((model, TeacherOrigin::Weights(w.clone())));
@@ -290,7 +291,7 @@ fn teacher(
     // while its teacher trains resumes the teacher from its last epoch.
     let start = Instant::now();
     let run_dir = path.with_extension("run");
-    let resume = run_dir.join("checkpoint").is_dir() || run_dir.join("checkpoint.old").is_dir();
+    let resume = autokd_train::find_checkpoint(&run_dir).is_some();
     let (model, summary) = autokd_train::train(
         spec,
         None,
@@ -362,18 +363,12 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     // stores.
     let (t_model, s_model) = (t_spec.init(&device)?, s_spec.init(&device)?);
     let (t_info, s_info) = (t_model.feature_info(), s_model.feature_info());
-    let taps = space
-        .teacher_taps(cfg.student.as_str(), &s_info, cfg.teacher.as_str(), &t_info)
+    let terms = space
+        .resolve_taps(cfg.student.as_str(), &s_info, cfg.teacher.as_str(), &t_info)
         .map_err(|e| AppError::Invalid(format!("the search space does not fit the models: {e}")))?;
+    let taps = autokd_distill::space::teacher_indices(&terms);
     // Candidates that compute the same loss at these taps are evaluated once.
     let effective = if recorded.deduplicate {
-        let zeros = space.levels().iter().map(|_| 0).collect::<Vec<_>>();
-        let terms = space.spec(&zeros)?.resolve(
-            cfg.student.as_str(),
-            &s_info,
-            cfg.teacher.as_str(),
-            &t_info,
-        )?;
         let term = terms
             .first()
             .ok_or_else(|| AppError::Invalid("the search space has no feature term".into()))?;
@@ -437,6 +432,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     let (teacher, origin) = teacher(
         &cfg,
         &t_spec,
+        t_model,
         &dataset,
         &request.cache_dir,
         &device,

@@ -6,20 +6,26 @@
 use autokd_app::{SearchConfig, SearchEvent, SearchRequest, TeacherOrigin, run_search};
 use burn::prelude::Device;
 
+/// A search on the CPU of the tiny proxy (4 images per class, one epoch) with `trials` trials and
+/// the teacher recipe `teacher`, run in `dir/name` with its teachers cached in `dir/cache-name`.
+fn tiny(dir: &std::path::Path, name: &str, trials: usize, teacher: &str) -> SearchRequest {
+    let config: SearchConfig = toml::from_str(&format!(
+        "trials = {trials}\n[teacher_training]\n{teacher}\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n"
+    ))
+    .unwrap();
+    SearchRequest {
+        config,
+        dir: dir.join(name),
+        devices: vec![Device::flex()],
+        exact_device: Device::flex(),
+        cache_dir: dir.join(format!("cache-{name}")),
+    }
+}
+
 #[test]
 fn a_search_returns_its_typed_report() {
     let dir = tempfile::tempdir().unwrap();
-    let config: SearchConfig = toml::from_str(
-        "trials = 3\n[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n",
-    )
-    .unwrap();
-    let request = SearchRequest {
-        config,
-        dir: dir.path().join("run"),
-        devices: vec![Device::flex()],
-        exact_device: Device::flex(),
-        cache_dir: dir.path().join("cache"),
-    };
+    let request = tiny(dir.path(), "run", 3, "epochs = 1\nmilestones = []");
     let mut trials = Vec::new();
     let (mut started, mut trained, mut ended) = (0, 0, 0);
     let report = run_search(&request, &mut |event| {
@@ -82,17 +88,8 @@ fn a_search_returns_its_typed_report() {
 #[test]
 fn an_interrupted_teacher_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let config: SearchConfig = toml::from_str(
-        "trials = 1\n[teacher_training]\nepochs = 2\nmilestones = [1]\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n",
-    )
-    .unwrap();
-    let request = |name: &str| SearchRequest {
-        config: config.clone(),
-        dir: dir.path().join(name),
-        devices: vec![Device::flex()],
-        exact_device: Device::flex(),
-        cache_dir: dir.path().join(format!("cache-{name}")),
-    };
+    let request = |name: &str| tiny(dir.path(), name, 1, "epochs = 2\nmilestones = [1]");
+    let config = request("whole").config;
     // (epochs trained by the search, test top-1)
     let teacher_top1 = |request: &SearchRequest| {
         let mut trained = None;

@@ -15,14 +15,16 @@
 //! Rather than trust a list of such identities, [`Effective`] measures them: every feature term
 //! of the space (weight 1) is applied, in f64, to two fixed pseudo-random student/teacher pairs at
 //! the search's real (aligned) tap size (many channels, and few), and the gradient it sends into
-//! the student's feature is its fingerprint. Two terms whose gradients are positive multiples of one another are the same
-//! objective up to that factor and an additive constant (which training never sees), so
-//! `(term, w)` and `(term', w')` coincide when their directions agree and `w·‖g‖ = w'·‖g'‖`; a
-//! term with no gradient (below 10⁻⁷) is no term at all. Directions are compared with a tolerance
-//! of 10⁻⁵ (float noise is about 10⁻⁶; some distinct terms come within 10⁻³ of each other, e.g.
-//! channel softmax with and without a spatial pyramid on a 2×2 map under Pearson). Each
-//! candidate is mapped to the smallest choice vector with the same objective, its
-//! representative; the search deduplicates on representatives.
+//! the student's feature is its fingerprint. Two terms whose gradients are positive multiples of
+//! one another are the same objective up to that factor and an additive constant (which training
+//! never sees), so `(term, w)` and `(term', w')` coincide when their directions agree and
+//! `w·‖g‖ = w'·‖g'‖`; a term with no gradient (norm below 10⁻⁹; a softmax over one value gives
+//! exactly 0, an ε-regularized normalization of one value about 10⁻¹²) is no term at all.
+//! Directions and effective weights are compared with a tolerance of 10⁻⁵: in f64 the float noise
+//! is about 10⁻¹³, and some distinct terms come within 10⁻³ of each other (channel softmax with
+//! and without a spatial pyramid on a 2×2 map under Pearson). Each candidate is mapped to the
+//! smallest choice vector with the same objective, its representative; the search deduplicates on
+//! representatives.
 
 use std::collections::HashMap;
 
@@ -60,14 +62,6 @@ pub struct Effective {
     logits: HashMap<Vec<usize>, Vec<usize>>,
     feature_distinct: usize,
     logits_distinct: usize,
-}
-
-/// What a weighted feature term computes: nothing, or a gradient direction class at an effective
-/// weight.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum FeatureEffect {
-    Zero,
-    Term { class: usize, weight: f64 },
 }
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
@@ -191,14 +185,15 @@ impl Effective {
             }
         }
 
-        // Unit directions and norms; classes of equal directions.
-        let mut class_of: Vec<Option<(usize, f64)>> = vec![None; grads.len()];
-        let mut units: Vec<(usize, Vec<f64>, f64)> = Vec::new(); // (index, unit, projection)
+        // Unit directions, visited in the order of their projection on a fixed unit vector: two
+        // directions within the tolerance have projections within it, so each joins the first
+        // class representative found among the last few. A class is its representative's index.
         let probe = {
             let p: Vec<f64> = pseudo_random(n, 5).into_iter().map(f64::from).collect();
             let norm = p.iter().map(|x| x * x).sum::<f64>().sqrt();
             p.into_iter().map(|x| x / norm).collect::<Vec<f64>>()
         };
+        let mut units: Vec<(usize, Vec<f64>, f64, f64)> = Vec::new(); // (index, unit, proj, norm)
         for (k, (_, grad)) in grads.iter().enumerate() {
             let Some(grad) = grad else { continue };
             let norm = grad.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -207,21 +202,19 @@ impl Effective {
             }
             let unit: Vec<f64> = grad.iter().map(|x| x / norm).collect();
             let proj = unit.iter().zip(&probe).map(|(a, b)| a * b).sum();
-            units.push((k, unit, proj));
-            class_of[k] = Some((usize::MAX, norm));
+            units.push((k, unit, proj, norm));
         }
         units.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
-        // Class representatives, in projection order; each unit joins the first representative
-        // within the tolerance (only those with a projection within it can be).
+        // Per gradient: its class and norm (`None`: no gradient).
+        let mut class_of: Vec<Option<(usize, f64)>> = vec![None; grads.len()];
         let mut reps: Vec<(usize, f64)> = Vec::new(); // (position in units, projection)
-        let mut classes = 0usize;
-        let mut unit_class: HashMap<usize, usize> = HashMap::new();
-        for (pos, (_, unit, proj)) in units.iter().enumerate() {
+        for (pos, (k, unit, proj, norm)) in units.iter().enumerate() {
             let found = reps
                 .iter()
+                .enumerate()
                 .rev()
-                .take_while(|(_, p)| proj - p <= SAME_DIRECTION)
-                .find(|(q, _)| {
+                .take_while(|(_, (_, p))| proj - p <= SAME_DIRECTION)
+                .find(|(_, (q, _))| {
                     let other = &units[*q].1;
                     unit.iter()
                         .zip(other)
@@ -230,67 +223,47 @@ impl Effective {
                         .sqrt()
                         <= SAME_DIRECTION
                 })
-                .map(|(q, _)| unit_class[q]);
-            let class = match found {
-                Some(c) => c,
-                None => {
-                    reps.push((pos, *proj));
-                    classes += 1;
-                    classes - 1
-                }
-            };
-            unit_class.insert(pos, class);
-        }
-        for (pos, (k, _, _)) in units.iter().enumerate() {
-            if let Some((slot, _)) = class_of[*k].as_mut() {
-                *slot = unit_class[&pos];
-            }
+                .map(|(class, _)| class);
+            let class = found.unwrap_or_else(|| {
+                reps.push((pos, *proj));
+                reps.len() - 1
+            });
+            class_of[*k] = Some((class, *norm));
         }
 
-        // Feature choices → effect → representative (the smallest choices with that effect).
-        let mut effects: Vec<(Vec<usize>, FeatureEffect)> = Vec::new();
+        // Feature choices → representative: the smallest choices with the same class (`None`:
+        // no term) and the same effective weight `w·‖g‖`.
+        let mut effects: Vec<(Vec<usize>, Option<usize>, f64)> = Vec::new();
         for ((choices, _), class) in grads.iter().zip(&class_of) {
             for (wi, weight) in space.feature_weight.iter().enumerate() {
-                let effect = match class {
-                    Some((class, norm)) if weight.get() > 0.0 => FeatureEffect::Term {
-                        class: *class,
-                        weight: weight.get() * norm,
-                    },
-                    _ => FeatureEffect::Zero,
+                let (class, weight) = match class {
+                    Some((class, norm)) if weight.get() > 0.0 => {
+                        (Some(*class), weight.get() * norm)
+                    }
+                    _ => (None, 0.0),
                 };
                 let mut full = choices.clone();
                 full.push(wi);
-                effects.push((full, effect));
+                effects.push((full, class, weight));
             }
         }
         effects.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut representatives: Vec<(FeatureEffect, Vec<usize>)> = Vec::new();
+        // Per class, the effective weights seen and their representatives.
+        let mut representatives: HashMap<Option<usize>, Vec<(f64, Vec<usize>)>> = HashMap::new();
         let mut feature = HashMap::new();
-        for (choices, effect) in effects {
-            let same = |e: &FeatureEffect| match (e, &effect) {
-                (FeatureEffect::Zero, FeatureEffect::Zero) => true,
-                (
-                    FeatureEffect::Term {
-                        class: a,
-                        weight: x,
-                    },
-                    FeatureEffect::Term {
-                        class: b,
-                        weight: y,
-                    },
-                ) => a == b && (x - y).abs() <= SAME_WEIGHT * x.abs().max(y.abs()),
-                _ => false,
-            };
-            let rep = match representatives.iter().find(|(e, _)| same(e)) {
+        for (choices, class, weight) in effects {
+            let same = |x: f64| (x - weight).abs() <= SAME_WEIGHT * x.abs().max(weight.abs());
+            let seen = representatives.entry(class).or_default();
+            let rep = match seen.iter().find(|(x, _)| same(*x)) {
                 Some((_, rep)) => rep.clone(),
                 None => {
-                    representatives.push((effect, choices.clone()));
+                    seen.push((weight, choices.clone()));
                     choices.clone()
                 }
             };
             feature.insert(choices, rep);
         }
-        let feature_distinct = representatives.len();
+        let feature_distinct = representatives.values().map(Vec::len).sum();
 
         // Logits: the temperature only for KL and DIST; a zero weight is no term.
         let mut logits = HashMap::new();

@@ -13,7 +13,7 @@ use crate::distance::Distance;
 use crate::error::{DistillError, Result};
 use crate::logits::LogitsDistance;
 use crate::real::Real;
-use crate::spec::{DistillerSpec, FeatureTerm, LogitsTerm};
+use crate::spec::{DistillerSpec, FeatureTerm, LogitsTerm, ResolvedTerm};
 use crate::transform::{GlobalTransform, IntraSpatial, Relation};
 
 /// The options of every decision.
@@ -41,6 +41,14 @@ pub struct SearchSpace {
     pub student_tap: Option<String>,
     /// Teacher tap of the feature term (`None`: the last).
     pub teacher_tap: Option<String>,
+}
+
+/// The teacher taps of resolved terms, each once, in tap order.
+pub fn teacher_indices(terms: &[ResolvedTerm]) -> Vec<usize> {
+    let mut taps: Vec<usize> = terms.iter().map(|r| r.teacher_index).collect();
+    taps.sort_unstable();
+    taps.dedup();
+    taps
 }
 
 fn reals(v: &[f64]) -> Vec<Real> {
@@ -217,9 +225,24 @@ impl SearchSpace {
         ]
     }
 
-    /// Checks the space against the student's and the teacher's taps (the error names a missing
-    /// tap and lists the available ones) and returns the teacher taps its candidates read, as
-    /// indices of `teacher`: the only ones a teacher cache needs to hold.
+    /// The space's feature terms resolved against the student's and the teacher's taps (every
+    /// candidate reads the same taps); the error names a missing tap and lists the available
+    /// ones.
+    pub fn resolve_taps(
+        &self,
+        student_model: &str,
+        student: &[TapInfo],
+        teacher_model: &str,
+        teacher: &[TapInfo],
+    ) -> Result<Vec<ResolvedTerm>> {
+        let zeros = vec![0; self.levels().len()];
+        self.spec(&zeros)?
+            .resolve(student_model, student, teacher_model, teacher)
+    }
+
+    /// Checks the space against both models' taps ([`SearchSpace::resolve_taps`]) and returns
+    /// the teacher taps its candidates read, as indices of `teacher`: the only ones a teacher
+    /// cache needs to hold.
     pub fn teacher_taps(
         &self,
         student_model: &str,
@@ -227,16 +250,12 @@ impl SearchSpace {
         teacher_model: &str,
         teacher: &[TapInfo],
     ) -> Result<Vec<usize>> {
-        let zeros = vec![0; self.levels().len()];
-        let mut taps: Vec<usize> = self
-            .spec(&zeros)?
-            .resolve(student_model, student, teacher_model, teacher)?
-            .iter()
-            .map(|r| r.teacher_index)
-            .collect();
-        taps.sort_unstable();
-        taps.dedup();
-        Ok(taps)
+        Ok(teacher_indices(&self.resolve_taps(
+            student_model,
+            student,
+            teacher_model,
+            teacher,
+        )?))
     }
 
     /// Number of full distillers in the space.

@@ -293,8 +293,9 @@ struct CheckpointState {
 }
 
 /// The newest complete checkpoint of a run folder: `checkpoint/`, or `checkpoint.old/` when a
-/// crash came between moving the old one aside and renaming the new one in.
-fn find_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+/// crash came between moving the old one aside and renaming the new one in. [`train`] with
+/// `resume` continues from it.
+pub fn find_checkpoint(run_dir: &Path) -> Option<PathBuf> {
     ["checkpoint", "checkpoint.old"]
         .iter()
         .map(|d| run_dir.join(d))
@@ -302,8 +303,8 @@ fn find_checkpoint(run_dir: &Path) -> Option<PathBuf> {
 }
 
 impl Recipe {
-    /// Checks the recipe: at least one epoch, a positive batch size and learning rate, milestones
-    /// within the epochs.
+    /// Checks the recipe: at least one epoch, a positive batch size, learning rate and gamma, and
+    /// a cosine warm-up shorter than the run.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(format!("recipe: {m}")));
         if self.epochs == 0 {

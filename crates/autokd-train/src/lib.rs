@@ -42,7 +42,7 @@ pub use cache::{TeacherCache, TeacherPlan, TeacherSource, bytes_per_image};
 pub use error::{Result, TrainError};
 pub use full::{
     EpochMetrics, OptimizerKind, PRESETS, Recipe, Schedule, SupervisedConfig, TeacherSetup,
-    TrainEvent, TrainSummary, accuracy, evaluate, sgd, train,
+    TrainEvent, TrainSummary, accuracy, evaluate, find_checkpoint, sgd, train,
 };
 pub use proxy::{ProxyConfig, ProxyEvaluator, RewardKind, TrialOutcome, representation_gap};
 pub use step::{DistillStudent, StepLosses, data_parallel_step, distill_step};
