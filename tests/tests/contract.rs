@@ -35,16 +35,16 @@ fn every_model_honours_the_features_contract() {
         assert_eq!(logits.dims(), [2, 7], "{name}");
         let all = model.forward_intermediates(x.clone(), &TapRequest::all(&info));
         assert!(
-            max_abs_diff(&logits, &all.logits) == 0.0,
+            max_abs_diff(&logits, &all.logits.rows()) == 0.0,
             "{name}: forward != logits"
         );
         assert_eq!(all.features.len(), info.len(), "{name}");
         for (tap, feature) in info.iter().zip(&all.features) {
             let expected = match tap.kind {
                 TapKind::FeatureMap => {
-                    vec![2, tap.channels, side / tap.reduction, side / tap.reduction]
+                    vec![2, tap.channels, side / tap.stride, side / tap.stride]
                 }
-                TapKind::Tokens => vec![2, (side / tap.reduction).pow(2), tap.channels],
+                TapKind::Tokens => vec![2, (side / tap.stride).pow(2), tap.channels],
             };
             assert_eq!(feature.dims(), expected, "{name}: tap {}", tap.name);
             let finite = match feature {
@@ -55,7 +55,7 @@ fn every_model_honours_the_features_contract() {
         }
         assert_eq!(all.embedding.dims()[0], 2, "{name}");
         assert!(
-            !all.logits.clone().is_nan().any().into_scalar::<bool>(),
+            !all.logits.rows().is_nan().any().into_scalar::<bool>(),
             "{name}: NaN logits"
         );
 
@@ -109,16 +109,63 @@ fn taps_by_name_and_unknown_taps() {
     let model = ModelName::Resnet20.reference_spec().init(&device).unwrap();
     let info = model.feature_info();
     let names: Vec<&str> = info.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, vec!["stem", "stage1", "stage2", "stage3"]);
-    let req = TapRequest::by_names("resnet20", &info, &["stage3", "stage1"]).unwrap();
+    assert_eq!(
+        names,
+        vec![
+            "backbone.stem",
+            "backbone.stage1",
+            "backbone.stage2",
+            "backbone.stage3"
+        ]
+    );
+    // Full paths, unique last parts, and groups.
+    let req = TapRequest::by_names("resnet20", &info, &["backbone.stage3", "stage1"]).unwrap();
     assert_eq!(req.indices, vec![3, 1]);
+    let group = TapRequest::by_names("resnet20", &info, &["backbone"]).unwrap();
+    assert_eq!(group.indices, vec![0, 1, 2, 3]);
     let msg = TapRequest::by_names("resnet20", &info, &["stage9"])
         .unwrap_err()
         .to_string();
     assert_eq!(
         msg,
-        "tap `stage9` not found in resnet20; available: stem, stage1, stage2, stage3"
+        "tap `stage9` not found in resnet20; available: backbone.stem, backbone.stage1, backbone.stage2, backbone.stage3"
     );
+}
+
+/// Convolutional models take non-square inputs: each map tap is `⌈H/s⌉ × ⌈W/s⌉` at its stride
+/// `s`, and the logits keep their shape. (DeiT's position embedding fixes its input size.)
+#[test]
+fn convolutional_models_take_non_square_inputs() {
+    let device = Device::flex();
+    for &name in ModelName::ALL {
+        let (h, w) = match name.family() {
+            Family::Cifar => (32, 48),
+            Family::ImageNet => (64, 96),
+        };
+        let spec = ModelSpec {
+            name,
+            in_channels: 3,
+            num_classes: 5,
+            image_size: h,
+        };
+        let model = spec.init(&device).unwrap();
+        let info = model.feature_info();
+        if info.iter().any(|t| t.kind == TapKind::Tokens) {
+            continue;
+        }
+        let x = Tensor::<4>::random([1, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let out = model.forward_intermediates(x, &TapRequest::all(&info));
+        assert_eq!(out.logits.dims(), vec![1, 5], "{name}");
+        for (tap, f) in info.iter().zip(&out.features) {
+            let s = tap.stride;
+            assert_eq!(
+                f.dims(),
+                vec![1, tap.channels, h.div_ceil(s), w.div_ceil(s)],
+                "{name}: {}",
+                tap.name
+            );
+        }
+    }
 }
 
 #[test]
@@ -135,6 +182,6 @@ fn deit_distillation_head() {
         model.forward_intermediates(Tensor::zeros([1, 3, 8, 8], &device), &TapRequest::none());
     let dist = out.dist_logits.clone().unwrap();
     assert_eq!(dist.dims(), [1, 5]);
-    let mean = (out.logits.clone() + dist).div_scalar(2.0);
+    let mean = (out.logits.rows() + dist.rows()).div_scalar(2.0);
     assert!(max_abs_diff(&mean, &out.eval_logits()) < 1e-6);
 }

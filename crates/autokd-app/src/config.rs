@@ -7,7 +7,7 @@ use autokd_data::DatasetSpec;
 use autokd_distill::SearchSpaceConfig;
 use autokd_models::ModelName;
 use autokd_search::MctsConfig;
-use autokd_train::{ProxyConfig, SupervisedConfig};
+use autokd_train::{ProxyConfig, Recipe};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AppError, Result};
@@ -47,8 +47,8 @@ pub struct SearchConfig {
     pub teacher_weights: Option<PathBuf>,
     /// Student architecture.
     pub student: ModelName,
-    /// Recipe of the teacher when it must be trained.
-    pub teacher_training: SupervisedConfig,
+    /// Recipe of the teacher when it must be trained (default: the `digits` preset).
+    pub teacher_training: Recipe,
     /// Proxy training of each candidate.
     pub proxy: ProxyConfig,
     /// The search space (default: the paper's).
@@ -93,7 +93,7 @@ impl Default for SearchConfig {
             teacher: ModelName::Resnet20,
             teacher_weights: None,
             student: ModelName::Resnet8,
-            teacher_training: SupervisedConfig::default(),
+            teacher_training: Recipe::digits(),
             proxy: ProxyConfig::default(),
             space: SearchSpaceConfig::default(),
             strategy: StrategyName::Mcts,

@@ -296,8 +296,7 @@ fn teacher(
         spec,
         None,
         dataset,
-        &cfg.teacher_training.recipe(),
-        cfg.teacher_training.seed,
+        &cfg.teacher_training,
         1,
         &run_dir,
         resume,
@@ -305,7 +304,7 @@ fn teacher(
         std::slice::from_ref(device),
         |event| {
             if let autokd_train::TrainEvent::Epoch(m) = event {
-                tracing::info!(epoch = m.epoch, top1 = m.top1, "teacher");
+                tracing::info!(epoch = m.epoch, top1 = m.metric("top1"), "teacher");
             }
         },
     )?;
@@ -369,8 +368,10 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     let taps = autokd_distill::space::teacher_indices(&terms);
     // Candidates that compute the same loss at these taps are evaluated once.
     let effective = if recorded.deduplicate {
-        let term = terms
+        // Measured at the first tap pair (of a group: its first member).
+        let pair = terms
             .first()
+            .and_then(|t| t.pairs.first())
             .ok_or_else(|| AppError::Invalid("the search space has no feature term".into()))?;
         let [c, h, w] = info.input_shape();
         let shape_at = |model: &Model, tap: usize| {
@@ -384,8 +385,8 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
                 .ok_or_else(|| AppError::Invalid("a model returned no tap".into()))
         };
         let ([ct, ht, wt], [_, hs, ws]) = (
-            shape_at(&t_model, term.teacher_index)?,
-            shape_at(&s_model, term.student_index)?,
+            shape_at(&t_model, pair.teacher_index)?,
+            shape_at(&s_model, pair.student_index)?,
         );
         Some(Effective::new(
             &space,
@@ -469,7 +470,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     observe(SearchEvent::Proxy {
         sizes: first.sizes(),
         per_class: cfg.proxy.per_class,
-        epochs: cfg.proxy.epochs,
+        epochs: cfg.proxy.recipe.epochs,
         plan: first.plan(),
         seconds: start.elapsed().as_secs_f64(),
     })

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use autokd_distill::DistillerSpec;
 use autokd_models::{Backbone, ModelName, ModelSpec};
-use autokd_train::{DistillStudent, distill_step};
+use autokd_train::{Classification, DistillStudent, distill_step};
 use burn::prelude::*;
 
 use crate::device::{DeviceSpec, select_device};
@@ -475,20 +475,18 @@ fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             Vec::new(),
         ));
     }
+    let batch = autokd_data::Batch {
+        images: images.clone().autodiff(),
+        targets: targets.clone(),
+        positions: (0..b).collect(),
+    };
     for round in 0..args.steps + 2 {
         for (_, _, model, optim, cached, times) in variants.iter_mut() {
             let m = model
                 .take()
                 .ok_or_else(|| anyhow::anyhow!("lost a model"))?;
             let start = Instant::now();
-            let (m, _) = distill_step(
-                m,
-                optim,
-                0.01,
-                images.clone().autodiff(),
-                targets.clone(),
-                cached,
-            )?;
+            let (m, _) = distill_step(m, optim, 0.01, &Classification, &batch, cached)?;
             ad.sync().map_err(|e| anyhow::anyhow!("device: {e:?}"))?;
             if round >= 2 {
                 times.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -534,12 +532,14 @@ fn proxy(args: &ProxyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let spec = |name: ModelName| crate::model_spec(name, info);
     let teacher = spec(args.teacher).init(&device)?;
     let taps: Vec<usize> = vec![teacher.feature_info().len() - 1];
-    let cfg = |cache_teacher| autokd_train::ProxyConfig {
-        per_class: args.per_class,
-        epochs: args.epochs,
-        batch_size: 64,
-        cache_teacher,
-        ..Default::default()
+    let cfg = |cache_teacher| {
+        let mut c = autokd_train::ProxyConfig {
+            per_class: args.per_class,
+            cache_teacher,
+            ..Default::default()
+        };
+        (c.recipe.epochs, c.recipe.batch_size) = (args.epochs, 64);
+        c
     };
     let start = Instant::now();
     let cached = autokd_train::ProxyEvaluator::new(
@@ -596,14 +596,12 @@ fn step_once(
     let m = net
         .take()
         .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
-    let (m, _) = distill_step(
-        m,
-        optim,
-        0.01,
-        images.clone().autodiff(),
-        targets.clone(),
-        teacher,
-    )?;
+    let batch = autokd_data::Batch {
+        images: images.clone().autodiff(),
+        targets: targets.clone(),
+        positions: (0..images.dims()[0]).collect(),
+    };
+    let (m, _) = distill_step(m, optim, 0.01, &Classification, &batch, teacher)?;
     *net = Some(m);
     Ok(())
 }
@@ -715,6 +713,7 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             let _ = teacher
                 .forward_intermediates(images.clone(), &autokd_models::TapRequest::none())
                 .logits
+                .rows()
                 .into_data();
             Ok(())
         })?;
@@ -749,12 +748,14 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             t.as_str(),
             spec(s),
             &[teacher.feature_info().len() - 1],
-            autokd_train::ProxyConfig {
-                per_class: args.proxy_per_class,
-                epochs: 1,
-                batch_size: b,
-                cache_teacher: true,
-                ..Default::default()
+            {
+                let mut c = autokd_train::ProxyConfig {
+                    per_class: args.proxy_per_class,
+                    cache_teacher: true,
+                    ..Default::default()
+                };
+                (c.recipe.epochs, c.recipe.batch_size) = (1, b);
+                c
             },
             &plain,
         )?;

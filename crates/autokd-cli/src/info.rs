@@ -140,7 +140,7 @@ fn model_table(out: &mut dyn Write) -> anyhow::Result<()> {
             .feature_info()
             .iter()
             .map(|t| {
-                let s = side / t.reduction;
+                let s = side / t.stride;
                 match t.kind {
                     TapKind::FeatureMap => format!("{} {}x{}x{}", t.name, t.channels, s, s),
                     TapKind::Tokens => format!("{} {}x{}", t.name, s * s, t.channels),

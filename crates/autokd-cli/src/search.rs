@@ -63,7 +63,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     if let Some(s) = args.seed {
         cfg.mcts.seed = s;
-        cfg.proxy.seed = s;
+        cfg.proxy.recipe.seed = s;
     }
     if let Some(s) = args.strategy {
         cfg.strategy = s;

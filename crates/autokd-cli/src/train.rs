@@ -194,8 +194,10 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             &spec(args.model),
             setup,
             &dataset,
-            &recipe,
-            seed,
+            &Recipe {
+                seed,
+                ..recipe.clone()
+            },
             args.checkpoint_every,
             &dir,
             args.resume,
@@ -233,8 +235,8 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                             recipe.epochs,
                             m.lr,
                             losses.join("  "),
-                            100.0 * m.top1,
-                            100.0 * m.top5,
+                            100.0 * m.metric("top1"),
+                            100.0 * m.metric("top5"),
                             m.images_per_s
                         )
                     });

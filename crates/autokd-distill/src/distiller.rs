@@ -1,6 +1,10 @@
 //! The `Distiller` module built from a [`DistillerSpec`]: it owns the learnable parts (1×1
 //! connectors, MGD generation blocks), trained with the student, and turns one student pass and
-//! one teacher pass (or cached teacher outputs) into the total loss and every named term.
+//! one teacher pass (or cached teacher outputs) into its named terms. It knows no task: the
+//! task's own loss (CE, focal, …) and its targets never reach it; the training step adds them.
+//! A term on a tap group is the mean over its member pairs, each with its own connector and
+//! generator. Ground truth that a term may weight by (foreground masks, as FGD and DetKDS do)
+//! comes as a [`GroundTruth`].
 //!
 //! Per feature term: tokens `[B, N, C]` become maps `[B, C, √N, √N]` (or `[B, C, N, 1]`); a
 //! connector (1×1 conv + BN) maps student channels to teacher channels when they differ; maps of
@@ -9,7 +13,6 @@
 
 use autokd_models::{Feature, Intermediates, TapRequest};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::prelude::*;
 use burn::tensor::module::adaptive_avg_pool2d;
@@ -44,14 +47,31 @@ impl Connector {
     }
 }
 
-/// Every named loss term of one step and their weighted sum.
-#[derive(Debug, Clone)]
+/// The distiller's terms of one step, each already weighted: one entry per feature term
+/// (`feat0`, `feat1`, …), then `logits` (the prediction term).
+#[derive(Debug, Clone, Default)]
 pub struct LossTerms {
-    /// `CE + Σ weighted terms`.
-    pub total: Tensor<1>,
-    /// `("ce", …)`, then one entry per feature term (`feat0`, `feat1`, …) and `logits`, each
-    /// already weighted.
+    /// Named terms, in spec order.
     pub terms: Vec<(String, Tensor<1>)>,
+}
+
+impl LossTerms {
+    /// The sum of the terms in order (`None` without terms).
+    pub fn sum(&self) -> Option<Tensor<1>> {
+        self.terms
+            .iter()
+            .map(|(_, v)| v.clone())
+            .reduce(|a, b| a + b)
+    }
+}
+
+/// Ground truth a feature term may read, batch-aligned with the taps. No term of the current
+/// space reads it; foreground/background weighting (FGD, DetKDS) will.
+#[derive(Debug, Clone, Default)]
+pub struct GroundTruth {
+    /// Foreground weight per input pixel `[B, H, W]` (1 inside an object's box or mask, 0
+    /// elsewhere), resampled to each tap's size by the term that uses it.
+    pub foreground: Option<Tensor<3>>,
 }
 
 /// The unweighted value of a feature term between aligned maps (after the connector and the
@@ -77,7 +97,10 @@ pub fn term_value(
 /// A distiller ready to train with a student.
 #[derive(Module, Debug)]
 pub struct Distiller {
+    /// One per tap pair, terms in order and members within a term in order (a spec without
+    /// groups has one pair per term, so checkpoints name them `connectors.<term>`).
     connectors: Vec<Option<Connector>>,
+    /// One per tap pair, like the connectors.
     generators: Vec<Option<MaskGenerator>>,
     #[module(skip)]
     spec: DistillerSpec,
@@ -125,18 +148,21 @@ impl Distiller {
         device: &Device,
     ) -> Result<Self> {
         let terms = spec.resolve(student_model, student, teacher_model, teacher)?;
-        let connectors = terms
-            .iter()
-            .map(|r| {
-                (r.student.channels != r.teacher.channels)
-                    .then(|| Connector::new(r.student.channels, r.teacher.channels, device))
+        let pairs = || {
+            terms
+                .iter()
+                .flat_map(|r| r.pairs.iter().map(move |p| (r, p)))
+        };
+        let connectors = pairs()
+            .map(|(_, p)| {
+                (p.student.channels != p.teacher.channels)
+                    .then(|| Connector::new(p.student.channels, p.teacher.channels, device))
             })
             .collect();
-        let generators = terms
-            .iter()
-            .map(|r| {
+        let generators = pairs()
+            .map(|(r, p)| {
                 matches!(r.term.global, GlobalTransform::Mask { .. })
-                    .then(|| MaskGenerator::new(r.teacher.channels, 0, device))
+                    .then(|| MaskGenerator::new(p.teacher.channels, 0, device))
             })
             .collect();
         let distiller = Self {
@@ -185,20 +211,27 @@ impl Distiller {
     }
 
     /// The taps the student and the teacher must return, in the order [`Distiller::loss`]
-    /// expects them (one per feature term; duplicates allowed).
+    /// expects them (one per tap pair: terms in order, group members in order; duplicates
+    /// allowed).
     pub fn tap_requests(&self) -> (TapRequest, TapRequest) {
-        let s: Vec<usize> = self.terms.iter().map(|r| r.student_index).collect();
-        let t: Vec<usize> = self.terms.iter().map(|r| r.teacher_index).collect();
+        let pairs = || self.terms.iter().flat_map(|r| &r.pairs);
+        let s: Vec<usize> = pairs().map(|p| p.student_index).collect();
+        let t: Vec<usize> = pairs().map(|p| p.teacher_index).collect();
         (TapRequest::indices(&s), TapRequest::indices(&t))
     }
 
-    /// The weighted value of feature term `i` between aligned student and teacher features.
-    fn feature_term(&self, i: usize, s: &Feature, t: &Feature) -> Result<Tensor<1>> {
-        let r = &self.terms[i];
-        let term = &r.term;
+    /// The unweighted value of `term` on tap pair `k` between aligned student and teacher
+    /// features.
+    fn pair_value(
+        &self,
+        term: &FeatureTerm,
+        k: usize,
+        s: &Feature,
+        t: &Feature,
+    ) -> Result<Tensor<1>> {
         let mut s = as_map(s);
         let mut t = as_map(t).without_autodiff();
-        if let Some(c) = &self.connectors[i] {
+        if let Some(Some(c)) = self.connectors.get(k) {
             s = c.forward(s);
         }
         let ([bs, cs, hs, ws], [bt, ct, ht, wt]) = (s.dims(), t.dims());
@@ -216,57 +249,63 @@ impl Distiller {
         if (ht, wt) != (h, w) {
             t = adaptive_avg_pool2d(t, [h, w]);
         }
-        Ok(term_value(term, s, t, self.generators[i].as_ref())?.mul_scalar(term.weight.get()))
+        term_value(term, s, t, self.generators.get(k).and_then(Option::as_ref))
     }
 
-    /// The loss of one step. `student` and `teacher` hold the taps of [`Distiller::tap_requests`]
-    /// in order; the teacher's outputs are constants. For a student with a distillation head
-    /// (DeiT), the logits term trains that head and CE the class head.
-    ///
-    /// # Shapes
-    /// - `targets`: `[B]` class indices
+    /// The distiller's terms of one step. `student` and `teacher` hold the taps of
+    /// [`Distiller::tap_requests`] in order; the teacher's outputs are constants. For a student
+    /// with a distillation head (DeiT), the prediction term trains that head (and the task's loss
+    /// the class head). `truth` is for terms that weight by ground truth (none yet).
     pub fn loss(
         &self,
         student: &Intermediates,
         teacher: &Intermediates,
-        targets: Tensor<1, Int>,
+        truth: &GroundTruth,
     ) -> Result<LossTerms> {
-        let n = self.terms.len();
+        let _ = truth;
+        let n: usize = self.terms.iter().map(|r| r.pairs.len()).sum();
         if student.features.len() != n || teacher.features.len() != n {
             return Err(DistillError::Spec(format!(
-                "{n} feature terms, but the student returned {} taps and the teacher {}",
+                "{n} tap pairs, but the student returned {} taps and the teacher {}",
                 student.features.len(),
                 teacher.features.len()
             )));
         }
-        let device = student.logits.device();
-        let ce = CrossEntropyLossConfig::new()
-            .init(&device)
-            .forward(student.logits.clone(), targets);
-        let mut terms = vec![("ce".to_string(), ce.clone())];
-        let mut total = ce;
-        for i in 0..n {
-            let v = self.feature_term(i, &student.features[i], &teacher.features[i])?;
-            total = total + v.clone();
-            terms.push((format!("feat{i}"), v));
+        let mut terms = Vec::new();
+        let mut k = 0;
+        for (i, r) in self.terms.iter().enumerate() {
+            let mut sum: Option<Tensor<1>> = None;
+            for _ in &r.pairs {
+                let v = self.pair_value(&r.term, k, &student.features[k], &teacher.features[k])?;
+                sum = Some(match sum {
+                    Some(acc) => acc + v,
+                    None => v,
+                });
+                k += 1;
+            }
+            let Some(mut v) = sum else { continue };
+            if r.pairs.len() > 1 {
+                v = v.div_scalar(r.pairs.len() as f64);
+            }
+            terms.push((format!("feat{i}"), v.mul_scalar(r.term.weight.get())));
         }
         if let Some(l) = &self.spec.logits {
             let s = student
                 .dist_logits
-                .clone()
-                .unwrap_or_else(|| student.logits.clone());
+                .as_ref()
+                .unwrap_or(&student.logits)
+                .rows();
             let v = l
                 .distance
                 .apply(
                     s,
-                    teacher.logits.clone().without_autodiff(),
+                    teacher.logits.rows().without_autodiff(),
                     l.temperature.get(),
                 )?
                 .mul_scalar(l.weight.get());
-            total = total + v.clone();
             terms.push(("logits".to_string(), v));
         }
-        Ok(LossTerms { total, terms })
+        Ok(LossTerms { terms })
     }
 }
 
@@ -276,13 +315,13 @@ mod tests {
     use crate::space::SearchSpace;
     use crate::spec::BASELINES;
     use crate::testing::tensor;
-    use autokd_models::{TapInfo, TapKind, trainable_params};
+    use autokd_models::{Prediction, TapInfo, TapKind, trainable_params};
 
     fn info(name: &str, channels: usize) -> Vec<TapInfo> {
         vec![TapInfo {
             name: name.into(),
             channels,
-            reduction: 1,
+            stride: 1,
             kind: TapKind::FeatureMap,
         }]
     }
@@ -291,7 +330,7 @@ mod tests {
         Intermediates {
             features: vec![feature],
             embedding: logits.clone(),
-            logits,
+            logits: Prediction::Rows(logits),
             dist_logits: None,
         }
     }
@@ -352,21 +391,27 @@ mod tests {
                 Feature::Map(tensor([4, 16, 8, 8], 7, &Device::flex())),
                 tensor([4, 10], 8, &Device::flex()),
             );
-            let targets =
-                Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 3, 9, 3], [4]), &ad);
             let (mut s_out, mut t_out) = (outputs(s_feat, s_logits.clone()), t_out);
             if spec.features.is_empty() {
                 s_out.features.clear();
                 t_out.features.clear();
             }
-            let loss = d.loss(&s_out, &t_out, targets).unwrap();
+            let loss = d.loss(&s_out, &t_out, &GroundTruth::default()).unwrap();
             assert_eq!(
                 loss.terms.len(),
-                1 + spec.features.len() + usize::from(spec.logits.is_some()),
+                spec.features.len() + usize::from(spec.logits.is_some()),
                 "{spec}"
             );
-            assert!(finite(loss.total.clone()), "{spec}: loss not finite");
-            let grads = loss.total.backward();
+            // The task's loss stands in as a plain CE term: the distiller adds none.
+            let ce = burn::nn::loss::CrossEntropyLossConfig::new()
+                .init(&ad)
+                .forward(
+                    s_logits.clone(),
+                    Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 3, 9, 3], [4]), &ad),
+                );
+            let total = loss.sum().map_or(ce.clone(), |d| ce + d);
+            assert!(finite(total.clone()), "{spec}: loss not finite");
+            let grads = total.backward();
             let feature_grad = if spec.features.is_empty() {
                 None
             } else {
@@ -384,8 +429,8 @@ mod tests {
         }
     }
 
-    /// Student = teacher (same channels and size, no connector): every term but CE vanishes,
-    /// except with the mask, which changes the student on purpose.
+    /// Student = teacher (same channels and size, no connector): every term vanishes, except
+    /// with the mask, which changes the student on purpose.
     #[test]
     fn terms_vanish_when_student_equals_teacher() {
         let device = Device::flex();
@@ -415,18 +460,15 @@ mod tests {
                         .unwrap();
                     let f = tensor([4, 8, 4, 4], 3, &device);
                     let logits = tensor([4, 10], 4, &device);
-                    let targets = Tensor::<1, Int>::from_data(
-                        TensorData::new(vec![1i64, 2, 3, 4], [4]),
-                        &device,
-                    );
                     let out = d
                         .loss(
                             &outputs(Feature::Map(f.clone()), logits.clone()),
                             &outputs(Feature::Map(f), logits),
-                            targets,
+                            &GroundTruth::default(),
                         )
                         .unwrap();
-                    for (name, v) in &out.terms[1..] {
+                    assert_eq!(out.terms.len(), 2, "{spec}");
+                    for (name, v) in &out.terms {
                         let v: f32 = v.clone().into_scalar();
                         assert!(v.abs() < 1e-4, "{spec}: {name} = {v}");
                     }
@@ -466,7 +508,7 @@ mod tests {
             &device,
         )
         .unwrap();
-        let targets = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 2], [2]), &device);
+        let none = GroundTruth::default();
         let s = outputs(
             Feature::Map(tensor([2, 8, 4, 4], 1, &device)),
             tensor([2, 10], 2, &device),
@@ -479,19 +521,180 @@ mod tests {
             )
         };
         assert!(
-            d.loss(&s, &t, targets.clone())
+            d.loss(&s, &t, &none)
                 .unwrap_err()
                 .to_string()
-                .contains("1 feature terms")
+                .contains("1 tap pairs")
         );
         let t = outputs(
             Feature::Map(tensor([2, 6, 4, 4], 1, &device)),
             tensor([2, 10], 2, &device),
         );
-        let msg = d.loss(&s, &t, targets).unwrap_err().to_string();
+        let msg = d.loss(&s, &t, &none).unwrap_err().to_string();
         assert!(
             msg.contains("[2, 8, 4, 4]") && msg.contains("[2, 6, 4, 4]"),
             "{msg}"
         );
+    }
+
+    fn taps(names: &[(&str, usize)]) -> Vec<TapInfo> {
+        names
+            .iter()
+            .map(|(n, c)| TapInfo {
+                name: (*n).into(),
+                channels: *c,
+                stride: 1,
+                kind: TapKind::FeatureMap,
+            })
+            .collect()
+    }
+
+    /// A term on a tap group is the mean of the term on each member pair, pinned against the
+    /// members computed one at a time: FitNet's L2 on `fpn.p3`, `fpn.p4` (the student's p4 needs
+    /// a connector, the teacher's p3 is larger and is pooled).
+    #[test]
+    fn a_group_term_is_the_mean_over_its_members() {
+        let device = Device::flex();
+        let student = taps(&[("backbone.stage3", 4), ("fpn.p3", 8), ("fpn.p4", 8)]);
+        let teacher = taps(&[("backbone.stage3", 8), ("fpn.p3", 8), ("fpn.p4", 8)]);
+        let mut spec = DistillerSpec::baseline("fitnet").unwrap();
+        spec.features[0].student_tap = Some("fpn".into());
+        spec.features[0].teacher_tap = Some("fpn".into());
+        spec.features[0].weight = crate::Real(3.0);
+        let d = Distiller::new(&spec, "s", &student, "t", &teacher, &device).unwrap();
+        let (s_req, t_req) = d.tap_requests();
+        assert_eq!((s_req.indices, t_req.indices), (vec![1, 2], vec![1, 2]));
+        let (s3, s4) = (
+            tensor([2, 8, 4, 4], 1, &device),
+            tensor([2, 8, 2, 2], 2, &device),
+        );
+        let (t3, t4) = (
+            tensor([2, 8, 8, 8], 3, &device),
+            tensor([2, 8, 2, 2], 4, &device),
+        );
+        let logits = tensor([2, 5], 5, &device);
+        let with = |f: Vec<Tensor<4>>| Intermediates {
+            features: f.into_iter().map(Feature::Map).collect(),
+            ..outputs(
+                Feature::Map(tensor([1, 1, 1, 1], 0, &device)),
+                logits.clone(),
+            )
+        };
+        let group = d
+            .loss(
+                &with(vec![s3.clone(), s4.clone()]),
+                &with(vec![t3.clone(), t4.clone()]),
+                &GroundTruth::default(),
+            )
+            .unwrap();
+        assert_eq!(group.terms.len(), 1);
+        let got: f32 = group.terms[0].1.clone().into_scalar();
+        // f64 reference: L2 per sample (√Σ(s − t)²), averaged over the batch; the teacher's 8×8
+        // p3 average-pooled 2×2 to 4×4.
+        let v = |t: Tensor<4>| -> Vec<f64> {
+            t.into_data().convert::<f64>().try_to_vec::<f64>().unwrap()
+        };
+        let l2 = |s: &[f64], t: &[f64], b: usize| -> f64 {
+            let n = s.len() / b;
+            (0..b)
+                .map(|i| {
+                    s[i * n..(i + 1) * n]
+                        .iter()
+                        .zip(&t[i * n..(i + 1) * n])
+                        .map(|(a, c)| (a - c).powi(2))
+                        .sum::<f64>()
+                        .sqrt()
+                })
+                .sum::<f64>()
+                / b as f64
+        };
+        let t3v = v(t3);
+        let mut pooled = vec![0.0; 2 * 8 * 16];
+        for (idx, p) in pooled.iter_mut().enumerate() {
+            let (bc, y, x) = (idx / 16, (idx % 16) / 4, idx % 4);
+            *p = (0..4)
+                .map(|k| t3v[bc * 64 + (2 * y + k / 2) * 8 + 2 * x + k % 2])
+                .sum::<f64>()
+                / 4.0;
+        }
+        let want = 3.0 * (l2(&v(s3), &pooled, 2) + l2(&v(s4), &v(t4), 2)) / 2.0;
+        assert!(
+            (f64::from(got) - want).abs() < 1e-4 * want,
+            "{got} vs {want}"
+        );
+        // Groups of different sizes are refused, naming the taps.
+        spec.features[0].teacher_tap = Some("backbone".into());
+        let err = Distiller::new(&spec, "s", &student, "t", &teacher, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("fpn.p3, fpn.p4") && err.contains("backbone.stage3"),
+            "{err}"
+        );
+        // Short names find a unique tap, as configs written before hierarchical names do.
+        spec.features[0].teacher_tap = Some("stage3".into());
+        spec.features[0].student_tap = Some("p4".into());
+        let d = Distiller::new(&spec, "s", &student, "t", &teacher, &device).unwrap();
+        let (s_req, t_req) = d.tap_requests();
+        assert_eq!((s_req.indices, t_req.indices), (vec![2], vec![0]));
+    }
+
+    /// The prediction term compares rows: a segmenter's `[B, K, H, W]` map is the `[B·H·W, K]`
+    /// rows of its pixels, so KD on the map equals KD on those rows given as rows.
+    #[test]
+    fn the_prediction_term_reads_maps_as_pixel_rows() {
+        let device = Device::flex();
+        let d = Distiller::new(
+            &DistillerSpec::baseline("kd").unwrap(),
+            "s",
+            &[],
+            "t",
+            &[],
+            &device,
+        )
+        .unwrap();
+        let (s, t) = (
+            tensor([2, 3, 2, 4], 1, &device),
+            tensor([2, 3, 2, 4], 2, &device),
+        );
+        let out = |p: Prediction| Intermediates {
+            features: vec![],
+            embedding: tensor([2, 1], 0, &device),
+            logits: p,
+            dist_logits: None,
+        };
+        let rows = |m: &Tensor<4>| {
+            // Pixel (b, y, x) is row b·8 + y·4 + x: its 3 class scores.
+            let v = m.clone().into_data().try_to_vec::<f32>().unwrap();
+            let mut r = Vec::new();
+            for b in 0..2 {
+                for p in 0..8 {
+                    for k in 0..3 {
+                        r.push(v[b * 24 + k * 8 + p]);
+                    }
+                }
+            }
+            Tensor::<2>::from_data(TensorData::new(r, [16, 3]), &device)
+        };
+        let none = GroundTruth::default();
+        let map = d
+            .loss(
+                &out(Prediction::Map(s.clone())),
+                &out(Prediction::Map(t.clone())),
+                &none,
+            )
+            .unwrap();
+        let by_rows = d
+            .loss(
+                &out(Prediction::Rows(rows(&s))),
+                &out(Prediction::Rows(rows(&t))),
+                &none,
+            )
+            .unwrap();
+        let (a, b): (f32, f32) = (
+            map.terms[0].1.clone().into_scalar(),
+            by_rows.terms[0].1.clone().into_scalar(),
+        );
+        assert!(a > 0.0 && (a - b).abs() < 1e-6 * a, "{a} vs {b}");
     }
 }

@@ -49,8 +49,21 @@ const SAME_DIRECTION: f64 = 1e-5;
 /// Relative difference of effective weights under which they are equal.
 const SAME_WEIGHT: f64 = 1e-5;
 
-/// Positions of the levels in a choice vector: six of the feature term, three of the logits.
-const FEATURE_LEVELS: usize = 6;
+/// The levels whose equivalences this module measures, by name in the table of levels
+/// ([`crate::LEVELS`]): six of the feature term, three of the prediction term. A new level of
+/// the table needs its rule here (how its options change the gradient), else [`Effective::new`]
+/// refuses the space, naming the level.
+const KNOWN: [&str; 9] = [
+    "global",
+    "intra",
+    "relation",
+    "distance",
+    "temperature",
+    "feature_weight",
+    "logits_distance",
+    "logits_temperature",
+    "logits_weight",
+];
 
 /// The effective objective of every candidate of a space at one tap size.
 #[derive(Debug, Clone)]
@@ -62,6 +75,10 @@ pub struct Effective {
     logits: HashMap<Vec<usize>, Vec<usize>>,
     feature_distinct: usize,
     logits_distinct: usize,
+    /// Position in the choice vector of each level of [`KNOWN`].
+    positions: [usize; 9],
+    /// Length of a choice vector.
+    levels: usize,
 }
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
@@ -133,12 +150,17 @@ impl Effective {
     /// spatial size of the two taps) on `device`.
     pub fn new(space: &SearchSpace, [c, h, w]: [usize; 3], device: &Device) -> Result<Self> {
         let levels = space.levels();
-        if levels.len() != FEATURE_LEVELS + 3 {
+        if let Some(l) = levels.iter().find(|l| !KNOWN.contains(&l.name)) {
             return Err(DistillError::Spec(format!(
-                "effective space: expected {} levels, the space has {}",
-                FEATURE_LEVELS + 3,
-                levels.len()
+                "effective space: level `{}` has no rule in effective.rs",
+                l.name
             )));
+        }
+        let mut positions = [0usize; 9];
+        for (slot, name) in positions.iter_mut().zip(KNOWN) {
+            *slot = levels.iter().position(|l| l.name == name).ok_or_else(|| {
+                DistillError::Spec(format!("effective space: the space has no level `{name}`"))
+            })?;
         }
         // Two probes: many channels and few (unit rows of few channels have large components,
         // which piecewise distances such as smooth L1 tell apart from their quadratic part).
@@ -295,18 +317,27 @@ impl Effective {
             logits,
             feature_distinct,
             logits_distinct: logits_reps.len(),
+            positions,
+            levels: levels.len(),
         })
     }
 
     /// The representative of `choices`: the smallest choice vector with the same objective (the
     /// choices themselves when they fit no level).
     pub fn canonical(&self, choices: &[usize]) -> Vec<usize> {
-        if choices.len() != FEATURE_LEVELS + 3 {
+        if choices.len() != self.levels {
             return choices.to_vec();
         }
-        let (f, l) = choices.split_at(FEATURE_LEVELS);
+        let known: Vec<usize> = self.positions.iter().map(|&p| choices[p]).collect();
+        let (f, l) = known.split_at(6);
         match (self.feature.get(f), self.logits.get(l)) {
-            (Some(f), Some(l)) => f.iter().chain(l).copied().collect(),
+            (Some(f), Some(l)) => {
+                let mut out = choices.to_vec();
+                for (&p, &c) in self.positions.iter().zip(f.iter().chain(l)) {
+                    out[p] = c;
+                }
+                out
+            }
             _ => choices.to_vec(),
         }
     }

@@ -15,11 +15,11 @@ pub(crate) mod testing;
 pub mod transform;
 
 pub use distance::Distance;
-pub use distiller::{Connector, Distiller, LossTerms, map_shape, term_value};
+pub use distiller::{Connector, Distiller, GroundTruth, LossTerms, map_shape, term_value};
 pub use effective::Effective;
 pub use error::{DistillError, Result};
 pub use logits::LogitsDistance;
 pub use real::Real;
-pub use space::{Level, SearchSpace, SearchSpaceConfig};
-pub use spec::{BASELINES, DistillerSpec, FeatureTerm, LogitsTerm, ResolvedTerm};
+pub use space::{Draft, LEVELS, Level, LevelDef, Part, SearchSpace, SearchSpaceConfig};
+pub use spec::{BASELINES, DistillerSpec, FeatureTerm, LogitsTerm, ResolvedTerm, TapPair};
 pub use transform::{GlobalTransform, IntraSpatial, Relation};

@@ -1,9 +1,10 @@
 //! The search space as data: the options of every decision in one place, narrowed or widened by
 //! a config file, and the map from one choice per level to a [`DistillerSpec`].
 //!
-//! Levels, in the tree order of the search (ARCHITECTURE §5): global transform, intra-spatial,
-//! relation, distance, temperature, feature weight, logits distance, logits temperature, logits
-//! weight. The default is the supplementary material's space.
+//! The levels are one table ([`LEVELS`], declared by the `levels!` rows below), in the tree order
+//! of the search (ARCHITECTURE §5): global transform, intra-spatial, relation, distance,
+//! temperature, feature weight, prediction (logits) distance, temperature and weight. The default
+//! is the supplementary material's space.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,36 +17,157 @@ use crate::real::Real;
 use crate::spec::{DistillerSpec, FeatureTerm, LogitsTerm, ResolvedTerm};
 use crate::transform::{GlobalTransform, IntraSpatial, Relation};
 
-/// The options of every decision.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct SearchSpace {
+/// Which part of the distiller a level decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Part {
+    /// The feature term.
+    Feature,
+    /// The prediction (logits) term.
+    Prediction,
+}
+
+/// The spec a choice vector builds, level by level.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The feature term (its taps are the space's).
+    pub feature: FeatureTerm,
+    /// The prediction term.
+    pub logits: LogitsTerm,
+}
+
+/// One row of the table of levels: the level's name (its field in the space, the config and
+/// `space.json`), the part it decides, how many options a space gives it and what a choice sets.
+#[derive(Clone, Copy)]
+pub struct LevelDef {
+    /// Name.
+    pub name: &'static str,
+    /// The part of the distiller it decides.
+    pub part: Part,
+    /// Number of options in a space.
+    pub options: fn(&SearchSpace) -> usize,
+    /// Sets option `i` (checked against `options`) on the draft.
+    pub set: fn(&SearchSpace, usize, &mut Draft),
+}
+
+impl std::fmt::Debug for LevelDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({:?})", self.name, self.part)
+    }
+}
+
+/// Declares the levels once: each row gives the field (with its doc), the option type, the
+/// default options, the part, the check of a config's options and what a choice sets. From it
+/// come [`SearchSpace`], [`SearchSpaceConfig`], their defaults and validation, and [`LEVELS`],
+/// so adding a level is one row here (and, for deduplication, its rule in `effective.rs`).
+macro_rules! levels {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $ty:ty = $default:expr, $part:ident, check $check:expr,
+        set |$draft:ident, $value:ident| $set:expr;
+    )*) => {
+        /// The options of every decision (one field per level, in tree order), and the taps of
+        /// the feature term.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub struct SearchSpace {
+            $( $(#[doc = $doc])* pub $field: Vec<$ty>, )*
+            /// Student tap (or tap group) of the feature term (`None`: the last tap).
+            pub student_tap: Option<String>,
+            /// Teacher tap (or tap group) of the feature term (`None`: the last tap).
+            pub teacher_tap: Option<String>,
+        }
+
+        impl Default for SearchSpace {
+            fn default() -> Self {
+                Self {
+                    $( $field: $default, )*
+                    student_tap: None,
+                    teacher_tap: None,
+                }
+            }
+        }
+
+        /// The space as a config file gives it: every field optional, defaulting to the paper's
+        /// options.
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct SearchSpaceConfig {
+            $( $(#[doc = $doc])* pub $field: Option<Vec<$ty>>, )*
+            /// Student tap (or tap group) of the feature term.
+            pub student_tap: Option<String>,
+            /// Teacher tap (or tap group) of the feature term.
+            pub teacher_tap: Option<String>,
+        }
+
+        impl SearchSpaceConfig {
+            /// The checked space: defaults filled in, every level non-empty, values in range.
+            pub fn validate(&self) -> Result<SearchSpace> {
+                let d = SearchSpace::default();
+                let space = SearchSpace {
+                    $( $field: self.$field.clone().unwrap_or(d.$field), )*
+                    student_tap: self.student_tap.clone(),
+                    teacher_tap: self.teacher_tap.clone(),
+                };
+                $(
+                    non_empty(stringify!($field), &space.$field)?;
+                    let check: fn(&str, &[$ty]) -> Result<()> = $check;
+                    check(stringify!($field), &space.$field)?;
+                )*
+                Ok(space)
+            }
+        }
+
+        /// The table of levels, in the tree order of the search.
+        pub const LEVELS: &[LevelDef] = &[$(
+            LevelDef {
+                name: stringify!($field),
+                part: Part::$part,
+                options: |s| s.$field.len(),
+                set: |s, i, $draft| {
+                    let $value = s.$field[i];
+                    $set;
+                },
+            },
+        )*];
+    };
+}
+
+levels! {
     /// Global transforms.
-    pub global: Vec<GlobalTransform>,
+    global: GlobalTransform = GlobalTransform::ALL.to_vec(), Feature, check |_, _| Ok(()),
+        set |d, v| d.feature.global = v;
     /// Intra-spatial transforms.
-    pub intra: Vec<IntraSpatial>,
+    intra: IntraSpatial = IntraSpatial::ALL.to_vec(), Feature, check |_, _| Ok(()),
+        set |d, v| d.feature.intra = v;
     /// Relations.
-    pub relation: Vec<Relation>,
+    relation: Relation = Relation::ALL.to_vec(), Feature, check |_, _| Ok(()),
+        set |d, v| d.feature.relation = v;
     /// Feature distances.
-    pub distance: Vec<Distance>,
+    distance: Distance = Distance::ALL.to_vec(), Feature, check |_, _| Ok(()),
+        set |d, v| d.feature.distance = v;
     /// Feature temperatures.
-    pub temperature: Vec<Real>,
+    temperature: Real = reals(&[1.0, 4.0, 8.0, 16.0]), Feature, check |f, v| positive(f, v, false),
+        set |d, v| d.feature.temperature = v;
     /// Feature weights.
-    pub feature_weight: Vec<Real>,
-    /// Logits distances.
-    pub logits_distance: Vec<LogitsDistance>,
-    /// Logits temperatures.
-    pub logits_temperature: Vec<Real>,
-    /// Logits weights.
-    pub logits_weight: Vec<Real>,
-    /// Student tap of the feature term (`None`: the last).
-    pub student_tap: Option<String>,
-    /// Teacher tap of the feature term (`None`: the last).
-    pub teacher_tap: Option<String>,
+    feature_weight: Real = reals(&[1.0, 5.0, 25.0, 50.0]), Feature, check |f, v| positive(f, v, true),
+        set |d, v| d.feature.weight = v;
+    /// Prediction (logits) distances.
+    logits_distance: LogitsDistance = LogitsDistance::ALL.to_vec(), Prediction, check |_, _| Ok(()),
+        set |d, v| d.logits.distance = v;
+    /// Prediction (logits) temperatures.
+    logits_temperature: Real = reals(&[1.0, 4.0, 8.0, 16.0]), Prediction, check |f, v| positive(f, v, false),
+        set |d, v| d.logits.temperature = v;
+    /// Prediction (logits) weights.
+    logits_weight: Real = reals(&[0.1, 0.5, 1.0, 5.0]), Prediction, check |f, v| positive(f, v, true),
+        set |d, v| d.logits.weight = v;
 }
 
 /// The teacher taps of resolved terms, each once, in tap order.
 pub fn teacher_indices(terms: &[ResolvedTerm]) -> Vec<usize> {
-    let mut taps: Vec<usize> = terms.iter().map(|r| r.teacher_index).collect();
+    let mut taps: Vec<usize> = terms
+        .iter()
+        .flat_map(|r| r.pairs.iter().map(|p| p.teacher_index))
+        .collect();
     taps.sort_unstable();
     taps.dedup();
     taps
@@ -53,52 +175,6 @@ pub fn teacher_indices(terms: &[ResolvedTerm]) -> Vec<usize> {
 
 fn reals(v: &[f64]) -> Vec<Real> {
     v.iter().copied().map(Real).collect()
-}
-
-impl Default for SearchSpace {
-    fn default() -> Self {
-        Self {
-            global: GlobalTransform::ALL.to_vec(),
-            intra: IntraSpatial::ALL.to_vec(),
-            relation: Relation::ALL.to_vec(),
-            distance: Distance::ALL.to_vec(),
-            temperature: reals(&[1.0, 4.0, 8.0, 16.0]),
-            feature_weight: reals(&[1.0, 5.0, 25.0, 50.0]),
-            logits_distance: LogitsDistance::ALL.to_vec(),
-            logits_temperature: reals(&[1.0, 4.0, 8.0, 16.0]),
-            logits_weight: reals(&[0.1, 0.5, 1.0, 5.0]),
-            student_tap: None,
-            teacher_tap: None,
-        }
-    }
-}
-
-/// The space as a config file gives it: every field optional, defaulting to the paper's options.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchSpaceConfig {
-    /// Global transforms.
-    pub global: Option<Vec<GlobalTransform>>,
-    /// Intra-spatial transforms.
-    pub intra: Option<Vec<IntraSpatial>>,
-    /// Relations.
-    pub relation: Option<Vec<Relation>>,
-    /// Feature distances.
-    pub distance: Option<Vec<Distance>>,
-    /// Feature temperatures.
-    pub temperature: Option<Vec<f64>>,
-    /// Feature weights.
-    pub feature_weight: Option<Vec<f64>>,
-    /// Logits distances.
-    pub logits_distance: Option<Vec<LogitsDistance>>,
-    /// Logits temperatures.
-    pub logits_temperature: Option<Vec<f64>>,
-    /// Logits weights.
-    pub logits_weight: Option<Vec<f64>>,
-    /// Student tap of the feature term.
-    pub student_tap: Option<String>,
-    /// Teacher tap of the feature term.
-    pub teacher_tap: Option<String>,
 }
 
 /// One level of the search tree.
@@ -120,10 +196,11 @@ fn non_empty<T>(field: &str, v: &[T]) -> Result<()> {
     }
 }
 
-fn positive(field: &str, v: &[f64], allow_zero: bool) -> Result<()> {
+fn positive(field: &str, v: &[Real], allow_zero: bool) -> Result<()> {
     match v
         .iter()
-        .find(|x| !x.is_finite() || **x < 0.0 || (!allow_zero && **x == 0.0))
+        .map(|x| x.get())
+        .find(|x| !x.is_finite() || *x < 0.0 || (!allow_zero && *x == 0.0))
     {
         Some(bad) => Err(DistillError::Spec(format!(
             "search space `{field}`: {bad} is not a valid value"
@@ -132,97 +209,16 @@ fn positive(field: &str, v: &[f64], allow_zero: bool) -> Result<()> {
     }
 }
 
-impl SearchSpaceConfig {
-    /// The checked space: defaults filled in, every level non-empty, values in range.
-    pub fn validate(&self) -> Result<SearchSpace> {
-        let d = SearchSpace::default();
-        let nums = |field: &str,
-                    v: &Option<Vec<f64>>,
-                    default: Vec<Real>,
-                    zero: bool|
-         -> Result<Vec<Real>> {
-            match v {
-                Some(v) => {
-                    non_empty(field, v)?;
-                    positive(field, v, zero)?;
-                    Ok(reals(v))
-                }
-                None => Ok(default),
-            }
-        };
-        let space = SearchSpace {
-            global: self.global.clone().unwrap_or(d.global),
-            intra: self.intra.clone().unwrap_or(d.intra),
-            relation: self.relation.clone().unwrap_or(d.relation),
-            distance: self.distance.clone().unwrap_or(d.distance),
-            temperature: nums("temperature", &self.temperature, d.temperature, false)?,
-            feature_weight: nums(
-                "feature_weight",
-                &self.feature_weight,
-                d.feature_weight,
-                true,
-            )?,
-            logits_distance: self.logits_distance.clone().unwrap_or(d.logits_distance),
-            logits_temperature: nums(
-                "logits_temperature",
-                &self.logits_temperature,
-                d.logits_temperature,
-                false,
-            )?,
-            logits_weight: nums("logits_weight", &self.logits_weight, d.logits_weight, true)?,
-            student_tap: self.student_tap.clone(),
-            teacher_tap: self.teacher_tap.clone(),
-        };
-        non_empty("global", &space.global)?;
-        non_empty("intra", &space.intra)?;
-        non_empty("relation", &space.relation)?;
-        non_empty("distance", &space.distance)?;
-        non_empty("logits_distance", &space.logits_distance)?;
-        Ok(space)
-    }
-}
-
 impl SearchSpace {
-    /// The levels of the search tree, in order.
+    /// The levels of the search tree, in order, with their numbers of options ([`LEVELS`]).
     pub fn levels(&self) -> Vec<Level> {
-        vec![
-            Level {
-                name: "global",
-                options: self.global.len(),
-            },
-            Level {
-                name: "intra",
-                options: self.intra.len(),
-            },
-            Level {
-                name: "relation",
-                options: self.relation.len(),
-            },
-            Level {
-                name: "distance",
-                options: self.distance.len(),
-            },
-            Level {
-                name: "temperature",
-                options: self.temperature.len(),
-            },
-            Level {
-                name: "feature_weight",
-                options: self.feature_weight.len(),
-            },
-            Level {
-                name: "logits_distance",
-                options: self.logits_distance.len(),
-            },
-            Level {
-                name: "logits_temperature",
-                options: self.logits_temperature.len(),
-            },
-            Level {
-                name: "logits_weight",
-                options: self.logits_weight.len(),
-            },
-        ]
+        LEVELS
+            .iter()
+            .map(|l| Level {
+                name: l.name,
+                options: (l.options)(self),
+            })
+            .collect()
     }
 
     /// The space's feature terms resolved against the student's and the teacher's taps (every
@@ -263,58 +259,82 @@ impl SearchSpace {
         self.levels().iter().map(|l| l.options as u128).product()
     }
 
-    /// The feature term of the first six choices (global, intra, relation, distance, temperature,
-    /// weight), at the space's taps.
-    pub fn feature_term(&self, choices: &[usize]) -> Result<FeatureTerm> {
-        let pick = |i: usize| {
-            choices.get(i).copied().ok_or_else(|| {
-                DistillError::Spec(format!("feature choices {choices:?}: level {i} is missing"))
-            })
-        };
-        let get = |name: &str, n: usize, i: usize| {
-            if i < n {
-                Ok(i)
-            } else {
-                Err(DistillError::Spec(format!(
-                    "choice {i} of `{name}` is out of its {n} options"
-                )))
-            }
-        };
-        Ok(FeatureTerm {
-            student_tap: self.student_tap.clone(),
-            teacher_tap: self.teacher_tap.clone(),
-            global: self.global[get("global", self.global.len(), pick(0)?)?],
-            intra: self.intra[get("intra", self.intra.len(), pick(1)?)?],
-            relation: self.relation[get("relation", self.relation.len(), pick(2)?)?],
-            distance: self.distance[get("distance", self.distance.len(), pick(3)?)?],
-            temperature: self.temperature[get("temperature", self.temperature.len(), pick(4)?)?],
-            weight: self.feature_weight
-                [get("feature_weight", self.feature_weight.len(), pick(5)?)?],
-        })
+    /// The draft every choice vector starts from: the space's taps, the first option of every
+    /// level (each level then sets its own field).
+    fn draft(&self) -> Draft {
+        let first = |v: &[Real]| v.first().copied().unwrap_or(Real(1.0));
+        Draft {
+            feature: FeatureTerm {
+                student_tap: self.student_tap.clone(),
+                teacher_tap: self.teacher_tap.clone(),
+                global: self
+                    .global
+                    .first()
+                    .copied()
+                    .unwrap_or(GlobalTransform::None),
+                intra: self.intra.first().copied().unwrap_or(IntraSpatial::None),
+                relation: self.relation.first().copied().unwrap_or(Relation::None),
+                distance: self.distance.first().copied().unwrap_or(Distance::L2),
+                temperature: first(&self.temperature),
+                weight: first(&self.feature_weight),
+            },
+            logits: LogitsTerm {
+                distance: self
+                    .logits_distance
+                    .first()
+                    .copied()
+                    .unwrap_or(LogitsDistance::Kl),
+                temperature: first(&self.logits_temperature),
+                weight: first(&self.logits_weight),
+            },
+        }
     }
 
-    /// The distiller of one choice per level.
-    pub fn spec(&self, choices: &[usize]) -> Result<DistillerSpec> {
-        let levels = self.levels();
-        if choices.len() != levels.len()
-            || choices.iter().zip(&levels).any(|(&c, l)| c >= l.options)
-        {
+    /// Applies one choice per level of `levels` (rows of [`LEVELS`]) to the draft.
+    fn apply(&self, levels: &[&LevelDef], choices: &[usize]) -> Result<Draft> {
+        if choices.len() != levels.len() {
             return Err(DistillError::Spec(format!(
                 "choices {choices:?} do not fit the levels {:?}",
                 levels
                     .iter()
-                    .map(|l| (l.name, l.options))
+                    .map(|l| (l.name, (l.options)(self)))
                     .collect::<Vec<_>>()
             )));
         }
+        let mut draft = self.draft();
+        for (level, &i) in levels.iter().zip(choices) {
+            let n = (level.options)(self);
+            if i >= n {
+                return Err(DistillError::Spec(format!(
+                    "choice {i} of `{}` is out of its {n} options",
+                    level.name
+                )));
+            }
+            (level.set)(self, i, &mut draft);
+        }
+        Ok(draft)
+    }
+
+    /// The rows of [`LEVELS`] that decide `part`, in order.
+    pub fn part_levels(part: Part) -> Vec<&'static LevelDef> {
+        LEVELS.iter().filter(|l| l.part == part).collect()
+    }
+
+    /// The feature term of one choice per feature level ([`Part::Feature`], in order), at the
+    /// space's taps.
+    pub fn feature_term(&self, choices: &[usize]) -> Result<FeatureTerm> {
+        Ok(self
+            .apply(&Self::part_levels(Part::Feature), choices)?
+            .feature)
+    }
+
+    /// The distiller of one choice per level.
+    pub fn spec(&self, choices: &[usize]) -> Result<DistillerSpec> {
+        let draft = self.apply(&LEVELS.iter().collect::<Vec<_>>(), choices)?;
         Ok(DistillerSpec {
             name: None,
-            features: vec![self.feature_term(choices)?],
-            logits: Some(LogitsTerm {
-                distance: self.logits_distance[choices[6]],
-                temperature: self.logits_temperature[choices[7]],
-                weight: self.logits_weight[choices[8]],
-            }),
+            features: vec![draft.feature],
+            logits: Some(draft.logits),
         })
     }
 }
@@ -332,7 +352,7 @@ mod tests {
         let spec = s.spec(&[4, 3, 4, 5, 1, 2, 0, 1, 2]).unwrap();
         assert_eq!(
             spec.to_string(),
-            "L = CE + 25·KL_T4(channel_softmax(local4(mask0.5(s.last))), channel_softmax(local4(mask0.5(t.last)))) + 1·KL_T4(logits)"
+            "L = task + 25·KL_T4(channel_softmax(local4(mask0.5(s.last))), channel_softmax(local4(mask0.5(t.last)))) + 1·KL_T4(logits)"
         );
         assert!(s.spec(&[5, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
         assert!(s.spec(&[0; 8]).is_err());
@@ -346,7 +366,7 @@ mod tests {
                 .map(|n| TapInfo {
                     name: (*n).into(),
                     channels: 8,
-                    reduction: 1,
+                    stride: 1,
                     kind: autokd_models::TapKind::FeatureMap,
                 })
                 .collect()

@@ -2,7 +2,11 @@
 //! `Eq + Hash` (the search deduplicates on it), prints as a formula, and is validated against
 //! the taps of the actual teacher and student.
 //!
-//! The student's loss is `CE(labels) + Σ feature terms + logits term`.
+//! The student's loss is `task + Σ feature terms + prediction term`: the task's own loss (CE for
+//! classification, pixel CE for segmentation, focal and box losses for detection) comes from the
+//! task, never from the distiller, and the formula prints it as `task`. The prediction term (the
+//! `logits` key) compares prediction rows `[R, K]`: `[B, K]` for a classifier, `[B·H·W, K]` for a
+//! segmenter, `[ΣA, K]` for a dense detector.
 
 use std::fmt;
 
@@ -19,10 +23,12 @@ use crate::transform::{GlobalTransform, IntraSpatial, Relation};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureTerm {
-    /// Student tap; `None` is the student's last tap.
+    /// Student tap; `None` is the student's last tap. A group name (`fpn`, `backbone`) stands
+    /// for all its taps: the term is averaged over the members, paired in order with the
+    /// teacher's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub student_tap: Option<String>,
-    /// Teacher tap; `None` is the teacher's last tap.
+    /// Teacher tap (or group); `None` is the teacher's last tap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_tap: Option<String>,
     /// Global transform.
@@ -39,7 +45,8 @@ pub struct FeatureTerm {
     pub weight: Real,
 }
 
-/// The logits term.
+/// The prediction term (written `logits` in specs): a distance between the student's and the
+/// teacher's prediction rows `[R, K]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogitsTerm {
@@ -51,7 +58,7 @@ pub struct LogitsTerm {
     pub weight: Real,
 }
 
-/// A distiller: CE plus feature terms plus an optional logits term.
+/// A distiller: feature terms plus an optional prediction term, added to the task's loss.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DistillerSpec {
@@ -132,11 +139,9 @@ fn finite_non_negative(what: &str, v: Real) -> Result<()> {
     }
 }
 
-/// A feature term with its taps resolved to indices of the models' `feature_info()`.
+/// One student tap paired with one teacher tap.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ResolvedTerm {
-    /// The term.
-    pub term: FeatureTerm,
+pub struct TapPair {
     /// Student tap.
     pub student: TapInfo,
     /// Teacher tap.
@@ -145,6 +150,16 @@ pub struct ResolvedTerm {
     pub student_index: usize,
     /// Index of the teacher tap in `feature_info()`.
     pub teacher_index: usize,
+}
+
+/// A feature term with its taps resolved to indices of the models' `feature_info()`: one pair,
+/// or one per member of a tap group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedTerm {
+    /// The term.
+    pub term: FeatureTerm,
+    /// The tap pairs it is averaged over (one unless the term names a group).
+    pub pairs: Vec<TapPair>,
 }
 
 impl DistillerSpec {
@@ -261,24 +276,45 @@ impl DistillerSpec {
         teacher: &[TapInfo],
     ) -> Result<Vec<ResolvedTerm>> {
         self.check()?;
-        let find = |model: &str, info: &[TapInfo], tap: &Option<String>| -> Result<usize> {
+        let find = |model: &str, info: &[TapInfo], tap: &Option<String>| -> Result<Vec<usize>> {
             match tap {
                 None if info.is_empty() => Err(DistillError::Spec(format!("{model} has no taps"))),
-                None => Ok(info.len() - 1),
-                Some(name) => Ok(TapRequest::by_names(model, info, &[name.as_str()])?.indices[0]),
+                None => Ok(vec![info.len() - 1]),
+                Some(name) => Ok(TapRequest::resolve(model, info, name)?),
             }
         };
         self.features
             .iter()
             .map(|term| {
-                let si = find(student_model, student, &term.student_tap)?;
-                let ti = find(teacher_model, teacher, &term.teacher_tap)?;
+                let s = find(student_model, student, &term.student_tap)?;
+                let t = find(teacher_model, teacher, &term.teacher_tap)?;
+                if s.len() != t.len() {
+                    let names = |info: &[TapInfo], ix: &[usize]| {
+                        ix.iter()
+                            .map(|&i| info[i].name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    return Err(DistillError::Spec(format!(
+                        "the feature term pairs {} student taps ({}) with {} teacher taps ({}); a group needs as many on both sides",
+                        s.len(),
+                        names(student, &s),
+                        t.len(),
+                        names(teacher, &t)
+                    )));
+                }
                 Ok(ResolvedTerm {
                     term: term.clone(),
-                    student: student[si].clone(),
-                    teacher: teacher[ti].clone(),
-                    student_index: si,
-                    teacher_index: ti,
+                    pairs: s
+                        .into_iter()
+                        .zip(t)
+                        .map(|(si, ti)| TapPair {
+                            student: student[si].clone(),
+                            teacher: teacher[ti].clone(),
+                            student_index: si,
+                            teacher_index: ti,
+                        })
+                        .collect(),
                 })
             })
             .collect()
@@ -346,7 +382,7 @@ impl fmt::Display for LogitsTerm {
 impl fmt::Display for DistillerSpec {
     /// `L = CE + 25·KL_T4(channel_softmax(s.stage3), channel_softmax(t.stage3)) + 1·KL_T4(logits)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "L = CE")?;
+        write!(f, "L = task")?;
         for term in &self.features {
             write!(f, " + {term}")?;
         }
@@ -383,16 +419,16 @@ mod tests {
     fn display_is_the_formula() {
         assert_eq!(
             cwd_kd().to_string(),
-            "L = CE + 25·KL_T4(channel_softmax(s.stage3), channel_softmax(t.stage3)) + 1·KL_T4(logits)"
+            "L = task + 25·KL_T4(channel_softmax(s.stage3), channel_softmax(t.stage3)) + 1·KL_T4(logits)"
         );
         let at = DistillerSpec::baseline("at").unwrap();
         assert_eq!(
             at.to_string(),
-            "L = CE + 50·L2(spatial_att(s.last), spatial_att(t.last))"
+            "L = task + 50·L2(spatial_att(s.last), spatial_att(t.last))"
         );
         assert_eq!(
             DistillerSpec::baseline("vanilla").unwrap().to_string(),
-            "L = CE"
+            "L = task"
         );
         let mut t = cwd_kd().features[0].clone();
         t.global = GlobalTransform::Mask { ratio: Real(0.5) };
@@ -451,7 +487,7 @@ mod tests {
                 .map(|n| TapInfo {
                     name: n.to_string(),
                     channels: 8,
-                    reduction: 1,
+                    stride: 1,
                     kind: autokd_models::TapKind::FeatureMap,
                 })
                 .collect::<Vec<_>>()
@@ -461,12 +497,18 @@ mod tests {
             info(&["stem", "stage1", "stage2", "stage3", "stage4"]),
         );
         let r = cwd_kd().resolve("resnet8", &s, "resnet110", &t).unwrap();
-        assert_eq!((r[0].student_index, r[0].teacher_index), (3, 3));
+        assert_eq!(
+            (r[0].pairs[0].student_index, r[0].pairs[0].teacher_index),
+            (3, 3)
+        );
         let r = DistillerSpec::baseline("at")
             .unwrap()
             .resolve("a", &s, "b", &t)
             .unwrap();
-        assert_eq!((r[0].student_index, r[0].teacher_index), (3, 4));
+        assert_eq!(
+            (r[0].pairs[0].student_index, r[0].pairs[0].teacher_index),
+            (3, 4)
+        );
         let mut bad = cwd_kd();
         bad.features[0].student_tap = Some("stage9".into());
         let msg = bad

@@ -184,9 +184,9 @@ impl Backbone for Deit {
     fn feature_info(&self) -> Vec<TapInfo> {
         (1..=self.blocks.len())
             .map(|i| TapInfo {
-                name: format!("block{i}"),
+                name: format!("backbone.block{i}"),
                 channels: self.embed_dim,
-                reduction: self.patch_size,
+                stride: self.patch_size,
                 kind: TapKind::Tokens,
             })
             .collect()
@@ -220,7 +220,7 @@ impl Backbone for Deit {
             _ => None,
         };
         let mut out = taps.finish(cls, logits);
-        out.dist_logits = dist_logits;
+        out.dist_logits = dist_logits.map(crate::Prediction::Rows);
         out
     }
 }

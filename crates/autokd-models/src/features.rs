@@ -1,6 +1,13 @@
 //! The features contract: every model declares its taps and returns any of them, with the pooled
-//! embedding and the logits, from one forward pass (timm's `feature_info` and
+//! embedding and its prediction, from one forward pass (timm's `feature_info` and
 //! `forward_intermediates`; mdistiller's `feats`).
+//!
+//! Tap names are hierarchical, by the part of the model they come from: `backbone.stem`,
+//! `backbone.stage3`, `backbone.block11` for the classifiers; a segmenter adds `aspp`, a detector
+//! `fpn.p3` … `fpn.p7`. A name is found by its full path or, when no other tap ends the same way,
+//! by its last part (`stage3`); a path that is a prefix of several taps (`fpn`, `backbone`) names
+//! their group ([`TapRequest::resolve`]). A tap's `stride` is its spatial step in input pixels,
+//! so an `H × W` input (square or not) gives `⌈H / stride⌉ × ⌈W / stride⌉` maps.
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -20,24 +27,89 @@ pub enum TapKind {
 /// One tap of a model: a named stage whose output a distiller can reach.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TapInfo {
-    /// Name, e.g. `stem`, `stage3`, `block12`.
+    /// Hierarchical name, e.g. `backbone.stem`, `backbone.stage3`, `fpn.p4`.
     pub name: String,
     /// Channels (feature maps) or embedding width (tokens).
     pub channels: usize,
-    /// Spatial reduction against the input at the model's reference input size (for tokens:
-    /// the patch size). A `32×32` input gives `32 / reduction` rows and columns.
-    pub reduction: usize,
+    /// Spatial step in input pixels (for tokens: the patch size). A `32×32` input gives
+    /// `32 / stride` rows and columns.
+    pub stride: usize,
     /// Feature map or tokens.
     pub kind: TapKind,
 }
 
 impl TapInfo {
-    pub(crate) fn map(name: &str, channels: usize, reduction: usize) -> Self {
+    /// A feature map of a classifier's backbone, named `backbone.<name>`.
+    pub(crate) fn backbone(name: &str, channels: usize, stride: usize) -> Self {
         Self {
-            name: name.to_string(),
+            name: format!("backbone.{name}"),
             channels,
-            reduction,
+            stride,
             kind: TapKind::FeatureMap,
+        }
+    }
+}
+
+/// Where a tap name (full path, unique last part, or group prefix) points in `info`: the indices
+/// of its members in forward order, or `None` when nothing matches.
+pub fn find_taps(info: &[TapInfo], name: &str) -> Option<Vec<usize>> {
+    if let Some(i) = info.iter().position(|t| t.name == name) {
+        return Some(vec![i]);
+    }
+    let suffix = format!(".{name}");
+    let ends: Vec<usize> = (0..info.len())
+        .filter(|&i| info[i].name.ends_with(&suffix))
+        .collect();
+    if ends.len() == 1 {
+        return Some(ends);
+    }
+    let prefix = format!("{name}.");
+    let group: Vec<usize> = (0..info.len())
+        .filter(|&i| info[i].name.starts_with(&prefix))
+        .collect();
+    (!group.is_empty()).then_some(group)
+}
+
+/// A model's class scores, as rows or as a map.
+#[derive(Debug, Clone)]
+pub enum Prediction {
+    /// One row per image: `[B, K]` (classification; dense detection heads give `[ΣA, K]`).
+    Rows(Tensor<2>),
+    /// One row per pixel: `[B, K, H, W]` (segmentation).
+    Map(Tensor<4>),
+}
+
+impl Prediction {
+    /// The scores as rows `[R, K]`: the rows themselves, or `[B·H·W, K]` for a map (pixels of
+    /// each image in row-major order). Prediction terms of distillers compare these.
+    pub fn rows(&self) -> Tensor<2> {
+        match self {
+            Prediction::Rows(r) => r.clone(),
+            Prediction::Map(m) => {
+                let [b, k, h, w] = m.dims();
+                m.clone().permute([0, 2, 3, 1]).reshape([b * h * w, k])
+            }
+        }
+    }
+
+    /// The tensor's dimensions.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Prediction::Rows(t) => t.dims().to_vec(),
+            Prediction::Map(t) => t.dims().to_vec(),
+        }
+    }
+
+    /// The same prediction with `f` applied to its tensor whatever its rank (e.g. moving it to
+    /// another device, or taking images `start..start + len`: both ranks lead with the batch).
+    pub fn map_tensor(
+        &self,
+        f: impl Fn(Tensor<2>) -> Tensor<2>,
+        g: impl Fn(Tensor<4>) -> Tensor<4>,
+    ) -> Self {
+        match self {
+            Prediction::Rows(t) => Prediction::Rows(f(t.clone())),
+            Prediction::Map(t) => Prediction::Map(g(t.clone())),
         }
     }
 }
@@ -90,25 +162,28 @@ impl TapRequest {
         Self::indices(&(0..info.len()).collect::<Vec<_>>())
     }
 
-    /// Looks up taps by name in `info`; the error lists the available taps.
+    /// Looks up taps by name in `info` ([`find_taps`]: full path, unique last part or group, in
+    /// that order); the error lists the available taps.
     pub fn by_names(model: &str, info: &[TapInfo], names: &[&str]) -> Result<Self, ModelError> {
         let indices = names
             .iter()
-            .map(|n| {
-                info.iter()
-                    .position(|t| t.name == *n)
-                    .ok_or_else(|| ModelError::UnknownTap {
-                        tap: n.to_string(),
-                        model: model.to_string(),
-                        available: info
-                            .iter()
-                            .map(|t| t.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    })
-            })
+            .map(|n| Self::resolve(model, info, n))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self::indices(&indices))
+        Ok(Self::indices(&indices.concat()))
+    }
+
+    /// The indices a tap name stands for in `info` (one tap, or every member of a group); the
+    /// error lists the available taps.
+    pub fn resolve(model: &str, info: &[TapInfo], name: &str) -> Result<Vec<usize>, ModelError> {
+        find_taps(info, name).ok_or_else(|| ModelError::UnknownTap {
+            tap: name.to_string(),
+            model: model.to_string(),
+            available: info
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
     }
 }
 
@@ -117,12 +192,13 @@ impl TapRequest {
 pub struct Intermediates {
     /// The requested taps, in request order.
     pub features: Vec<Feature>,
-    /// The pooled embedding fed to the classifier `[B, D]`.
+    /// The pooled embedding `[B, D]` (of a classifier: what its head reads).
     pub embedding: Tensor<2>,
-    /// Class scores `[B, num_classes]`.
-    pub logits: Tensor<2>,
+    /// The prediction: class scores `[B, K]` for a classifier, a `[B, K, H, W]` map for a
+    /// segmenter.
+    pub logits: Prediction,
     /// Scores of a distillation-token head (DeiT), trained against the teacher.
-    pub dist_logits: Option<Tensor<2>>,
+    pub dist_logits: Option<Prediction>,
 }
 
 impl Intermediates {
@@ -132,17 +208,40 @@ impl Intermediates {
         Self {
             features: Vec::new(),
             embedding: Tensor::zeros([batch, 1], device),
-            logits: Tensor::zeros([batch, classes], device),
+            logits: Prediction::Rows(Tensor::zeros([batch, classes], device)),
             dist_logits: None,
         }
     }
 
-    /// The prediction at evaluation: `logits`, or the mean of both heads for DeiT with a
-    /// distillation token (as DeiT evaluates).
+    /// The prediction at evaluation, as rows `[R, K]`: `logits`, or the mean of both heads for
+    /// DeiT with a distillation token (as DeiT evaluates).
     pub fn eval_logits(&self) -> Tensor<2> {
         match &self.dist_logits {
-            Some(d) => (self.logits.clone() + d.clone()).div_scalar(2.0),
-            None => self.logits.clone(),
+            Some(d) => (self.logits.rows() + d.rows()).div_scalar(2.0),
+            None => self.logits.rows(),
+        }
+    }
+
+    /// The same outputs with `f` applied to every tensor (whatever its rank; all lead with the
+    /// batch): e.g. taking images `start..start + len`, or moving them to another device.
+    pub fn map_tensors(
+        &self,
+        f2: impl Fn(Tensor<2>) -> Tensor<2>,
+        f3: impl Fn(Tensor<3>) -> Tensor<3>,
+        f4: impl Fn(Tensor<4>) -> Tensor<4>,
+    ) -> Self {
+        Self {
+            features: self
+                .features
+                .iter()
+                .map(|f| match f {
+                    Feature::Map(m) => Feature::Map(f4(m.clone())),
+                    Feature::Tokens(t) => Feature::Tokens(f3(t.clone())),
+                })
+                .collect(),
+            embedding: f2(self.embedding.clone()),
+            logits: self.logits.map_tensor(&f2, &f4),
+            dist_logits: self.dist_logits.as_ref().map(|d| d.map_tensor(&f2, &f4)),
         }
     }
 }
@@ -211,7 +310,7 @@ impl<'a> Collector<'a> {
         Intermediates {
             features: self.slots.into_iter().flatten().collect(),
             embedding,
-            logits,
+            logits: Prediction::Rows(logits),
             dist_logits: None,
         }
     }
@@ -226,12 +325,14 @@ pub trait Backbone {
     ///
     /// # Shapes
     /// - `x`: `[B, C_in, H, W]`
-    /// - taps: `[B, C, H/r, W/r]` (maps) or `[B, N, C]` (tokens)
-    /// - embedding `[B, D]`, logits `[B, num_classes]`
+    /// - taps: `[B, C, ⌈H/s⌉, ⌈W/s⌉]` (maps, `s` the tap's stride) or `[B, N, C]` (tokens)
+    /// - embedding `[B, D]`, logits `[B, num_classes]` (a classifier) or `[B, K, H', W']`
     fn forward_intermediates(&self, x: Tensor<4>, request: &TapRequest) -> Intermediates;
 
-    /// The logits: equal to those of [`Backbone::forward_intermediates`].
+    /// The prediction as rows: equal to those of [`Backbone::forward_intermediates`].
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.forward_intermediates(x, &TapRequest::none()).logits
+        self.forward_intermediates(x, &TapRequest::none())
+            .logits
+            .rows()
     }
 }

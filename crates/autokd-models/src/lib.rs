@@ -21,7 +21,9 @@ pub mod weights;
 pub mod wrn;
 
 pub use error::ModelError;
-pub use features::{Backbone, Feature, Intermediates, TapInfo, TapKind, TapRequest};
+pub use features::{
+    Backbone, Feature, Intermediates, Prediction, TapInfo, TapKind, TapRequest, find_taps,
+};
 pub use params::{forward_macs, trainable_params};
 pub use registry::{Family, Model, ModelName, ModelSpec};
 pub use weights::{WeightFormat, load as load_weights, save as save_weights};

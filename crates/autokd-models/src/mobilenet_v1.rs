@@ -80,11 +80,11 @@ pub struct MobileNetV1 {
 impl Backbone for MobileNetV1 {
     fn feature_info(&self) -> Vec<TapInfo> {
         vec![
-            TapInfo::map("stem", 32, 2),
-            TapInfo::map("stage1", 128, 4),
-            TapInfo::map("stage2", 256, 8),
-            TapInfo::map("stage3", 512, 16),
-            TapInfo::map("stage4", 1024, 32),
+            TapInfo::backbone("stem", 32, 2),
+            TapInfo::backbone("stage1", 128, 4),
+            TapInfo::backbone("stage2", 256, 8),
+            TapInfo::backbone("stage3", 512, 16),
+            TapInfo::backbone("stage4", 1024, 32),
         ]
     }
 

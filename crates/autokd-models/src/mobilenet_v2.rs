@@ -119,11 +119,11 @@ impl Backbone for MobileNetV2 {
     fn feature_info(&self) -> Vec<TapInfo> {
         let c = &self.tap_channels;
         vec![
-            TapInfo::map("stem", c[0], 2),
-            TapInfo::map("stage1", c[1], 2),
-            TapInfo::map("stage2", c[2], 4),
-            TapInfo::map("stage3", c[3], 8),
-            TapInfo::map("stage4", c[4], 16),
+            TapInfo::backbone("stem", c[0], 2),
+            TapInfo::backbone("stage1", c[1], 2),
+            TapInfo::backbone("stage2", c[2], 4),
+            TapInfo::backbone("stage3", c[3], 8),
+            TapInfo::backbone("stage4", c[4], 16),
         ]
     }
 

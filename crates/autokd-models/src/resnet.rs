@@ -246,7 +246,7 @@ impl ResNetConfig {
             layers,
             fc: LinearConfig::new(inplanes, self.num_classes).init(device),
             name: self.name.clone(),
-            stem_reduction: match self.stem {
+            stem_stride: match self.stem {
                 Stem::Cifar => 1,
                 Stem::ImageNet => 2,
             },
@@ -265,24 +265,24 @@ pub struct ResNet {
     layers: Vec<Vec<Block>>,
     fc: Linear,
     name: String,
-    stem_reduction: usize,
+    stem_stride: usize,
     stage_channels: Vec<usize>,
     stem_channels: usize,
 }
 
 impl Backbone for ResNet {
     fn feature_info(&self) -> Vec<TapInfo> {
-        let mut taps = vec![TapInfo::map(
+        let mut taps = vec![TapInfo::backbone(
             "stem",
             self.stem_channels,
-            self.stem_reduction,
+            self.stem_stride,
         )];
-        let mut r = self.stem_reduction * if self.maxpool.is_some() { 2 } else { 1 };
+        let mut r = self.stem_stride * if self.maxpool.is_some() { 2 } else { 1 };
         for (i, &c) in self.stage_channels.iter().enumerate() {
             if i > 0 {
                 r *= 2;
             }
-            taps.push(TapInfo::map(&format!("stage{}", i + 1), c, r));
+            taps.push(TapInfo::backbone(&format!("stage{}", i + 1), c, r));
         }
         taps
     }

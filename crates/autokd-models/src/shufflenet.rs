@@ -117,9 +117,9 @@ pub struct ShuffleNetV1 {
 }
 
 fn stage_taps(stem: usize, stages: &[usize]) -> Vec<TapInfo> {
-    let mut taps = vec![TapInfo::map("stem", stem, 1)];
+    let mut taps = vec![TapInfo::backbone("stem", stem, 1)];
     for (i, &c) in stages.iter().enumerate() {
-        taps.push(TapInfo::map(&format!("stage{}", i + 1), c, 2 << i));
+        taps.push(TapInfo::backbone(&format!("stage{}", i + 1), c, 2 << i));
     }
     taps
 }

@@ -116,12 +116,12 @@ impl Backbone for Vgg {
     fn feature_info(&self) -> Vec<TapInfo> {
         let names = ["stem", "stage1", "stage2", "stage3", "stage4"];
         // Reductions at 32×32: pools after blocks 0, 1, 2; block 4 follows block 3 directly.
-        let reductions = [1, 2, 4, 8, 8];
+        let strides = [1, 2, 4, 8, 8];
         names
             .iter()
-            .zip(reductions)
+            .zip(strides)
             .zip(&self.channels)
-            .map(|((n, r), &c)| TapInfo::map(n, c, r))
+            .map(|((n, r), &c)| TapInfo::backbone(n, c, r))
             .collect()
     }
 

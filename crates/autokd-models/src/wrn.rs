@@ -104,10 +104,10 @@ pub struct WideResNet {
 impl Backbone for WideResNet {
     fn feature_info(&self) -> Vec<TapInfo> {
         vec![
-            TapInfo::map("stem", self.channels[0], 1),
-            TapInfo::map("stage1", self.channels[1], 1),
-            TapInfo::map("stage2", self.channels[2], 2),
-            TapInfo::map("stage3", self.channels[3], 4),
+            TapInfo::backbone("stem", self.channels[0], 1),
+            TapInfo::backbone("stage1", self.channels[1], 1),
+            TapInfo::backbone("stage2", self.channels[2], 2),
+            TapInfo::backbone("stage3", self.channels[3], 4),
         ]
     }
 

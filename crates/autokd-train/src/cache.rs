@@ -3,7 +3,7 @@
 //! position in the split. A proxy trial reads them; no teacher pass happens during a search.
 
 use autokd_data::{DataLoader, LoaderConfig, Split, Transform};
-use autokd_models::{Backbone, Feature, Intermediates, Model, TapRequest};
+use autokd_models::{Backbone, Feature, Intermediates, Model, Prediction, TapRequest};
 use burn::prelude::*;
 
 use crate::error::{Result, TrainError};
@@ -16,9 +16,29 @@ pub const DEFAULT_BUDGET_BYTES: usize = 2 << 30;
 pub struct TeacherCache {
     taps: Vec<usize>,
     features: Vec<Feature>,
-    logits: Tensor<2>,
+    logits: Prediction,
     embedding: Tensor<2>,
     len: usize,
+}
+
+/// Concatenates batches of predictions along the batch (all of one kind: a model gives rows or
+/// maps, never both).
+fn cat_predictions(parts: Vec<Prediction>) -> Result<Prediction> {
+    let mut rows = Vec::new();
+    let mut maps = Vec::new();
+    for p in parts {
+        match p {
+            Prediction::Rows(r) => rows.push(r),
+            Prediction::Map(m) => maps.push(m),
+        }
+    }
+    match (rows.is_empty(), maps.is_empty()) {
+        (false, true) => Ok(Prediction::Rows(Tensor::cat(rows, 0))),
+        (true, false) => Ok(Prediction::Map(Tensor::cat(maps, 0))),
+        _ => Err(TrainError::Config(
+            "teacher cache: the teacher gave no prediction, or rows and maps mixed".into(),
+        )),
+    }
 }
 
 fn cat_features(parts: Vec<Feature>) -> Feature {
@@ -82,7 +102,7 @@ pub fn bytes_per_image(
     let numel = |dims: Vec<usize>| dims.iter().product::<usize>();
     let floats = out.features.iter().map(|f| numel(f.dims())).sum::<usize>()
         + numel(out.embedding.dims().to_vec())
-        + numel(out.logits.dims().to_vec());
+        + numel(out.logits.dims());
     Ok(4 * floats)
 }
 
@@ -186,7 +206,7 @@ impl TeacherCache {
         Ok(Self {
             taps: taps.to_vec(),
             features: feats.into_iter().map(cat_features).collect(),
-            logits: Tensor::cat(logits, 0),
+            logits: cat_predictions(logits)?,
             embedding: Tensor::cat(emb, 0),
             len: split.len(),
         })
@@ -210,7 +230,7 @@ impl TeacherCache {
     /// The teacher's outputs for the images at `positions`, with the taps of `request` (which
     /// must all be cached), in request order.
     pub fn lookup(&self, positions: &[usize], request: &TapRequest) -> Result<Intermediates> {
-        let device = self.logits.device();
+        let device = self.embedding.device();
         let idx: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [positions.len()]), &device);
         let features = request
@@ -229,7 +249,9 @@ impl TeacherCache {
         Ok(Intermediates {
             features,
             embedding: self.embedding.clone().select(0, idx.clone()),
-            logits: self.logits.clone().select(0, idx),
+            logits: self
+                .logits
+                .map_tensor(|t| t.select(0, idx.clone()), |t| t.select(0, idx.clone())),
             dist_logits: None,
         })
     }

@@ -18,6 +18,14 @@ pub enum TrainError {
     /// The loss became NaN or infinite.
     #[error("loss is not finite ({0})")]
     NonFinite(String),
+    /// A run with a divergence check stopped: the loss became NaN or infinite or exploded.
+    #[error("{reason}")]
+    Diverged {
+        /// What happened, and in which epoch.
+        reason: String,
+        /// The loss terms of the last step.
+        last_losses: Vec<(String, f64)>,
+    },
 }
 
 /// Result type of the trainers.

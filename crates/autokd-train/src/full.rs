@@ -1,33 +1,28 @@
-//! Full training (`autokd train`): a model from scratch, or a student distilled from a frozen
-//! online teacher with any [`DistillerSpec`]; recipes as presets; metrics per epoch as JSON lines;
-//! checkpoints (model with distiller parts, optimizer, epoch) every N epochs and at the end;
-//! `resume` continues a killed run and reaches the same weights as an uninterrupted one.
+//! Recipes and full training (`autokd train`): a model from scratch, or a student distilled from
+//! a frozen online teacher with any [`DistillerSpec`], through the one training loop
+//! ([`crate::Fit`]) with metrics per epoch, checkpoints and resume.
 //!
-//! The learning rate is a pure function of the epoch (multi-step or cosine with warm-up), and
-//! every random stream is seeded from `(seed, epoch)`: the loader's order and augmentation, and
-//! the distiller's own MGD mask streams reseeded at each epoch start. A checkpoint therefore needs
-//! no RNG state beyond its epoch.
+//! [`Recipe`] is the one recipe type: presets for `autokd train`, a search's
+//! `[teacher_training]`, and the training part of a proxy trial ([`crate::ProxyConfig::recipe`]).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
 
 use autokd_data::{Augment, DataLoader, Dataset, LoaderConfig, Transform};
 use autokd_distill::{Distiller, DistillerSpec};
-use autokd_models::{Backbone, Intermediates, Model, ModelSpec, TapRequest};
+use autokd_models::{Backbone, Model, ModelSpec};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamWConfig, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
-use burn::store::{BurnpackStore, ModuleSnapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::step::{DistillStudent, data_parallel_step, distill_step};
+use crate::fit::{EvalSet, Fit, MaskSeeds, RunDir, TeacherFeed, TrainEvent};
+use crate::step::DistillStudent;
+use crate::task::{Classification, EvalOptions, Task};
 
 /// Optimizer of a recipe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum OptimizerKind {
     /// SGD with momentum (no dampening) and L2 weight decay.
     Sgd {
@@ -44,10 +39,9 @@ pub enum OptimizerKind {
 }
 
 /// Learning-rate schedule of a recipe, by epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
-    /// `lr · gamma^(number of milestones ≤ epoch)`.
+    /// `lr · gamma^(number of milestones ≤ epoch)` (constant without milestones).
     MultiStep {
         /// Epochs at which the rate drops.
         milestones: Vec<usize>,
@@ -61,9 +55,10 @@ pub enum Schedule {
     },
 }
 
-/// A training recipe.
+/// A training recipe: epochs, batch, optimizer, schedule and seed. In files it is one flat table
+/// (see [`RecipeFile`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RecipeFile", into = "RecipeFile")]
 pub struct Recipe {
     /// Epochs.
     pub epochs: usize,
@@ -75,12 +70,167 @@ pub struct Recipe {
     pub optimizer: OptimizerKind,
     /// Schedule.
     pub schedule: Schedule,
+    /// Seed of initialization, data order, augmentation and masks.
+    pub seed: u64,
+}
+
+/// Optimizer names in a recipe file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerName {
+    /// SGD with momentum.
+    #[default]
+    Sgd,
+    /// AdamW.
+    Adamw,
+}
+
+/// Schedule names in a recipe file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleName {
+    /// Steps at `milestones`.
+    #[default]
+    MultiStep,
+    /// Warm-up and cosine.
+    Cosine,
+}
+
+/// A [`Recipe`] as a file gives it, every field defaulting to the `digits` preset. The first
+/// eight fields are those of the search config's `[teacher_training]` since its start (and
+/// serialize in that order, so cached teachers keep their keys); `optimizer`, `schedule` and
+/// `warmup_epochs` are written only when they differ from SGD with steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecipeFile {
+    /// Epochs.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Initial learning rate.
+    pub lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Epochs at which the learning rate is multiplied by `gamma`.
+    pub milestones: Vec<usize>,
+    /// Learning-rate factor at each milestone.
+    pub gamma: f64,
+    /// Seed.
+    pub seed: u64,
+    /// `sgd` or `adamw`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub optimizer: OptimizerName,
+    /// `multi_step` or `cosine`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub schedule: ScheduleName,
+    /// Warm-up epochs of the cosine schedule.
+    #[serde(skip_serializing_if = "is_default")]
+    pub warmup_epochs: usize,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+impl Default for RecipeFile {
+    fn default() -> Self {
+        Recipe::digits().into()
+    }
+}
+
+impl From<Recipe> for RecipeFile {
+    fn from(r: Recipe) -> Self {
+        let (optimizer, momentum, weight_decay) = match r.optimizer {
+            OptimizerKind::Sgd {
+                momentum,
+                weight_decay,
+            } => (OptimizerName::Sgd, momentum, weight_decay),
+            OptimizerKind::AdamW { weight_decay } => (OptimizerName::Adamw, 0.9, weight_decay),
+        };
+        let (schedule, milestones, gamma, warmup_epochs) = match r.schedule {
+            Schedule::MultiStep { milestones, gamma } => {
+                (ScheduleName::MultiStep, milestones, gamma, 0)
+            }
+            Schedule::Cosine { warmup_epochs } => {
+                (ScheduleName::Cosine, Vec::new(), 0.1, warmup_epochs)
+            }
+        };
+        Self {
+            epochs: r.epochs,
+            batch_size: r.batch_size,
+            lr: r.lr,
+            momentum,
+            weight_decay,
+            milestones,
+            gamma,
+            seed: r.seed,
+            optimizer,
+            schedule,
+            warmup_epochs,
+        }
+    }
+}
+
+impl TryFrom<RecipeFile> for Recipe {
+    type Error = String;
+
+    fn try_from(f: RecipeFile) -> std::result::Result<Self, String> {
+        let optimizer = match f.optimizer {
+            OptimizerName::Sgd => OptimizerKind::Sgd {
+                momentum: f.momentum,
+                weight_decay: f.weight_decay,
+            },
+            OptimizerName::Adamw => OptimizerKind::AdamW {
+                weight_decay: f.weight_decay,
+            },
+        };
+        let schedule = match f.schedule {
+            ScheduleName::MultiStep => Schedule::MultiStep {
+                milestones: f.milestones,
+                gamma: f.gamma,
+            },
+            ScheduleName::Cosine => Schedule::Cosine {
+                warmup_epochs: f.warmup_epochs,
+            },
+        };
+        let recipe = Recipe {
+            epochs: f.epochs,
+            batch_size: f.batch_size,
+            lr: f.lr,
+            optimizer,
+            schedule,
+            seed: f.seed,
+        };
+        recipe.validate().map_err(|e| e.to_string())?;
+        Ok(recipe)
+    }
 }
 
 /// Names of the recipe presets.
 pub const PRESETS: [&str; 5] = ["cifar100", "imagenet", "deit", "digits", "fashion-mnist"];
 
 impl Recipe {
+    /// The `digits` preset: a CIFAR-style ResNet on the embedded digits in seconds (and the
+    /// default of a search's `[teacher_training]`).
+    pub fn digits() -> Self {
+        Self {
+            epochs: 30,
+            batch_size: 64,
+            lr: 0.05,
+            optimizer: OptimizerKind::Sgd {
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            },
+            schedule: Schedule::MultiStep {
+                milestones: vec![20, 25],
+                gamma: 0.1,
+            },
+            seed: 0,
+        }
+    }
+
     /// A preset from the supplementary material (CIFAR-100, ImageNet, DeiT-Tiny) or a small one
     /// that finishes in minutes on a CPU (digits, Fashion-MNIST).
     pub fn preset(name: &str) -> Result<Self> {
@@ -92,42 +242,26 @@ impl Recipe {
             milestones: m.to_vec(),
             gamma: 0.1,
         };
+        let recipe = |epochs, batch_size, lr, optimizer, schedule| Self {
+            epochs,
+            batch_size,
+            lr,
+            optimizer,
+            schedule,
+            seed: 0,
+        };
         Ok(match name {
-            "cifar100" => Self {
-                epochs: 240,
-                batch_size: 64,
-                lr: 0.05,
-                optimizer: sgd(5e-4),
-                schedule: steps(&[150, 180, 210]),
-            },
-            "imagenet" => Self {
-                epochs: 100,
-                batch_size: 256,
-                lr: 0.1,
-                optimizer: sgd(1e-4),
-                schedule: steps(&[30, 60, 90]),
-            },
-            "deit" => Self {
-                epochs: 300,
-                batch_size: 128,
-                lr: 5e-4,
-                optimizer: OptimizerKind::AdamW { weight_decay: 0.05 },
-                schedule: Schedule::Cosine { warmup_epochs: 5 },
-            },
-            "digits" => Self {
-                epochs: 30,
-                batch_size: 64,
-                lr: 0.05,
-                optimizer: sgd(5e-4),
-                schedule: steps(&[20, 25]),
-            },
-            "fashion-mnist" => Self {
-                epochs: 15,
-                batch_size: 128,
-                lr: 0.1,
-                optimizer: sgd(5e-4),
-                schedule: steps(&[10, 13]),
-            },
+            "cifar100" => recipe(240, 64, 0.05, sgd(5e-4), steps(&[150, 180, 210])),
+            "imagenet" => recipe(100, 256, 0.1, sgd(1e-4), steps(&[30, 60, 90])),
+            "deit" => recipe(
+                300,
+                128,
+                5e-4,
+                OptimizerKind::AdamW { weight_decay: 0.05 },
+                Schedule::Cosine { warmup_epochs: 5 },
+            ),
+            "digits" => Self::digits(),
+            "fashion-mnist" => recipe(15, 128, 0.1, sgd(5e-4), steps(&[10, 13])),
             other => {
                 return Err(TrainError::Config(format!(
                     "unknown recipe `{other}`; expected one of: {}",
@@ -155,7 +289,8 @@ impl Recipe {
         }
     }
 
-    pub(crate) fn optimizer(&self) -> ModuleOptimizer {
+    /// A fresh optimizer of the recipe.
+    pub fn optimizer(&self) -> ModuleOptimizer {
         match &self.optimizer {
             OptimizerKind::Sgd {
                 momentum,
@@ -166,143 +301,7 @@ impl Recipe {
                 .init(),
         }
     }
-}
 
-/// SGD with momentum (no dampening, as PyTorch's default) and L2 weight decay: the optimizer
-/// of the CIFAR/ImageNet recipes, the supervised trainer and the proxy.
-pub fn sgd(momentum: f64, weight_decay: f64) -> ModuleOptimizer {
-    SgdConfig::new()
-        .with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(momentum)
-                .with_dampening(0.0),
-        ))
-        .with_weight_decay(Some(WeightDecayConfig::new(weight_decay as f32)))
-        .init()
-}
-
-/// A teacher's recipe as a search config gives it (`[teacher_training]`): SGD with momentum and
-/// weight decay, ×`gamma` at each milestone, and the seed; trained by [`train`] through
-/// [`SupervisedConfig::recipe`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SupervisedConfig {
-    /// Epochs.
-    pub epochs: usize,
-    /// Batch size.
-    pub batch_size: usize,
-    /// Initial learning rate.
-    pub lr: f64,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-    /// Epochs at which the learning rate is multiplied by `gamma`.
-    pub milestones: Vec<usize>,
-    /// Learning-rate factor at each milestone.
-    pub gamma: f64,
-    /// Seed of initialization, order and augmentation.
-    pub seed: u64,
-}
-
-impl Default for SupervisedConfig {
-    /// A small recipe that trains a CIFAR-style ResNet on the digits in seconds.
-    fn default() -> Self {
-        Self {
-            epochs: 30,
-            batch_size: 64,
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-            milestones: vec![20, 25],
-            gamma: 0.1,
-            seed: 0,
-        }
-    }
-}
-
-impl SupervisedConfig {
-    /// The same schedule and optimizer as a [`Recipe`]: SGD, ×`gamma` at each milestone.
-    pub fn recipe(&self) -> Recipe {
-        Recipe {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            optimizer: OptimizerKind::Sgd {
-                momentum: self.momentum,
-                weight_decay: self.weight_decay,
-            },
-            schedule: Schedule::MultiStep {
-                milestones: self.milestones.clone(),
-                gamma: self.gamma,
-            },
-        }
-    }
-}
-
-/// Top-1 accuracy of `model` (its `valid()` copy) on the test split of `dataset`.
-pub fn accuracy(model: &Model, dataset: &Dataset, device: &Device) -> Result<f64> {
-    Ok(evaluate(model, dataset, device)?.0)
-}
-
-/// Metrics of one epoch (one line of `metrics.jsonl`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// Epoch, from 1.
-    pub epoch: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Mean of each loss term over the epoch (`ce`, `feat0`, …, `logits`) and `total`.
-    pub losses: Vec<(String, f64)>,
-    /// Test top-1 accuracy.
-    pub top1: f64,
-    /// Test top-5 accuracy.
-    pub top5: f64,
-    /// Training images per second.
-    pub images_per_s: f64,
-}
-
-/// The end of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainSummary {
-    /// Best test top-1 over epochs.
-    pub best_top1: f64,
-    /// Test top-1 after the last epoch.
-    pub last_top1: f64,
-    /// Epochs run in this call (after a resume, only the remaining ones).
-    pub epochs_run: usize,
-}
-
-/// A frozen teacher and the distiller to train the student with.
-pub struct TeacherSetup<'a> {
-    /// The teacher (run through its `valid()` copy, without autodiff).
-    pub model: &'a Model,
-    /// Its registry name.
-    pub name: &'a str,
-    /// The distiller.
-    pub spec: &'a DistillerSpec,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct CheckpointState {
-    epoch: usize,
-    best_top1: f64,
-    /// Test top-1 after `epoch` (absent in checkpoints written before it was recorded).
-    #[serde(default)]
-    last_top1: Option<f64>,
-}
-
-/// The newest complete checkpoint of a run folder: `checkpoint/`, or `checkpoint.old/` when a
-/// crash came between moving the old one aside and renaming the new one in. [`train`] with
-/// `resume` continues from it.
-pub fn find_checkpoint(run_dir: &Path) -> Option<PathBuf> {
-    ["checkpoint", "checkpoint.old"]
-        .iter()
-        .map(|d| run_dir.join(d))
-        .find(|d| d.join("state.json").is_file() && d.join("model.bpk").is_file())
-}
-
-impl Recipe {
     /// Checks the recipe: at least one epoch, a positive batch size, learning rate and gamma, and
     /// a cosine warm-up shorter than the run.
     pub fn validate(&self) -> Result<()> {
@@ -329,70 +328,106 @@ impl Recipe {
     }
 }
 
-fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Config(format!("{}: {e}", path.display()))
+/// SGD with momentum (no dampening, as PyTorch's default) and L2 weight decay: the optimizer
+/// of the CIFAR/ImageNet recipes, teachers and the proxy.
+pub fn sgd(momentum: f64, weight_decay: f64) -> ModuleOptimizer {
+    SgdConfig::new()
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(momentum)
+                .with_dampening(0.0),
+        ))
+        .with_weight_decay(Some(WeightDecayConfig::new(weight_decay as f32)))
+        .init()
+}
+
+/// Top-1 accuracy of `model` (its `valid()` copy) on the test split of `dataset`.
+pub fn accuracy(model: &Model, dataset: &Dataset, device: &Device) -> Result<f64> {
+    Ok(evaluate(model, dataset, device)?.0)
 }
 
 /// Top-1 and top-5 accuracy of a model on the test split.
 pub fn evaluate(model: &Model, dataset: &Dataset, device: &Device) -> Result<(f64, f64)> {
-    let model = model.valid();
-    let loader = DataLoader::new(
-        dataset.test.clone(),
-        Transform::eval(&dataset.info)?,
-        LoaderConfig {
-            batch_size: 256,
-            shuffle: false,
-            workers: 1,
-            ..LoaderConfig::default()
-        },
+    let e = Classification.evaluate(
+        &model.valid(),
+        &dataset.test,
+        &Transform::eval(&dataset.info)?,
+        TEST_EVAL,
+        device,
     )?;
-    let k = dataset.info.num_classes.min(5);
-    let (mut top1, mut top5, mut n) = (0usize, 0usize, 0usize);
-    for batch in loader.epoch(0, device) {
-        let batch = batch?;
-        let b = batch.positions.len();
-        let logits = model
-            .forward_intermediates(batch.images, &TapRequest::none())
-            .eval_logits();
-        let targets = batch.targets.reshape([b, 1]);
-        let sorted = logits.argsort_descending(1).narrow(1, 0, k); // [B, k]
-        let hits = sorted.equal(targets.repeat_dim(1, k)).int(); // [B, k]
-        top1 += hits.clone().narrow(1, 0, 1).sum().into_scalar::<i64>() as usize;
-        top5 += hits.sum().into_scalar::<i64>() as usize;
-        n += b;
-    }
-    let n = n.max(1) as f64;
-    Ok((top1 as f64 / n, top5 as f64 / n))
+    Ok((e.metric("top1"), e.metric("top5")))
 }
 
-/// What [`train`] reports as it goes.
-#[derive(Debug, Clone, Copy)]
-pub enum TrainEvent<'a> {
-    /// A training step finished.
-    Step {
-        /// 0-based epoch.
-        epoch: usize,
-        /// 1-based step within the epoch.
-        step: usize,
-        /// Steps per epoch.
-        steps: usize,
-        /// Total loss of the step.
-        loss: f64,
-    },
-    /// An epoch finished and was evaluated.
-    Epoch(&'a EpochMetrics),
+/// How full training evaluates the test split.
+const TEST_EVAL: EvalOptions = EvalOptions {
+    batch_size: 256,
+    workers: 1,
+    embeddings: 0,
+};
+
+/// The end of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Best test top-1 over epochs.
+    pub best_top1: f64,
+    /// Test top-1 after the last epoch.
+    pub last_top1: f64,
+    /// Epochs run in this call (after a resume, only the remaining ones).
+    pub epochs_run: usize,
 }
 
-/// Trains `student` (from scratch, or distilled when `teacher` is given) on `dataset`, writing
-/// `metrics.jsonl` and `checkpoint/` into `run_dir`. With `resume`, continues from the
-/// checkpoint there. `stop_after` ends the call after that many epochs (as a kill would; tests).
+/// A frozen teacher and the distiller to train the student with.
+pub struct TeacherSetup<'a> {
+    /// The teacher (run through its `valid()` copy, without autodiff).
+    pub model: &'a Model,
+    /// Its registry name.
+    pub name: &'a str,
+    /// The distiller.
+    pub spec: &'a DistillerSpec,
+}
+
+/// Initializes a student and its distiller from `seed`: drawn under the process-wide init lock
+/// (see `INIT_LOCK`), every lazily initialized parameter touched inside it.
+pub(crate) fn init_student(
+    student: &ModelSpec,
+    spec: &DistillerSpec,
+    teacher: Option<(&str, &[autokd_models::TapInfo])>,
+    seed: u64,
+    ad: &Device,
+) -> Result<DistillStudent> {
+    let guard = crate::INIT_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    ad.seed(seed);
+    let model = student.init(ad)?;
+    let (t_name, t_info) = teacher.unwrap_or(("none", &[]));
+    let distiller = Distiller::new(
+        spec,
+        student.name.as_str(),
+        &model.feature_info(),
+        t_name,
+        t_info,
+        ad,
+    )?;
+    crate::force_init(&model);
+    crate::force_init(&distiller);
+    drop(guard);
+    Ok(DistillStudent {
+        student: model,
+        distiller,
+    })
+}
+
+/// Trains `student` (from scratch, or distilled when `teacher` is given) on `dataset` with
+/// `recipe` (its seed included), writing `metrics.jsonl` and `checkpoint/` into `run_dir`. With
+/// `resume`, continues from the checkpoint there. `stop_after` ends the call after that many
+/// epochs (as a kill would; tests).
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     student: &ModelSpec,
     teacher: Option<TeacherSetup<'_>>,
     dataset: &Dataset,
     recipe: &Recipe,
-    seed: u64,
     checkpoint_every: usize,
     run_dir: &Path,
     resume: bool,
@@ -404,250 +439,103 @@ pub fn train(
         return Err(TrainError::Config("no device to train on".into()));
     };
     recipe.validate()?;
-    let ad = device.clone().autodiff();
-    let guard = crate::INIT_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    ad.seed(seed);
-    let model = student.init(&ad)?;
     let vanilla = DistillerSpec::baseline("vanilla").map_err(TrainError::from)?;
-    let (spec, t_info, t_name) = match &teacher {
-        Some(t) => (t.spec.clone(), t.model.feature_info(), t.name.to_string()),
-        None => (vanilla, Vec::new(), "none".to_string()),
-    };
-    let distiller = Distiller::new(
-        &spec,
-        student.name.as_str(),
-        &model.feature_info(),
-        &t_name,
-        &t_info,
-        &ad,
+    let t_info = teacher.as_ref().map(|t| t.model.feature_info());
+    let net = init_student(
+        student,
+        teacher.as_ref().map_or(&vanilla, |t| t.spec),
+        teacher
+            .as_ref()
+            .zip(t_info.as_deref())
+            .map(|(t, info)| (t.name, info)),
+        recipe.seed,
+        &device.clone().autodiff(),
     )?;
-    crate::force_init(&model);
-    crate::force_init(&distiller);
-    drop(guard);
-    let (_, t_req) = distiller.tap_requests();
     let frozen = teacher.as_ref().map(|t| t.model.valid());
-    let mut net = DistillStudent {
-        student: model,
-        distiller,
-    };
-    let mut optim = recipe.optimizer();
-    std::fs::create_dir_all(run_dir).map_err(|e| io(run_dir, e))?;
-    let ckpt = run_dir.join("checkpoint");
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let (mut start, mut best, mut last) = (0usize, 0.0f64, 0.0f64);
-    if resume {
-        let Some(ckpt) = find_checkpoint(run_dir) else {
-            return Err(TrainError::Config(format!(
-                "--resume: {} holds no checkpoint (checkpoint/state.json and model.bpk, or checkpoint.old/); run without --resume to start from scratch",
-                run_dir.display()
-            )));
-        };
-        let state_path = ckpt.join("state.json");
-        let state: CheckpointState = serde_json::from_str(
-            &std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?,
-        )
-        .map_err(|e| io(&state_path, e))?;
-        let mut store = BurnpackStore::from_file(ckpt.join("model.bpk"));
-        net.load_from(&mut store)
-            .map_err(|e| io(&ckpt.join("model.bpk"), e))?;
-        optim = optim
-            .load(ckpt.join("optim.bpk"))
-            .map_err(|e| io(&ckpt.join("optim.bpk"), format!("{e:?}")))?;
-        start = state.epoch;
-        best = state.best_top1;
-        // Keep the metrics of the epochs the checkpoint covers; without them the run's record
-        // would silently lose epochs.
-        let text = std::fs::read_to_string(&metrics_path).map_err(|e| io(&metrics_path, e))?;
-        let kept: Vec<&str> = text.lines().take(start).collect();
-        if kept.len() < start {
-            return Err(io(
-                &metrics_path,
-                format!(
-                    "holds {} epochs, the checkpoint {start}; the run folder is inconsistent",
-                    kept.len()
-                ),
-            ));
-        }
-        last = match state.last_top1 {
-            Some(v) => v,
-            None => kept
-                .last()
-                .and_then(|l| serde_json::from_str::<EpochMetrics>(l).ok())
-                .map_or(0.0, |m| m.top1),
-        };
-        write_file_atomic(
-            &metrics_path,
-            kept.iter()
-                .map(|l| format!("{l}\n"))
-                .collect::<String>()
-                .as_bytes(),
-        )?;
-    } else {
-        write_file_atomic(&metrics_path, b"")?;
-    }
     let loader = DataLoader::new(
         dataset.train.clone(),
         Transform::train(&dataset.info, Augment::for_dataset(&dataset.info))?,
         LoaderConfig {
             batch_size: recipe.batch_size,
             shuffle: true,
-            seed,
+            seed: recipe.seed,
             workers: 1,
             ..LoaderConfig::default()
         },
     )?;
-    let mut run = 0usize;
-    for epoch in start..recipe.epochs {
-        if stop_after.is_some_and(|s| run >= s) {
-            break;
-        }
-        net.distiller
-            .seed_masks(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let lr = recipe.lr_at(epoch);
-        let clock = Instant::now();
-        let mut sums: Vec<(String, f64)> = Vec::new();
-        let (mut steps, mut images) = (0usize, 0usize);
-        for batch in loader.host_epoch(epoch as u64) {
-            let batch = batch?;
-            let b = batch.positions.len();
-            let plain = batch.clone().to_device(device);
-            let t_out = match &frozen {
-                Some(t) => t.forward_intermediates(plain.images.clone(), &t_req),
-                None => Intermediates::no_teacher(b, dataset.info.num_classes, device),
-            };
-            let (n2, losses) = if devices.len() > 1 {
-                data_parallel_step(
-                    net,
-                    &mut optim,
-                    lr,
-                    plain.images,
-                    plain.targets,
-                    &t_out,
-                    devices,
-                )?
-            } else {
-                let batch = batch.to_device(&ad);
-                distill_step(net, &mut optim, lr, batch.images, batch.targets, &t_out)?
-            };
-            net = n2;
-            if sums.is_empty() {
-                sums = losses.terms.iter().map(|(k, _)| (k.clone(), 0.0)).collect();
-                sums.push(("total".into(), 0.0));
-            }
-            for (slot, (_, v)) in sums.iter_mut().zip(
-                losses
-                    .terms
-                    .iter()
-                    .chain(std::iter::once(&("total".to_string(), losses.total))),
-            ) {
-                slot.1 += v;
-            }
-            steps += 1;
-            images += b;
-            on_event(TrainEvent::Step {
-                epoch,
-                step: steps,
-                steps: loader.num_batches(),
-                loss: losses.total,
-            });
-        }
-        // Training throughput: the evaluation below is not part of it.
-        let images_per_s = images as f64 / clock.elapsed().as_secs_f64();
-        let (top1, top5) = evaluate(&net.student, dataset, device)?;
-        best = best.max(top1);
-        last = top1;
-        let m = EpochMetrics {
-            epoch: epoch + 1,
-            lr,
-            losses: sums
-                .into_iter()
-                .map(|(k, v)| (k, v / steps.max(1) as f64))
-                .collect(),
-            top1,
-            top5,
-            images_per_s,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| io(&metrics_path, e))?;
-        writeln!(
-            f,
-            "{}",
-            serde_json::to_string(&m).map_err(|e| io(&metrics_path, e))?
-        )
-        .map_err(|e| io(&metrics_path, e))?;
-        on_event(TrainEvent::Epoch(&m));
-        run += 1;
-        if (epoch + 1) % checkpoint_every.max(1) == 0 || epoch + 1 == recipe.epochs {
-            write_checkpoint(
-                &ckpt,
-                &net,
-                &optim,
-                &CheckpointState {
-                    epoch: epoch + 1,
-                    best_top1: best,
-                    last_top1: Some(last),
-                },
-            )?;
-        }
-    }
+    let test_transform = Transform::eval(&dataset.info)?;
+    let lr = |epoch| recipe.lr_at(epoch);
+    let fit = Fit {
+        task: &Classification,
+        loader: &loader,
+        epochs: recipe.epochs,
+        lr: &lr,
+        teacher: frozen
+            .as_ref()
+            .map_or(TeacherFeed::None, |t| TeacherFeed::Online(t)),
+        masks: MaskSeeds::PerEpoch(recipe.seed),
+        devices,
+        explode_factor: None,
+        eval: Some(EvalSet {
+            split: &dataset.test,
+            transform: &test_transform,
+            options: TEST_EVAL,
+        }),
+        run_dir: Some(RunDir {
+            path: run_dir,
+            checkpoint_every,
+            resume,
+        }),
+        stop_after,
+    };
+    let (net, outcome) = fit.run(net, recipe.optimizer(), &mut on_event)?;
     Ok((
         net.student.valid(),
         TrainSummary {
-            best_top1: best,
-            last_top1: last,
-            epochs_run: run,
+            best_top1: outcome.best,
+            last_top1: outcome.last,
+            epochs_run: outcome.epochs_run,
         },
     ))
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
-fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
-}
-
-/// Writes the checkpoint into a fresh folder, then swaps it in, so a kill never leaves a
-/// half-written checkpoint (a kill between the two renames leaves `checkpoint.old/`, which
-/// resuming falls back to).
-fn write_checkpoint(
-    dir: &Path,
-    net: &DistillStudent,
-    optim: &ModuleOptimizer,
-    state: &CheckpointState,
-) -> Result<()> {
-    let tmp: PathBuf = dir.with_extension("tmp");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    let mut store = BurnpackStore::from_file(tmp.join("model.bpk")).overwrite(true);
-    net.save_into(&mut store).map_err(|e| io(&tmp, e))?;
-    optim
-        .save(tmp.join("optim.bpk"))
-        .map_err(|e| io(&tmp, format!("{e:?}")))?;
-    std::fs::write(
-        tmp.join("state.json"),
-        serde_json::to_string(state).map_err(|e| io(&tmp, e))?,
-    )
-    .map_err(|e| io(&tmp, e))?;
-    let old = dir.with_extension("old");
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fit::EpochMetrics;
     use autokd_data::DatasetSpec;
     use autokd_models::ModelName;
+
+    /// A recipe file is one flat table defaulting to the digits preset; the search config's
+    /// `[teacher_training]` of earlier versions reads as before and serializes to the same JSON
+    /// (the key of a cached teacher); other optimizers and schedules round-trip; bad values are
+    /// refused with the field.
+    #[test]
+    fn recipe_files() {
+        let old = "epochs = 30\nbatch_size = 64\nlr = 0.05\nmomentum = 0.9\nweight_decay = 0.0005\nmilestones = [20, 25]\ngamma = 0.1\nseed = 0\n";
+        let r: Recipe = toml::from_str(old).unwrap();
+        assert_eq!(r, Recipe::digits());
+        assert_eq!(toml::from_str::<Recipe>("").unwrap(), Recipe::digits());
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            "{\"epochs\":30,\"batch_size\":64,\"lr\":0.05,\"momentum\":0.9,\"weight_decay\":0.0005,\"milestones\":[20,25],\"gamma\":0.1,\"seed\":0}"
+        );
+        let deit = Recipe::preset("deit").unwrap();
+        let text = toml::to_string(&deit).unwrap();
+        assert!(
+            text.contains("optimizer = \"adamw\"") && text.contains("warmup_epochs = 5"),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<Recipe>(&text).unwrap(), deit);
+        let err = toml::from_str::<Recipe>("epochs = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("epochs must be at least 1"), "{err}");
+        let err = toml::from_str::<Recipe>("lr_max = 1.0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `lr_max`"), "{err}");
+    }
 
     #[test]
     fn presets_and_schedules() {
@@ -691,6 +579,7 @@ mod tests {
         let recipe = Recipe {
             epochs: 3,
             batch_size: 128,
+            seed: 7,
             ..Recipe::preset("digits").unwrap()
         };
         let setup = || {
@@ -707,7 +596,6 @@ mod tests {
             setup(),
             &ds,
             &recipe,
-            7,
             1,
             &whole,
             false,
@@ -739,10 +627,10 @@ mod tests {
         assert!(
             lines
                 .iter()
-                .all(|m| m.top5 >= m.top1 && m.images_per_s > 0.0)
+                .all(|m| m.metric("top5") >= m.metric("top1") && m.images_per_s > 0.0)
         );
         // (serde_json's default float parser may be 1 ULP off.)
-        assert!((sa.last_top1 - lines[2].top1).abs() < 1e-12);
+        assert!((sa.last_top1 - lines[2].metric("top1")).abs() < 1e-12);
         // Killed after 2 epochs, then resumed.
         let split = dir.path().join("split");
         let (_, s1) = train(
@@ -750,7 +638,6 @@ mod tests {
             setup(),
             &ds,
             &recipe,
-            7,
             1,
             &split,
             false,
@@ -765,7 +652,6 @@ mod tests {
             setup(),
             &ds,
             &recipe,
-            7,
             1,
             &split,
             true,
@@ -806,7 +692,6 @@ mod tests {
             None,
             &ds,
             &recipe,
-            0,
             5,
             dir.path(),
             false,
@@ -831,27 +716,23 @@ mod tests {
         assert!(dir.path().join("checkpoint/state.json").is_file());
     }
 
-    /// A teacher's supervised config trains through [`train`]: the schedule drops at its
-    /// milestone, the loss falls, and a few epochs of a small ResNet reach far above chance.
+    /// A teacher's recipe as a search config gives it (`[teacher_training]`) trains through
+    /// [`train`]: the schedule drops at its milestone, the loss falls, and a few epochs of a small
+    /// ResNet reach far above chance.
     #[test]
     fn a_small_resnet_learns_the_digits_with_a_supervised_config() {
         let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let spec = crate::testing::digits_spec(ModelName::Resnet8);
-        let cfg = SupervisedConfig {
-            epochs: 4,
-            milestones: vec![3],
-            ..SupervisedConfig::default()
-        };
+        let cfg: Recipe = toml::from_str("epochs = 4\nmilestones = [3]\n").unwrap();
         let dir = tempfile::tempdir().unwrap();
         let mut epochs = Vec::new();
         let (model, summary) = train(
             &spec,
             None,
             &ds,
-            &cfg.recipe(),
-            cfg.seed,
+            &cfg,
             1,
             dir.path(),
             false,
@@ -898,7 +779,6 @@ mod tests {
                 None,
                 &ds,
                 recipe,
-                0,
                 1,
                 dir,
                 resume,

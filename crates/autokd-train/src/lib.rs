@@ -1,5 +1,6 @@
-//! Trainers for autokd: the distillation step, the teacher cache, and the proxy evaluator that
-//! scores candidate distillers during search.
+//! Trainers for autokd: the task abstraction ([`Task`]), the one training loop ([`Fit`]) and its
+//! distillation step, recipes, the teacher cache, and the proxy evaluator that scores candidate
+//! distillers during search.
 
 /// Serializes seeding the device RNG (process-wide on CPU backends) and drawing initial weights,
 /// so that seeded initializations are reproducible when several trainings share a process.
@@ -34,15 +35,24 @@ pub(crate) mod testing;
 
 pub mod cache;
 pub mod error;
+pub mod fit;
 pub mod full;
 pub mod proxy;
 pub mod step;
+pub mod task;
 
 pub use cache::{TeacherCache, TeacherPlan, TeacherSource, bytes_per_image};
 pub use error::{Result, TrainError};
-pub use full::{
-    EpochMetrics, OptimizerKind, PRESETS, Recipe, Schedule, SupervisedConfig, TeacherSetup,
-    TrainEvent, TrainSummary, accuracy, evaluate, find_checkpoint, sgd, train,
+pub use fit::{
+    EpochMetrics, EvalSet, Fit, FitOutcome, MaskSeeds, RunDir, TeacherFeed, TrainEvent,
+    find_checkpoint,
 };
-pub use proxy::{ProxyConfig, ProxyEvaluator, RewardKind, TrialOutcome, representation_gap};
+pub use full::{
+    OptimizerKind, PRESETS, Recipe, RecipeFile, Schedule, TeacherSetup, TrainSummary, accuracy,
+    evaluate, sgd, train,
+};
+pub use proxy::{
+    ProxyConfig, ProxyEvaluator, ProxyFile, RewardKind, TrialOutcome, representation_gap,
+};
 pub use step::{DistillStudent, StepLosses, data_parallel_step, distill_step};
+pub use task::{Classification, EvalOptions, Evaluation, Net, Task};

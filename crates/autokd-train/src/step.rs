@@ -1,17 +1,20 @@
-//! One optimization step of a student distilled by a [`Distiller`].
+//! One optimization step of a student distilled by a [`Distiller`]: the task's loss terms, then
+//! the distiller's, summed in that order; and its data-parallel form.
 
+use autokd_data::Batch;
 use autokd_distill::Distiller;
-use autokd_models::{Backbone, Feature, Intermediates, Model};
+use autokd_models::{Intermediates, Model};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 
 use crate::error::{Result, TrainError};
+use crate::task::{Net, Task};
 
 /// The student and the distiller's learnable parts (connectors, generators), trained together.
 #[derive(Module, Debug)]
-pub struct DistillStudent {
+pub struct DistillStudent<N: Module = Model> {
     /// The student network.
-    pub student: Model,
+    pub student: N,
     /// The distiller.
     pub distiller: Distiller,
 }
@@ -21,38 +24,74 @@ pub struct DistillStudent {
 pub struct StepLosses {
     /// Total loss.
     pub total: f64,
-    /// Each named term (`ce`, `feat0`, …, `logits`), weighted.
+    /// Each named term, weighted: the task's (`ce`, …), then the distiller's (`feat0`, …,
+    /// `logits`).
     pub terms: Vec<(String, f64)>,
 }
 
-/// Runs the student on `images`, computes the distillation loss against the teacher's outputs
-/// (online or cached; constants either way), and takes one optimizer step.
-///
-/// # Shapes
-/// - `images`: `[B, C, H, W]` on an autodiff device; `targets`: `[B]`
-pub fn distill_step(
-    model: DistillStudent,
+/// The loss of `model` on `batch` against the teacher's outputs: the task's terms, then the
+/// distiller's, and their sum in that order.
+fn step_loss<N: Net>(
+    model: &DistillStudent<N>,
+    task: &dyn Task,
+    batch: &Batch,
+    teacher: &Intermediates,
+) -> Result<(Tensor<1>, Vec<(String, Tensor<1>)>)> {
+    let (request, _) = model.distiller.tap_requests();
+    let out = model
+        .student
+        .forward_intermediates(batch.images.clone(), &request);
+    let mut terms = task.loss(&out, batch)?;
+    let truth = task.ground_truth(batch);
+    terms.extend(model.distiller.loss(&out, teacher, &truth)?.terms);
+    let total = terms
+        .iter()
+        .map(|(_, v)| v.clone())
+        .reduce(|a, b| a + b)
+        .ok_or_else(|| TrainError::Config("the task and the distiller gave no loss term".into()))?;
+    Ok((total, terms))
+}
+
+fn scalars(terms: &[(String, Tensor<1>)], share: f64) -> Vec<(String, f64)> {
+    terms
+        .iter()
+        .map(|(n, v)| (n.clone(), f64::from(v.clone().into_scalar::<f32>()) * share))
+        .collect()
+}
+
+/// Runs the student on `batch` (on an autodiff device), computes the task's loss and the
+/// distillation terms against the teacher's outputs (online or cached; constants either way),
+/// and takes one optimizer step.
+pub fn distill_step<N: Net>(
+    model: DistillStudent<N>,
     optim: &mut ModuleOptimizer,
     lr: f64,
-    images: Tensor<4>,
-    targets: Tensor<1, Int>,
+    task: &dyn Task,
+    batch: &Batch,
     teacher: &Intermediates,
-) -> Result<(DistillStudent, StepLosses)> {
-    let (request, _) = model.distiller.tap_requests();
-    let out = model.student.forward_intermediates(images, &request);
-    let loss = model.distiller.loss(&out, teacher, targets)?;
-    let total: f64 = loss.total.clone().into_scalar::<f32>().into();
+) -> Result<(DistillStudent<N>, StepLosses)> {
+    let (loss, terms) = step_loss(&model, task, batch, teacher)?;
+    let total: f64 = loss.clone().into_scalar::<f32>().into();
     if !total.is_finite() {
         return Err(TrainError::NonFinite(format!("total {total}")));
     }
-    let terms = loss
-        .terms
-        .iter()
-        .map(|(n, v)| (n.clone(), f64::from(v.clone().into_scalar::<f32>())))
-        .collect();
-    let grads = GradientsParams::from_grads(loss.total.backward(), &model);
+    let terms = scalars(&terms, 1.0);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
     let model = optim.step(lr, model, grads);
     Ok((model, StepLosses { total, terms }))
+}
+
+/// Images `start..start + len` of a batch, on `device`.
+fn shard(batch: &Batch, start: usize, len: usize, device: &Device) -> Batch {
+    Batch {
+        images: batch.images.clone().narrow(0, start, len).to_device(device),
+        targets: batch
+            .targets
+            .clone()
+            .narrow(0, start, len)
+            .to_device(device),
+        positions: batch.positions[start..start + len].to_vec(),
+    }
 }
 
 /// One shard's gradients (on the first device), weighted loss terms and total.
@@ -67,55 +106,29 @@ type ShardResult = (GradientsParams, Vec<(String, f64)>, f64);
 /// is [`distill_step`].
 ///
 /// # Shapes
-/// - `images`: `[B, C, H, W]` and `targets`: `[B]`, on the first device, without autodiff;
-///   `teacher`: outputs for the whole batch
-pub fn data_parallel_step(
-    model: DistillStudent,
+/// - `batch` on the first device, without autodiff; `teacher`: outputs for the whole batch
+pub fn data_parallel_step<N: Net>(
+    model: DistillStudent<N>,
     optim: &mut ModuleOptimizer,
     lr: f64,
-    images: Tensor<4>,
-    targets: Tensor<1, Int>,
+    task: &dyn Task,
+    batch: &Batch,
     teacher: &Intermediates,
     devices: &[Device],
-) -> Result<(DistillStudent, StepLosses)> {
+) -> Result<(DistillStudent<N>, StepLosses)> {
     let Some(main) = devices.first() else {
         return Err(TrainError::Config("no device to train on".into()));
     };
+    let b = batch.positions.len();
     if devices.len() == 1 {
-        return distill_step(
-            model,
-            optim,
-            lr,
-            images.autodiff(),
-            targets.autodiff(),
-            teacher,
-        );
+        let batch = shard(batch, 0, b, &main.clone().autodiff());
+        return distill_step(model, optim, lr, task, &batch, teacher);
     }
-    let b = images.dims()[0];
     let n = devices.len().min(b.max(1));
-    let (request, _) = model.distiller.tap_requests();
     // Shard i: rows [start, start + len) of the batch.
     let shards: Vec<(usize, usize)> = (0..n)
         .map(|i| (i * b / n, (i + 1) * b / n - i * b / n))
         .collect();
-    let shard_of = |t: &Intermediates, start: usize, len: usize, device: &Device| Intermediates {
-        features: t
-            .features
-            .iter()
-            .map(|f| match f {
-                Feature::Map(m) => Feature::Map(m.clone().narrow(0, start, len).to_device(device)),
-                Feature::Tokens(t) => {
-                    Feature::Tokens(t.clone().narrow(0, start, len).to_device(device))
-                }
-            })
-            .collect(),
-        embedding: t.embedding.clone().narrow(0, start, len).to_device(device),
-        logits: t.logits.clone().narrow(0, start, len).to_device(device),
-        dist_logits: t
-            .dist_logits
-            .as_ref()
-            .map(|d| d.clone().narrow(0, start, len).to_device(device)),
-    };
     // Each shard after the first draws its MGD masks from its own stream, forked here in order
     // so that the masks do not depend on which thread draws first.
     let mut streams: Vec<_> = (1..n).map(|_| model.distiller.fork_masks()).collect();
@@ -125,7 +138,7 @@ pub fn data_parallel_step(
             .zip(devices)
             .enumerate()
             .map(|(i, (&(start, len), device))| {
-                let (images, targets, model, request) = (&images, &targets, &model, &request);
+                let model = &model;
                 let stream = i
                     .checked_sub(1)
                     .map(|j| streams.get_mut(j).map(std::mem::take).unwrap_or_default());
@@ -141,24 +154,18 @@ pub fn data_parallel_step(
                             r
                         }
                     };
-                    let x = images.clone().narrow(0, start, len).to_device(&ad);
-                    let y = targets.clone().narrow(0, start, len).to_device(&ad);
-                    let t = shard_of(teacher, start, len, device);
-                    let out = replica.student.forward_intermediates(x, request);
-                    let loss = replica.distiller.loss(&out, &t, y)?;
-                    let share = len as f64 / b as f64;
-                    let total = f64::from(loss.total.clone().into_scalar::<f32>()) * share;
-                    let terms = loss
-                        .terms
-                        .iter()
-                        .map(|(k, v)| {
-                            (k.clone(), f64::from(v.clone().into_scalar::<f32>()) * share)
-                        })
-                        .collect();
-                    let grads = GradientsParams::from_grads(
-                        loss.total.mul_scalar(share).backward(),
-                        &replica,
+                    let part = shard(batch, start, len, &ad);
+                    let t = teacher.map_tensors(
+                        |x| x.narrow(0, start, len).to_device(device),
+                        |x| x.narrow(0, start, len).to_device(device),
+                        |x| x.narrow(0, start, len).to_device(device),
                     );
+                    let (loss, terms) = step_loss(&replica, task, &part, &t)?;
+                    let share = len as f64 / b as f64;
+                    let total = f64::from(loss.clone().into_scalar::<f32>()) * share;
+                    let terms = scalars(&terms, share);
+                    let grads =
+                        GradientsParams::from_grads(loss.mul_scalar(share).backward(), &replica);
                     Ok((grads.to_device(main, model), terms, total))
                 })
             })
@@ -196,8 +203,18 @@ pub fn data_parallel_step(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::task::Classification;
     use autokd_distill::DistillerSpec;
-    use autokd_models::{ModelName, ModelSpec};
+    use autokd_models::{Backbone, ModelName, ModelSpec};
+
+    fn batch(images: Tensor<4>, targets: Tensor<1, Int>) -> Batch {
+        let b = images.dims()[0];
+        Batch {
+            images,
+            targets,
+            positions: (0..b).collect(),
+        }
+    }
     use burn::optim::SgdConfig;
     use burn::tensor::Distribution;
 
@@ -241,8 +258,8 @@ mod tests {
                 model,
                 &mut optim,
                 0.05,
-                x.clone().autodiff(),
-                targets.clone(),
+                &Classification,
+                &batch(x.clone().autodiff(), targets.clone()),
                 &t_out,
             )
             .unwrap();
@@ -303,14 +320,23 @@ mod tests {
             copy(),
             &mut o1,
             0.1,
-            x.clone().autodiff(),
-            y.clone().autodiff(),
+            &Classification,
+            &batch(x.clone().autodiff(), y.clone().autodiff()),
             &t_out,
         )
         .unwrap();
         let mut o2 = SgdConfig::new().init();
         let devices = [plain.clone(), plain.clone()];
-        let (two, l2) = data_parallel_step(copy(), &mut o2, 0.1, x, y, &t_out, &devices).unwrap();
+        let (two, l2) = data_parallel_step(
+            copy(),
+            &mut o2,
+            0.1,
+            &Classification,
+            &batch(x, y),
+            &t_out,
+            &devices,
+        )
+        .unwrap();
         assert!((l1.total - l2.total).abs() < 1e-5, "{l1:?} vs {l2:?}");
         let snapshot = crate::testing::snapshot;
         let (a, b, before) = (snapshot(&one), snapshot(&two), snapshot(&copy()));
@@ -361,8 +387,8 @@ mod tests {
                 model,
                 &mut optim,
                 0.05,
-                x.clone(),
-                y.clone(),
+                &Classification,
+                &batch(x.clone(), y.clone()),
                 &none,
                 &devices,
             )
@@ -374,6 +400,17 @@ mod tests {
             losses.iter().all(|l| l.is_finite()) && losses[5] < losses[0],
             "{losses:?}"
         );
-        assert!(data_parallel_step(model, &mut optim, 0.05, x, y, &none, &[]).is_err());
+        assert!(
+            data_parallel_step(
+                model,
+                &mut optim,
+                0.05,
+                &Classification,
+                &batch(x, y),
+                &none,
+                &[]
+            )
+            .is_err()
+        );
     }
 }

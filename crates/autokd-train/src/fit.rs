@@ -1,0 +1,448 @@
+//! The one training loop (ARCHITECTURE §6). Teacher training, full distillation, proxy trials
+//! and the benchmarks' steps all go through [`Fit::run`] and its step ([`distill_step`] /
+//! [`data_parallel_step`]): epochs over a loader, the teacher's outputs (none, online, or
+//! cached), the learning rate of each epoch, MGD mask seeding, data parallelism, divergence
+//! checks, evaluation after each epoch, `metrics.jsonl`, checkpoints and resume, and progress
+//! events, each in this one place.
+//!
+//! The learning rate is a function of the epoch and every random stream is seeded from the
+//! epoch (the loader's order and augmentation; the mask streams with [`MaskSeeds::PerEpoch`]),
+//! so a checkpoint needs no RNG state beyond its epoch and a resumed run reaches the weights of
+//! an uninterrupted one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use autokd_data::{DataLoader, Split, Transform};
+use autokd_models::{Backbone, Intermediates};
+use burn::optim::ModuleOptimizer;
+use burn::prelude::*;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::cache::TeacherCache;
+use crate::error::{Result, TrainError};
+use crate::step::{DistillStudent, data_parallel_step, distill_step};
+use crate::task::{EvalOptions, Net, Task};
+
+/// Where the teacher's outputs of each batch come from.
+#[derive(Clone, Copy)]
+pub enum TeacherFeed<'a> {
+    /// No teacher (a model trained from scratch): zeros that no term reads.
+    None,
+    /// A frozen teacher run on every batch (give its `valid()` copy).
+    Online(&'a dyn Backbone),
+    /// Outputs cached by position in the training split.
+    Cache(&'a TeacherCache),
+}
+
+/// How the distiller's MGD mask streams are seeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskSeeds {
+    /// Once, before the first epoch (a proxy trial).
+    Once(u64),
+    /// At each epoch start from `(seed, epoch)`, so that a resumed run draws the same masks.
+    PerEpoch(u64),
+}
+
+/// The split evaluated after each epoch.
+#[derive(Clone, Copy)]
+pub struct EvalSet<'a> {
+    /// The split.
+    pub split: &'a Split,
+    /// Its transform (no augmentation).
+    pub transform: &'a Transform,
+    /// Batch size and loader threads.
+    pub options: EvalOptions,
+}
+
+/// A run folder: `metrics.jsonl` and `checkpoint/`.
+#[derive(Debug, Clone, Copy)]
+pub struct RunDir<'a> {
+    /// The folder.
+    pub path: &'a Path,
+    /// Checkpoint every this many epochs (and after the last).
+    pub checkpoint_every: usize,
+    /// Continue from the folder's checkpoint.
+    pub resume: bool,
+}
+
+/// Metrics of one epoch (one line of `metrics.jsonl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch, from 1.
+    pub epoch: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Mean of each loss term over the epoch (`ce`, `feat0`, …, `logits`) and `total`.
+    pub losses: Vec<(String, f64)>,
+    /// The task's metrics on the evaluated split (classification: `top1`, `top5`; none
+    /// without an evaluated split), written at the top level of the JSON line.
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Training images per second.
+    pub images_per_s: f64,
+}
+
+impl EpochMetrics {
+    /// A metric by name (0 when absent).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.metrics.get(name).copied().unwrap_or(0.0)
+    }
+}
+
+/// What [`Fit::run`] reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum TrainEvent<'a> {
+    /// A training step finished.
+    Step {
+        /// 0-based epoch.
+        epoch: usize,
+        /// 1-based step within the epoch.
+        step: usize,
+        /// Steps per epoch.
+        steps: usize,
+        /// Total loss of the step.
+        loss: f64,
+    },
+    /// An epoch finished (and was evaluated, given a split to evaluate).
+    Epoch(&'a EpochMetrics),
+}
+
+/// How a [`Fit::run`] ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitOutcome {
+    /// Epochs run in this call (after a resume, only the remaining ones).
+    pub epochs_run: usize,
+    /// Best value of the task's score metric over evaluated epochs (0 without evaluation).
+    pub best: f64,
+    /// Its value after the last epoch.
+    pub last: f64,
+    /// The loss terms of the last finished step.
+    pub last_losses: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    epoch: usize,
+    /// Best score metric so far (named for classification's, which it was first).
+    best_top1: f64,
+    /// Score metric after `epoch` (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    last_top1: Option<f64>,
+}
+
+/// The newest complete checkpoint of a run folder: `checkpoint/`, or `checkpoint.old/` when a
+/// crash came between moving the old one aside and renaming the new one in. A resumed
+/// [`Fit::run`] continues from it.
+pub fn find_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    ["checkpoint", "checkpoint.old"]
+        .iter()
+        .map(|d| run_dir.join(d))
+        .find(|d| d.join("state.json").is_file() && d.join("model.bpk").is_file())
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Config(format!("{}: {e}", path.display()))
+}
+
+/// One training: what to run, how, and what to record.
+pub struct Fit<'a> {
+    /// The task (its loss terms, metrics and score).
+    pub task: &'a dyn Task,
+    /// Training batches, one epoch per call of `host_epoch(epoch)`.
+    pub loader: &'a DataLoader,
+    /// Epochs in all (a resumed run starts at its checkpoint's).
+    pub epochs: usize,
+    /// The learning rate of each epoch.
+    pub lr: &'a (dyn Fn(usize) -> f64 + Sync),
+    /// The teacher's outputs.
+    pub teacher: TeacherFeed<'a>,
+    /// Mask seeding.
+    pub masks: MaskSeeds,
+    /// Devices (data parallel over several).
+    pub devices: &'a [Device],
+    /// `Some(f)`: a non-finite loss, or one past `f ×` the first step's, ends the run with
+    /// [`TrainError::Diverged`] (a proxy trial is then rejected); `None`: a non-finite loss is
+    /// [`TrainError::NonFinite`].
+    pub explode_factor: Option<f64>,
+    /// The split evaluated after each epoch, if any.
+    pub eval: Option<EvalSet<'a>>,
+    /// The run folder, if any.
+    pub run_dir: Option<RunDir<'a>>,
+    /// End after this many epochs in this call (as a kill would; tests).
+    pub stop_after: Option<usize>,
+}
+
+impl Fit<'_> {
+    /// Trains `net` with `optim`; returns the trained student and distiller and how it ended.
+    pub fn run<N: Net>(
+        &self,
+        mut net: DistillStudent<N>,
+        mut optim: ModuleOptimizer,
+        on_event: &mut dyn FnMut(TrainEvent<'_>),
+    ) -> Result<(DistillStudent<N>, FitOutcome)> {
+        let Some(device) = self.devices.first() else {
+            return Err(TrainError::Config("no device to train on".into()));
+        };
+        let ad = device.clone().autodiff();
+        let (mut start, mut best, mut last) = (0usize, 0.0f64, 0.0f64);
+        if let Some(dir) = &self.run_dir {
+            std::fs::create_dir_all(dir.path).map_err(|e| io(dir.path, e))?;
+            let metrics_path = dir.path.join("metrics.jsonl");
+            if dir.resume {
+                let state;
+                (net, optim, state) = resume(dir.path, net, optim)?;
+                (start, best) = (state.epoch, state.best_top1);
+                // Keep the metrics of the epochs the checkpoint covers; without them the run's
+                // record would silently lose epochs.
+                let text =
+                    std::fs::read_to_string(&metrics_path).map_err(|e| io(&metrics_path, e))?;
+                let kept: Vec<&str> = text.lines().take(start).collect();
+                if kept.len() < start {
+                    return Err(io(
+                        &metrics_path,
+                        format!(
+                            "holds {} epochs, the checkpoint {start}; the run folder is inconsistent",
+                            kept.len()
+                        ),
+                    ));
+                }
+                last = match state.last_top1 {
+                    Some(v) => v,
+                    None => kept
+                        .last()
+                        .and_then(|l| serde_json::from_str::<EpochMetrics>(l).ok())
+                        .map_or(0.0, |m| m.metric(self.task.score_metric())),
+                };
+                let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
+                write_file_atomic(&metrics_path, text.as_bytes())?;
+            } else {
+                write_file_atomic(&metrics_path, b"")?;
+            }
+        }
+        if let MaskSeeds::Once(seed) = self.masks {
+            net.distiller.seed_masks(seed);
+        }
+        let (_, t_req) = net.distiller.tap_requests();
+        let mut first: Option<f64> = None;
+        let mut last_losses = Vec::new();
+        let mut run = 0usize;
+        for epoch in start..self.epochs {
+            if self.stop_after.is_some_and(|s| run >= s) {
+                break;
+            }
+            if let MaskSeeds::PerEpoch(seed) = self.masks {
+                net.distiller
+                    .seed_masks(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            }
+            let lr = (self.lr)(epoch);
+            let clock = Instant::now();
+            let mut sums: Vec<(String, f64)> = Vec::new();
+            let (mut steps, mut images) = (0usize, 0usize);
+            for batch in self.loader.host_epoch(epoch as u64) {
+                let batch = batch?;
+                let b = batch.positions.len();
+                let teacher = match self.teacher {
+                    TeacherFeed::Cache(cache) => cache.lookup(&batch.positions, &t_req)?,
+                    TeacherFeed::Online(t) => {
+                        let plain = batch.clone().to_device(device);
+                        t.forward_intermediates(plain.images, &t_req)
+                    }
+                    TeacherFeed::None => Intermediates::no_teacher(b, 1, device),
+                };
+                let step = if self.devices.len() > 1 {
+                    let plain = batch.to_device(device);
+                    data_parallel_step(
+                        net,
+                        &mut optim,
+                        lr,
+                        self.task,
+                        &plain,
+                        &teacher,
+                        self.devices,
+                    )
+                } else {
+                    let batch = batch.to_device(&ad);
+                    distill_step(net, &mut optim, lr, self.task, &batch, &teacher)
+                };
+                let (n2, losses) = match (step, self.explode_factor) {
+                    (Ok(x), _) => x,
+                    (Err(TrainError::NonFinite(why)), Some(_)) => {
+                        return Err(TrainError::Diverged {
+                            reason: format!("epoch {epoch}: loss is not finite ({why})"),
+                            last_losses,
+                        });
+                    }
+                    (Err(e), _) => return Err(e),
+                };
+                net = n2;
+                if let Some(factor) = self.explode_factor {
+                    let base = *first.get_or_insert(losses.total);
+                    if losses.total > factor * base.max(1e-3) {
+                        return Err(TrainError::Diverged {
+                            reason: format!(
+                                "epoch {epoch}: loss {:.4} exploded past {factor} × the first step's {base:.4}",
+                                losses.total
+                            ),
+                            last_losses: losses.terms,
+                        });
+                    }
+                }
+                if sums.is_empty() {
+                    sums = losses.terms.iter().map(|(k, _)| (k.clone(), 0.0)).collect();
+                    sums.push(("total".into(), 0.0));
+                }
+                for (slot, v) in sums.iter_mut().zip(
+                    losses
+                        .terms
+                        .iter()
+                        .map(|(_, v)| *v)
+                        .chain(std::iter::once(losses.total)),
+                ) {
+                    slot.1 += v;
+                }
+                last_losses = losses.terms;
+                steps += 1;
+                images += b;
+                on_event(TrainEvent::Step {
+                    epoch,
+                    step: steps,
+                    steps: self.loader.num_batches(),
+                    loss: losses.total,
+                });
+            }
+            // Training throughput: the evaluation below is not part of it.
+            let images_per_s = images as f64 / clock.elapsed().as_secs_f64();
+            run += 1;
+            let metrics = match &self.eval {
+                Some(eval) => {
+                    let evaluation = self.task.evaluate(
+                        &net.student.valid(),
+                        eval.split,
+                        eval.transform,
+                        eval.options,
+                        device,
+                    )?;
+                    let score = evaluation.metric(self.task.score_metric());
+                    best = best.max(score);
+                    last = score;
+                    evaluation.metrics
+                }
+                None => BTreeMap::new(),
+            };
+            let m = EpochMetrics {
+                epoch: epoch + 1,
+                lr,
+                losses: sums
+                    .into_iter()
+                    .map(|(k, v)| (k, v / steps.max(1) as f64))
+                    .collect(),
+                metrics,
+                images_per_s,
+            };
+            if let Some(dir) = &self.run_dir {
+                append_line(&dir.path.join("metrics.jsonl"), &m)?;
+            }
+            on_event(TrainEvent::Epoch(&m));
+            if let Some(dir) = &self.run_dir
+                && ((epoch + 1) % dir.checkpoint_every.max(1) == 0 || epoch + 1 == self.epochs)
+            {
+                write_checkpoint(
+                    &dir.path.join("checkpoint"),
+                    &net,
+                    &optim,
+                    &CheckpointState {
+                        epoch: epoch + 1,
+                        best_top1: best,
+                        last_top1: Some(last),
+                    },
+                )?;
+            }
+        }
+        Ok((
+            net,
+            FitOutcome {
+                epochs_run: run,
+                best,
+                last,
+                last_losses,
+            },
+        ))
+    }
+}
+
+/// Loads the newest checkpoint of `run_dir` into `net` and `optim`.
+fn resume<N: Net>(
+    run_dir: &Path,
+    mut net: DistillStudent<N>,
+    optim: ModuleOptimizer,
+) -> Result<(DistillStudent<N>, ModuleOptimizer, CheckpointState)> {
+    let Some(ckpt) = find_checkpoint(run_dir) else {
+        return Err(TrainError::Config(format!(
+            "--resume: {} holds no checkpoint (checkpoint/state.json and model.bpk, or checkpoint.old/); run without --resume to start from scratch",
+            run_dir.display()
+        )));
+    };
+    let state_path = ckpt.join("state.json");
+    let state: CheckpointState = serde_json::from_str(
+        &std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?,
+    )
+    .map_err(|e| io(&state_path, e))?;
+    let mut store = BurnpackStore::from_file(ckpt.join("model.bpk"));
+    net.load_from(&mut store)
+        .map_err(|e| io(&ckpt.join("model.bpk"), e))?;
+    let optim = optim
+        .load(ckpt.join("optim.bpk"))
+        .map_err(|e| io(&ckpt.join("optim.bpk"), format!("{e:?}")))?;
+    Ok((net, optim, state))
+}
+
+fn append_line(path: &Path, m: &EpochMetrics) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| io(path, e))?;
+    writeln!(f, "{}", serde_json::to_string(m).map_err(|e| io(path, e))?).map_err(|e| io(path, e))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+/// Writes the checkpoint into a fresh folder, then swaps it in, so a kill never leaves a
+/// half-written checkpoint (a kill between the two renames leaves `checkpoint.old/`, which
+/// resuming falls back to).
+fn write_checkpoint<N: Net>(
+    dir: &Path,
+    net: &DistillStudent<N>,
+    optim: &ModuleOptimizer,
+    state: &CheckpointState,
+) -> Result<()> {
+    let tmp: PathBuf = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut store = BurnpackStore::from_file(tmp.join("model.bpk")).overwrite(true);
+    net.save_into(&mut store).map_err(|e| io(&tmp, e))?;
+    optim
+        .save(tmp.join("optim.bpk"))
+        .map_err(|e| io(&tmp, format!("{e:?}")))?;
+    std::fs::write(
+        tmp.join("state.json"),
+        serde_json::to_string(state).map_err(|e| io(&tmp, e))?,
+    )
+    .map_err(|e| io(&tmp, e))?;
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
