@@ -577,6 +577,46 @@ fn train_a_teacher_then_distil_with_a_spec_file() {
     .unwrap();
     assert!(small.contains("(200 train, 100 test)"), "{small}");
     assert!(small.contains("data parallel on 2 devices"), "{small}");
+    // A recipe file by iterations with poly decay: 5 steps of the 7 in an epoch of 200 images.
+    std::fs::write(
+        p("poly.toml"),
+        "iterations = 5\nbatch_size = 32\nschedule = \"poly\"\n",
+    )
+    .unwrap();
+    let poly = autokd(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--recipe",
+        &p("poly.toml"),
+        "--train-per-class",
+        "20",
+        "--test-per-class",
+        "10",
+        "--out",
+        &p("poly"),
+    ])
+    .unwrap();
+    assert!(
+        poly.contains("(5 iterations, batch 32") && poly.contains("seed 0 epoch   1/1"),
+        "{poly}"
+    );
+    std::fs::write(p("bad.toml"), "epochs = 0\n").unwrap();
+    let err = autokd(&[
+        "train",
+        "--model",
+        "resnet8",
+        "--recipe",
+        &p("bad.toml"),
+        "--out",
+        &p("bad"),
+    ])
+    .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("bad.toml") && err.contains("epochs must be at least 1"),
+        "{err}"
+    );
     let weights = p("teacher/seed0/model.bpk");
     assert!(std::path::Path::new(&weights).is_file());
     let spec = autokd_distill::DistillerSpec::baseline("cwd").unwrap();

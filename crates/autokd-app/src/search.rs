@@ -11,7 +11,7 @@ use autokd_data::Dataset;
 use autokd_distill::{DistillerSpec, Effective, SearchSpace};
 use autokd_models::{Backbone, Model, ModelSpec, TapRequest, load_weights, save_weights};
 use autokd_search::{Mcts, RandomSearch, Strategy, Trial, TrialStore};
-use autokd_train::{ProxyEvaluator, TeacherPlan, TrialOutcome};
+use autokd_train::{Length, ProxyEvaluator, TeacherPlan, TrialOutcome};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -96,8 +96,8 @@ pub enum SearchEvent<'a> {
         teacher: &'a str,
         /// The dataset.
         dataset: &'a str,
-        /// Epochs.
-        epochs: usize,
+        /// Epochs or iterations.
+        length: Length,
         /// Where it will be cached.
         path: &'a Path,
     },
@@ -114,8 +114,8 @@ pub enum SearchEvent<'a> {
         sizes: (usize, usize),
         /// Training images per class.
         per_class: usize,
-        /// Proxy epochs.
-        epochs: usize,
+        /// Proxy epochs or iterations.
+        length: Length,
         /// Cache or online teacher.
         plan: TeacherPlan,
         /// Seconds to build the evaluators.
@@ -283,7 +283,7 @@ fn teacher(
     observe(SearchEvent::TeacherTraining {
         teacher: cfg.teacher.as_str(),
         dataset: &dataset.info.name,
-        epochs: cfg.teacher_training.epochs,
+        length: cfg.teacher_training.length,
         path: &path,
     })
     .map_err(AppError::Output)?;
@@ -470,7 +470,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     observe(SearchEvent::Proxy {
         sizes: first.sizes(),
         per_class: cfg.proxy.per_class,
-        epochs: cfg.proxy.recipe.epochs,
+        length: cfg.proxy.recipe.length,
         plan: first.plan(),
         seconds: start.elapsed().as_secs_f64(),
     })

@@ -538,7 +538,7 @@ fn proxy(args: &ProxyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             cache_teacher,
             ..Default::default()
         };
-        (c.recipe.epochs, c.recipe.batch_size) = (args.epochs, 64);
+        (c.recipe.length, c.recipe.batch_size) = (autokd_train::Length::Epochs(args.epochs), 64);
         c
     };
     let start = Instant::now();
@@ -754,7 +754,7 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
                     cache_teacher: true,
                     ..Default::default()
                 };
-                (c.recipe.epochs, c.recipe.batch_size) = (1, b);
+                (c.recipe.length, c.recipe.batch_size) = (autokd_train::Length::Epochs(1), b);
                 c
             },
             &plain,

@@ -166,11 +166,11 @@ fn print_event(
         SearchEvent::TeacherTraining {
             teacher,
             dataset,
-            epochs,
+            length,
             path,
         } => writeln!(
             out,
-            "teacher: training {teacher} on {dataset} ({epochs} epochs); cached as {}",
+            "teacher: training {teacher} on {dataset} ({length}); cached as {}",
             path.display()
         ),
         SearchEvent::Teacher { teacher, origin } => match origin {
@@ -201,7 +201,7 @@ fn print_event(
         SearchEvent::Proxy {
             sizes: (n_train, n_val),
             per_class,
-            epochs,
+            length,
             plan,
             seconds,
         } => {
@@ -224,7 +224,7 @@ fn print_event(
             };
             writeln!(
                 out,
-                "proxy: {n_train} training images ({per_class} per class), {n_val} validation images, {epochs} epochs; {source}"
+                "proxy: {n_train} training images ({per_class} per class), {n_val} validation images, {length}; {source}"
             )
         }
         SearchEvent::Stream {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use autokd_data::DatasetSpec;
 use autokd_distill::DistillerSpec;
 use autokd_models::{ModelName, load_weights, save_weights};
-use autokd_train::{Recipe, TeacherSetup, TrainEvent, train};
+use autokd_train::{Length, Recipe, TeacherSetup, TrainEvent, train};
 use serde::Serialize;
 
 use crate::device::{DeviceSpec, select_devices};
@@ -33,12 +33,18 @@ pub struct TrainArgs {
     /// sp, ickd, cwd, dist, fitnet). Default with a teacher: kd.
     #[arg(long)]
     pub distiller: Option<String>,
-    /// Recipe preset: cifar100, imagenet, deit, digits, fashion-mnist.
+    /// Recipe preset (cifar100, imagenet, deit, digits, fashion-mnist) or a TOML file of one
+    /// (the keys of a search config's `[teacher_training]`, plus `optimizer`, `schedule`
+    /// = multi_step | cosine | poly, `warmup_epochs`, `iterations`, `power`, `min_lr`).
     #[arg(long, default_value = "digits")]
     pub recipe: String,
-    /// Override the recipe's epochs.
-    #[arg(long)]
+    /// Override the recipe's length with this many epochs.
+    #[arg(long, conflicts_with = "iterations")]
     pub epochs: Option<usize>,
+    /// Override the recipe's length with this many optimizer steps (its schedule then counts
+    /// iterations).
+    #[arg(long)]
+    pub iterations: Option<usize>,
     /// Override the recipe's batch size.
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -112,9 +118,12 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let dataset = dataset;
     let info = &dataset.info;
     let spec = |name: ModelName| crate::model_spec(name, info);
-    let mut recipe = Recipe::preset(&args.recipe)?;
+    let mut recipe = load_recipe(&args.recipe)?;
     if let Some(e) = args.epochs {
-        recipe.epochs = e;
+        recipe.length = Length::Epochs(e);
+    }
+    if let Some(i) = args.iterations {
+        recipe.length = Length::Iterations(i);
     }
     if let Some(b) = args.batch_size {
         recipe.batch_size = b;
@@ -128,9 +137,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             gamma: 0.1,
         };
     }
-    recipe
-        .validate()
-        .context("--epochs, --batch-size, --lr and --milestones override the recipe")?;
+    recipe.validate().context(
+        "--epochs, --iterations, --batch-size, --lr and --milestones override the recipe",
+    )?;
     let teacher = match (args.teacher, &args.teacher_weights) {
         (Some(t), Some(w)) => Some((
             t,
@@ -156,13 +165,13 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     );
     writeln!(
         out,
-        "train: {} on {} ({} train, {} test), recipe {} ({} epochs, batch {}, lr {}), {distiller}, seeds {:?}{}",
+        "train: {} on {} ({} train, {} test), recipe {} ({}, batch {}, lr {}), {distiller}, seeds {:?}{}",
         args.model,
         info.name,
         dataset.train.len(),
         dataset.test.len(),
         args.recipe,
-        recipe.epochs,
+        recipe.length,
         recipe.batch_size,
         recipe.lr,
         args.seeds,
@@ -190,6 +199,8 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         });
         // The first failed write of an epoch line; the run stops with it once `train` returns.
         let mut write_error: Option<std::io::Error> = None;
+        // Epochs of the run, as its first step tells (an iteration recipe's depend on the loader).
+        let mut total_epochs = recipe.epochs().unwrap_or(0);
         let (model, summary) = train(
             &spec(args.model),
             setup,
@@ -206,17 +217,15 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             |event| match event {
                 TrainEvent::Step {
                     epoch,
+                    epochs,
                     step,
                     steps,
                     loss,
                 } => {
                     if step == 1 {
                         bar.set_length(steps as u64);
-                        bar.set_prefix(format!(
-                            "seed {seed} epoch {}/{}",
-                            epoch + 1,
-                            recipe.epochs
-                        ));
+                        bar.set_prefix(format!("seed {seed} epoch {}/{epochs}", epoch + 1));
+                        total_epochs = epochs;
                     }
                     bar.set_position(step as u64);
                     bar.set_message(format!("loss {loss:.4}"));
@@ -232,7 +241,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                             out,
                             "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s",
                             m.epoch,
-                            recipe.epochs,
+                            total_epochs,
                             m.lr,
                             losses.join("  "),
                             100.0 * m.metric("top1"),
@@ -259,8 +268,8 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             dir.join("model.bpk").display(),
             if summary.epochs_run == 0 {
                 format!(
-                    "; already finished: the checkpoint holds all {} epochs",
-                    recipe.epochs
+                    "; already finished: the checkpoint holds all {}",
+                    recipe.length
                 )
             } else {
                 String::new()
@@ -292,4 +301,16 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .as_bytes(),
     )?;
     Ok(())
+}
+
+/// A recipe preset by name, or a recipe TOML file (an error names the file and the field).
+fn load_recipe(name: &str) -> anyhow::Result<Recipe> {
+    let path = std::path::Path::new(name);
+    if name.ends_with(".toml") || path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the recipe file {}", path.display()))?;
+        return toml::from_str(&text)
+            .with_context(|| format!("{}: not a valid recipe", path.display()));
+    }
+    Ok(Recipe::preset(name)?)
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::TeacherCache;
 use crate::error::{Result, TrainError};
+use crate::full::{Length, Recipe};
 use crate::step::{DistillStudent, data_parallel_step, distill_step};
 use crate::task::{EvalOptions, Net, Task};
 
@@ -74,7 +75,7 @@ pub struct RunDir<'a> {
 pub struct EpochMetrics {
     /// Epoch, from 1.
     pub epoch: usize,
-    /// Learning rate.
+    /// Learning rate (of the epoch's first step, for an iteration recipe).
     pub lr: f64,
     /// Mean of each loss term over the epoch (`ce`, `feat0`, …, `logits`) and `total`.
     pub losses: Vec<(String, f64)>,
@@ -100,6 +101,8 @@ pub enum TrainEvent<'a> {
     Step {
         /// 0-based epoch.
         epoch: usize,
+        /// Epochs of the run.
+        epochs: usize,
         /// 1-based step within the epoch.
         step: usize,
         /// Steps per epoch.
@@ -154,10 +157,10 @@ pub struct Fit<'a> {
     pub task: &'a dyn Task,
     /// Training batches, one epoch per call of `host_epoch(epoch)`.
     pub loader: &'a DataLoader,
-    /// Epochs in all (a resumed run starts at its checkpoint's).
-    pub epochs: usize,
-    /// The learning rate of each epoch.
-    pub lr: &'a (dyn Fn(usize) -> f64 + Sync),
+    /// The run's length and learning rate of each epoch or step ([`Recipe::lr_at`]); its
+    /// optimizer is the one given to [`Fit::run`] (a resumed run starts at its checkpoint's
+    /// epoch).
+    pub recipe: &'a Recipe,
     /// The teacher's outputs.
     pub teacher: TeacherFeed<'a>,
     /// Mask seeding.
@@ -227,10 +230,13 @@ impl Fit<'_> {
             net.distiller.seed_masks(seed);
         }
         let (_, t_req) = net.distiller.tap_requests();
+        let steps_per_epoch = self.loader.num_batches();
+        let (epochs, total_steps) = self.recipe.length.plan(steps_per_epoch);
+        let per_step = matches!(self.recipe.length, Length::Iterations(_));
         let mut first: Option<f64> = None;
         let mut last_losses = Vec::new();
         let mut run = 0usize;
-        for epoch in start..self.epochs {
+        for epoch in start..epochs {
             if self.stop_after.is_some_and(|s| run >= s) {
                 break;
             }
@@ -238,12 +244,20 @@ impl Fit<'_> {
                 net.distiller
                     .seed_masks(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             }
-            let lr = (self.lr)(epoch);
+            // The optimizer steps before this epoch; an iteration recipe's last epoch ends
+            // part-way.
+            let done = epoch * steps_per_epoch;
+            let epoch_steps = steps_per_epoch.min(total_steps.saturating_sub(done));
+            let rate = |step: usize| {
+                self.recipe
+                    .lr_at(if per_step { done + step } else { epoch })
+            };
             let clock = Instant::now();
             let mut sums: Vec<(String, f64)> = Vec::new();
             let (mut steps, mut images) = (0usize, 0usize);
-            for batch in self.loader.host_epoch(epoch as u64) {
+            for batch in self.loader.host_epoch(epoch as u64).take(epoch_steps) {
                 let batch = batch?;
+                let lr = rate(steps);
                 let b = batch.positions.len();
                 let teacher = match self.teacher {
                     TeacherFeed::Cache(cache) => cache.lookup(&batch.positions, &t_req)?,
@@ -309,8 +323,9 @@ impl Fit<'_> {
                 images += b;
                 on_event(TrainEvent::Step {
                     epoch,
+                    epochs,
                     step: steps,
-                    steps: self.loader.num_batches(),
+                    steps: epoch_steps,
                     loss: losses.total,
                 });
             }
@@ -335,7 +350,7 @@ impl Fit<'_> {
             };
             let m = EpochMetrics {
                 epoch: epoch + 1,
-                lr,
+                lr: rate(0),
                 losses: sums
                     .into_iter()
                     .map(|(k, v)| (k, v / steps.max(1) as f64))
@@ -348,7 +363,7 @@ impl Fit<'_> {
             }
             on_event(TrainEvent::Epoch(&m));
             if let Some(dir) = &self.run_dir
-                && ((epoch + 1) % dir.checkpoint_every.max(1) == 0 || epoch + 1 == self.epochs)
+                && ((epoch + 1) % dir.checkpoint_every.max(1) == 0 || epoch + 1 == epochs)
             {
                 write_checkpoint(
                     &dir.path.join("checkpoint"),
@@ -392,8 +407,14 @@ fn resume<N: Net>(
     )
     .map_err(|e| io(&state_path, e))?;
     let mut store = BurnpackStore::from_file(ckpt.join("model.bpk"));
-    net.load_from(&mut store)
-        .map_err(|e| io(&ckpt.join("model.bpk"), e))?;
+    net.load_from(&mut store).map_err(|e| {
+        io(
+            &ckpt.join("model.bpk"),
+            format!(
+                "the checkpoint does not fit this run's student and distiller ({e}); resume with the model, teacher and distiller it was written with, or start a new run folder"
+            ),
+        )
+    })?;
     let optim = optim
         .load(ckpt.join("optim.bpk"))
         .map_err(|e| io(&ckpt.join("optim.bpk"), format!("{e:?}")))?;

@@ -38,30 +38,79 @@ pub enum OptimizerKind {
     },
 }
 
-/// Learning-rate schedule of a recipe, by epoch.
+/// Learning-rate schedule of a recipe. It counts the unit of the recipe's [`Length`]: an epoch
+/// recipe sets one rate per epoch (milestones and warm-up in epochs), an iteration recipe one per
+/// optimizer step (milestones and warm-up in iterations), as mmseg's iteration-based schedules.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Schedule {
-    /// `lr · gamma^(number of milestones ≤ epoch)` (constant without milestones).
+    /// `lr · gamma^(number of milestones ≤ t)` (constant without milestones).
     MultiStep {
-        /// Epochs at which the rate drops.
+        /// Epochs (or iterations) at which the rate drops.
         milestones: Vec<usize>,
         /// Factor per milestone.
         gamma: f64,
     },
     /// Linear warm-up, then half a cosine down to 0.
     Cosine {
-        /// Warm-up epochs.
+        /// Warm-up epochs (or iterations).
         warmup_epochs: usize,
+    },
+    /// `(lr − min_lr) · (1 − t/T)^power + min_lr` over the run's `T` epochs or iterations
+    /// (torchvision's `PolynomialLR` with `min_lr = 0`; mmseg's `PolyLR` with `eta_min`). The
+    /// segmentation recipes use power 0.9.
+    Poly {
+        /// Exponent.
+        power: f64,
+        /// Floor of the rate.
+        min_lr: f64,
     },
 }
 
-/// A training recipe: epochs, batch, optimizer, schedule and seed. In files it is one flat table
+/// How long a recipe trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// Whole epochs over the training split.
+    Epochs(usize),
+    /// Optimizer steps; the last epoch ends part-way when they do not fill it.
+    Iterations(usize),
+}
+
+impl Length {
+    /// The number of epochs or iterations (the span `T` of the schedule).
+    pub fn count(self) -> usize {
+        match self {
+            Length::Epochs(n) | Length::Iterations(n) => n,
+        }
+    }
+
+    /// Epochs and optimizer steps of a run with `steps_per_epoch` batches per epoch (an
+    /// iteration recipe: as many epochs as its steps begin).
+    pub fn plan(self, steps_per_epoch: usize) -> (usize, usize) {
+        let spe = steps_per_epoch.max(1);
+        match self {
+            Length::Epochs(e) => (e, e * spe),
+            Length::Iterations(i) => (i.div_ceil(spe), i),
+        }
+    }
+}
+
+impl std::fmt::Display for Length {
+    /// `30 epochs`, `40000 iterations`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Length::Epochs(e) => write!(f, "{e} epochs"),
+            Length::Iterations(i) => write!(f, "{i} iterations"),
+        }
+    }
+}
+
+/// A training recipe: length, batch, optimizer, schedule and seed. In files it is one flat table
 /// (see [`RecipeFile`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RecipeFile", into = "RecipeFile")]
 pub struct Recipe {
-    /// Epochs.
-    pub epochs: usize,
+    /// Epochs or iterations.
+    pub length: Length,
     /// Batch size.
     pub batch_size: usize,
     /// Initial learning rate.
@@ -94,17 +143,21 @@ pub enum ScheduleName {
     MultiStep,
     /// Warm-up and cosine.
     Cosine,
+    /// Polynomial decay (`power`, `min_lr`).
+    Poly,
 }
 
 /// A [`Recipe`] as a file gives it, every field defaulting to the `digits` preset. The first
 /// eight fields are those of the search config's `[teacher_training]` since its start (and
-/// serialize in that order, so cached teachers keep their keys); `optimizer`, `schedule` and
-/// `warmup_epochs` are written only when they differ from SGD with steps.
+/// serialize in that order, so cached teachers keep their keys); the others are written only
+/// when they differ from SGD with steps over epochs. `epochs` or `iterations` gives the length
+/// (not both; neither: the preset's 30 epochs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RecipeFile {
     /// Epochs.
-    pub epochs: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
     /// Batch size.
     pub batch_size: usize,
     /// Initial learning rate.
@@ -113,7 +166,7 @@ pub struct RecipeFile {
     pub momentum: f64,
     /// Weight decay.
     pub weight_decay: f64,
-    /// Epochs at which the learning rate is multiplied by `gamma`.
+    /// Epochs (or iterations) at which the learning rate is multiplied by `gamma`.
     pub milestones: Vec<usize>,
     /// Learning-rate factor at each milestone.
     pub gamma: f64,
@@ -122,16 +175,32 @@ pub struct RecipeFile {
     /// `sgd` or `adamw`.
     #[serde(skip_serializing_if = "is_default")]
     pub optimizer: OptimizerName,
-    /// `multi_step` or `cosine`.
+    /// `multi_step`, `cosine` or `poly`.
     #[serde(skip_serializing_if = "is_default")]
     pub schedule: ScheduleName,
-    /// Warm-up epochs of the cosine schedule.
+    /// Warm-up epochs (or iterations) of the cosine schedule.
     #[serde(skip_serializing_if = "is_default")]
     pub warmup_epochs: usize,
+    /// Optimizer steps instead of epochs; the schedule then counts iterations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<usize>,
+    /// Exponent of the poly schedule.
+    #[serde(skip_serializing_if = "is_default_power")]
+    pub power: f64,
+    /// Floor of the poly schedule's rate.
+    #[serde(skip_serializing_if = "is_default")]
+    pub min_lr: f64,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
+}
+
+/// The poly schedule's exponent of the segmentation recipes (DeepLab, mmseg).
+const POLY_POWER: f64 = 0.9;
+
+fn is_default_power(p: &f64) -> bool {
+    *p == POLY_POWER
 }
 
 impl Default for RecipeFile {
@@ -149,16 +218,34 @@ impl From<Recipe> for RecipeFile {
             } => (OptimizerName::Sgd, momentum, weight_decay),
             OptimizerKind::AdamW { weight_decay } => (OptimizerName::Adamw, 0.9, weight_decay),
         };
-        let (schedule, milestones, gamma, warmup_epochs) = match r.schedule {
-            Schedule::MultiStep { milestones, gamma } => {
-                (ScheduleName::MultiStep, milestones, gamma, 0)
+        let (mut milestones, mut gamma, mut warmup_epochs) = (Vec::new(), 0.1, 0);
+        let (mut power, mut min_lr) = (POLY_POWER, 0.0);
+        let schedule = match r.schedule {
+            Schedule::MultiStep {
+                milestones: m,
+                gamma: g,
+            } => {
+                (milestones, gamma) = (m, g);
+                ScheduleName::MultiStep
             }
-            Schedule::Cosine { warmup_epochs } => {
-                (ScheduleName::Cosine, Vec::new(), 0.1, warmup_epochs)
+            Schedule::Cosine { warmup_epochs: w } => {
+                warmup_epochs = w;
+                ScheduleName::Cosine
+            }
+            Schedule::Poly {
+                power: p,
+                min_lr: m,
+            } => {
+                (power, min_lr) = (p, m);
+                ScheduleName::Poly
             }
         };
+        let (epochs, iterations) = match r.length {
+            Length::Epochs(e) => (Some(e), None),
+            Length::Iterations(i) => (None, Some(i)),
+        };
         Self {
-            epochs: r.epochs,
+            epochs,
             batch_size: r.batch_size,
             lr: r.lr,
             momentum,
@@ -169,6 +256,9 @@ impl From<Recipe> for RecipeFile {
             optimizer,
             schedule,
             warmup_epochs,
+            iterations,
+            power,
+            min_lr,
         }
     }
 }
@@ -194,9 +284,23 @@ impl TryFrom<RecipeFile> for Recipe {
             ScheduleName::Cosine => Schedule::Cosine {
                 warmup_epochs: f.warmup_epochs,
             },
+            ScheduleName::Poly => Schedule::Poly {
+                power: f.power,
+                min_lr: f.min_lr,
+            },
+        };
+        let length = match (f.epochs, f.iterations) {
+            (Some(e), None) => Length::Epochs(e),
+            (None, Some(i)) => Length::Iterations(i),
+            (None, None) => Recipe::digits().length,
+            (Some(e), Some(i)) => {
+                return Err(format!(
+                    "recipe: give `epochs` or `iterations`, not both (epochs = {e}, iterations = {i})"
+                ));
+            }
         };
         let recipe = Recipe {
-            epochs: f.epochs,
+            length,
             batch_size: f.batch_size,
             lr: f.lr,
             optimizer,
@@ -216,7 +320,7 @@ impl Recipe {
     /// default of a search's `[teacher_training]`).
     pub fn digits() -> Self {
         Self {
-            epochs: 30,
+            length: Length::Epochs(30),
             batch_size: 64,
             lr: 0.05,
             optimizer: OptimizerKind::Sgd {
@@ -243,7 +347,7 @@ impl Recipe {
             gamma: 0.1,
         };
         let recipe = |epochs, batch_size, lr, optimizer, schedule| Self {
-            epochs,
+            length: Length::Epochs(epochs),
             batch_size,
             lr,
             optimizer,
@@ -271,20 +375,35 @@ impl Recipe {
         })
     }
 
-    /// The learning rate of `epoch` (0-based).
-    pub fn lr_at(&self, epoch: usize) -> f64 {
+    /// Epochs of the run, when its length is in epochs (`None` for an iteration recipe, whose
+    /// epochs depend on the loader: [`Length::plan`]).
+    pub fn epochs(&self) -> Option<usize> {
+        match self.length {
+            Length::Epochs(e) => Some(e),
+            Length::Iterations(_) => None,
+        }
+    }
+
+    /// The learning rate at `t` (0-based) of the recipe's unit: the epoch of an epoch recipe,
+    /// the optimizer step of an iteration recipe.
+    pub fn lr_at(&self, t: usize) -> f64 {
+        let span = self.length.count();
         match &self.schedule {
             Schedule::MultiStep { milestones, gamma } => {
-                self.lr * gamma.powi(milestones.iter().filter(|&&m| m <= epoch).count() as i32)
+                self.lr * gamma.powi(milestones.iter().filter(|&&m| m <= t).count() as i32)
             }
             Schedule::Cosine { warmup_epochs } => {
-                if epoch < *warmup_epochs {
-                    self.lr * (epoch + 1) as f64 / *warmup_epochs as f64
+                if t < *warmup_epochs {
+                    self.lr * (t + 1) as f64 / *warmup_epochs as f64
                 } else {
-                    let span = (self.epochs - warmup_epochs).max(1) as f64;
-                    let t = (epoch - warmup_epochs) as f64 / span;
-                    0.5 * self.lr * (1.0 + (std::f64::consts::PI * t).cos())
+                    let rest = span.saturating_sub(*warmup_epochs).max(1) as f64;
+                    let x = (t - warmup_epochs) as f64 / rest;
+                    0.5 * self.lr * (1.0 + (std::f64::consts::PI * x).cos())
                 }
+            }
+            Schedule::Poly { power, min_lr } => {
+                let x = t.min(span) as f64 / span.max(1) as f64;
+                (self.lr - min_lr) * (1.0 - x).powf(*power) + min_lr
             }
         }
     }
@@ -302,12 +421,17 @@ impl Recipe {
         }
     }
 
-    /// Checks the recipe: at least one epoch, a positive batch size, learning rate and gamma, and
-    /// a cosine warm-up shorter than the run.
+    /// Checks the recipe: at least one epoch or iteration, a positive batch size, learning rate
+    /// and gamma, a cosine warm-up shorter than the run, a positive poly power and a floor in
+    /// `[0, lr)`.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(format!("recipe: {m}")));
-        if self.epochs == 0 {
-            return bad("epochs must be at least 1".into());
+        let (unit, span) = match self.length {
+            Length::Epochs(e) => ("epochs", e),
+            Length::Iterations(i) => ("iterations", i),
+        };
+        if span == 0 {
+            return bad(format!("{unit} must be at least 1"));
         }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1".into());
@@ -319,10 +443,18 @@ impl Recipe {
             Schedule::MultiStep { gamma, .. } if !(gamma.is_finite() && *gamma > 0.0) => {
                 bad(format!("gamma {gamma} must be a positive number"))
             }
-            Schedule::Cosine { warmup_epochs } if *warmup_epochs >= self.epochs => bad(format!(
-                "warmup_epochs {warmup_epochs} must be below epochs {}",
-                self.epochs
+            Schedule::Cosine { warmup_epochs } if *warmup_epochs >= span => bad(format!(
+                "warmup_epochs {warmup_epochs} must be below {unit} {span}"
             )),
+            Schedule::Poly { power, .. } if !(power.is_finite() && *power > 0.0) => {
+                bad(format!("power {power} must be a positive number"))
+            }
+            Schedule::Poly { min_lr, .. } if !(*min_lr >= 0.0 && *min_lr < self.lr) => {
+                bad(format!(
+                    "min_lr {min_lr} must be at least 0 and below lr {}",
+                    self.lr
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -464,12 +596,10 @@ pub fn train(
         },
     )?;
     let test_transform = Transform::eval(&dataset.info)?;
-    let lr = |epoch| recipe.lr_at(epoch);
     let fit = Fit {
         task: &Classification,
         loader: &loader,
-        epochs: recipe.epochs,
-        lr: &lr,
+        recipe,
         teacher: frozen
             .as_ref()
             .map_or(TeacherFeed::None, |t| TeacherFeed::Online(t)),
@@ -537,11 +667,158 @@ mod tests {
         assert!(err.contains("unknown field `lr_max`"), "{err}");
     }
 
+    /// Poly decay by hand: `lr · (1 − t/T)^0.9`, with and without a floor; an iteration recipe
+    /// counts its schedule in steps; its file gives `iterations` instead of `epochs`.
+    #[test]
+    fn poly_and_iteration_recipes() {
+        let r = Recipe {
+            length: Length::Iterations(100),
+            lr: 0.01,
+            schedule: Schedule::Poly {
+                power: 0.9,
+                min_lr: 0.0,
+            },
+            ..Recipe::digits()
+        };
+        // 0.5^0.9 = 0.535886731…, 0.9^0.9 = 0.909532576…
+        assert_eq!(r.lr_at(0), 0.01);
+        assert!(
+            (r.lr_at(50) - 0.005_358_867_31).abs() < 1e-11,
+            "{}",
+            r.lr_at(50)
+        );
+        assert!(
+            (r.lr_at(10) - 0.009_095_325_76).abs() < 1e-11,
+            "{}",
+            r.lr_at(10)
+        );
+        assert_eq!(r.lr_at(100), 0.0);
+        assert_eq!(r.lr_at(150), 0.0);
+        let floor = Recipe {
+            schedule: Schedule::Poly {
+                power: 0.9,
+                min_lr: 1e-4,
+            },
+            ..r.clone()
+        };
+        assert!((floor.lr_at(50) - (0.0099 * 0.535_886_731 + 1e-4)).abs() < 1e-11);
+        assert!((floor.lr_at(100) - 1e-4).abs() < 1e-15);
+        // Milestones of an iteration recipe are steps.
+        let steps = Recipe {
+            schedule: Schedule::MultiStep {
+                milestones: vec![30],
+                gamma: 0.1,
+            },
+            ..r.clone()
+        };
+        assert_eq!((steps.lr_at(29), steps.lr_at(30)), (0.01, 0.01 * 0.1));
+        assert_eq!(Length::Iterations(30).plan(23), (2, 30));
+        assert_eq!(Length::Iterations(46).plan(23), (2, 46));
+        assert_eq!(Length::Epochs(3).plan(23), (3, 69));
+        assert_eq!(r.length.to_string(), "100 iterations");
+        let text = toml::to_string(&r).unwrap();
+        assert!(
+            text.contains("iterations = 100")
+                && text.contains("schedule = \"poly\"")
+                && !text.contains("epochs =")
+                && !text.contains("power"),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<Recipe>(&text).unwrap(), r);
+        let file: Recipe =
+            toml::from_str("iterations = 40000\nschedule = \"poly\"\nlr = 0.01\nmin_lr = 1e-4\n")
+                .unwrap();
+        assert_eq!(file.length, Length::Iterations(40000));
+        for (bad, why) in [
+            ("epochs = 3\niterations = 10", "not both"),
+            ("iterations = 0", "iterations must be at least 1"),
+            (
+                "schedule = \"poly\"\npower = 0",
+                "power 0 must be a positive number",
+            ),
+            (
+                "schedule = \"poly\"\nmin_lr = 0.5",
+                "min_lr 0.5 must be at least 0 and below lr",
+            ),
+        ] {
+            let err = toml::from_str::<Recipe>(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    /// An iteration recipe through the loop: 30 steps at batch 64 over 1,438 images (23 steps per
+    /// epoch) are 23 + 7 steps in 2 epochs, the poly rate falls per step, and a run killed after
+    /// its first epoch resumes to the weights of the uninterrupted one.
+    #[test]
+    fn an_iteration_recipe_runs_its_steps_and_resumes() {
+        let _serial = crate::serial();
+        let device = Device::flex();
+        let ds = DatasetSpec::Digits.load().unwrap();
+        let spec = crate::testing::digits_spec(ModelName::Resnet8);
+        let recipe = Recipe {
+            length: Length::Iterations(30),
+            schedule: Schedule::Poly {
+                power: 0.9,
+                min_lr: 0.0,
+            },
+            ..Recipe::digits()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let go = |dir: &Path,
+                  resume: bool,
+                  stop: Option<usize>,
+                  steps: &mut Vec<(usize, usize, usize)>,
+                  lrs: &mut Vec<f64>| {
+            train(
+                &spec,
+                None,
+                &ds,
+                &recipe,
+                1,
+                dir,
+                resume,
+                stop,
+                std::slice::from_ref(&device),
+                |e| match e {
+                    TrainEvent::Step {
+                        epoch,
+                        epochs,
+                        step,
+                        ..
+                    } => steps.push((epoch, epochs, step)),
+                    TrainEvent::Epoch(m) => lrs.push(m.lr),
+                },
+            )
+            .unwrap()
+        };
+        let (mut steps, mut lrs) = (Vec::new(), Vec::new());
+        let (a, sa) = go(&tmp.path().join("whole"), false, None, &mut steps, &mut lrs);
+        let expected: Vec<(usize, usize, usize)> = (1..=23)
+            .map(|s| (0, 2, s))
+            .chain((1..=7).map(|s| (1, 2, s)))
+            .collect();
+        assert_eq!(steps, expected);
+        assert_eq!(sa.epochs_run, 2);
+        assert_eq!(lrs, vec![recipe.lr_at(0), recipe.lr_at(23)]);
+        assert!(lrs[1] < lrs[0]);
+        let split = tmp.path().join("split");
+        let (_, s1) = go(&split, false, Some(1), &mut Vec::new(), &mut Vec::new());
+        assert_eq!(s1.epochs_run, 1);
+        let mut rest = Vec::new();
+        let (b, s2) = go(&split, true, None, &mut rest, &mut Vec::new());
+        assert_eq!((s2.epochs_run, rest.len()), (1, 7));
+        assert_eq!(
+            crate::testing::snapshot(&a),
+            crate::testing::snapshot(&b),
+            "resumed weights differ"
+        );
+    }
+
     #[test]
     fn presets_and_schedules() {
         let _serial = crate::serial();
         let c = Recipe::preset("cifar100").unwrap();
-        assert_eq!((c.epochs, c.batch_size), (240, 64));
+        assert_eq!((c.length, c.batch_size), (Length::Epochs(240), 64));
         assert!((c.lr_at(149) - 0.05).abs() < 1e-12 && (c.lr_at(150) - 0.005).abs() < 1e-12);
         assert!((c.lr_at(210) - 0.05e-3).abs() < 1e-12);
         let i = Recipe::preset("imagenet").unwrap();
@@ -577,7 +854,7 @@ mod tests {
         let before = crate::testing::snapshot(&teacher);
         let cwd = DistillerSpec::baseline("cwd").unwrap();
         let recipe = Recipe {
-            epochs: 3,
+            length: Length::Epochs(3),
             batch_size: 128,
             seed: 7,
             ..Recipe::preset("digits").unwrap()
@@ -682,7 +959,7 @@ mod tests {
         let ds = DatasetSpec::Digits.load().unwrap();
         let spec = crate::testing::digits_spec(ModelName::Resnet8);
         let recipe = Recipe {
-            epochs: 2,
+            length: Length::Epochs(2),
             ..Recipe::preset("digits").unwrap()
         };
         let dir = tempfile::tempdir().unwrap();
@@ -769,7 +1046,7 @@ mod tests {
         };
         let spec = crate::testing::digits_spec(ModelName::Resnet8);
         let recipe = Recipe {
-            epochs: 2,
+            length: Length::Epochs(2),
             batch_size: 32,
             ..Recipe::preset("digits").unwrap()
         };
@@ -810,9 +1087,29 @@ mod tests {
         std::fs::rename(done.join("checkpoint"), done.join("checkpoint.old")).unwrap();
         let (_, old) = go(&done, &recipe, true).unwrap();
         assert_eq!((old.epochs_run, old.last_top1), (0, first.last_top1));
+        // A checkpoint of another student is refused, saying why.
+        let other = crate::testing::digits_spec(ModelName::Resnet14);
+        let err = train(
+            &other,
+            None,
+            &ds,
+            &recipe,
+            1,
+            &done,
+            true,
+            None,
+            std::slice::from_ref(&device),
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("model.bpk") && err.contains("does not fit this run's student"),
+            "{err}"
+        );
         // Zero epochs.
         let zero = Recipe {
-            epochs: 0,
+            length: Length::Epochs(0),
             ..recipe.clone()
         };
         let err = go(&tmp.path().join("zero"), &zero, false)

@@ -48,8 +48,8 @@ pub use fit::{
     find_checkpoint,
 };
 pub use full::{
-    OptimizerKind, PRESETS, Recipe, RecipeFile, Schedule, TeacherSetup, TrainSummary, accuracy,
-    evaluate, sgd, train,
+    Length, OptimizerKind, OptimizerName, PRESETS, Recipe, RecipeFile, Schedule, ScheduleName,
+    TeacherSetup, TrainSummary, accuracy, evaluate, sgd, train,
 };
 pub use proxy::{
     ProxyConfig, ProxyEvaluator, ProxyFile, RewardKind, TrialOutcome, representation_gap,

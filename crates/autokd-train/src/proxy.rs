@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::cache::{DEFAULT_BUDGET_BYTES, TeacherCache, TeacherPlan, TeacherSource};
 use crate::error::{Result, TrainError};
 use crate::fit::{Fit, MaskSeeds, TeacherFeed};
-use crate::full::{OptimizerKind, Recipe, Schedule};
+use crate::full::{
+    Length, OptimizerKind, OptimizerName, Recipe, RecipeFile, Schedule, ScheduleName,
+};
 use crate::step::DistillStudent;
 use crate::task::{Classification, EvalOptions, Task};
 
@@ -69,7 +71,9 @@ pub struct ProxyConfig {
 }
 
 /// A [`ProxyConfig`] as a search config's `[proxy]` gives it: the fields it has had since its
-/// start, plus optional `milestones` and `gamma` of the recipe.
+/// start (in that order), then the recipe's other fields ([`RecipeFile`]: `milestones`, `gamma`,
+/// `optimizer`, `schedule`, `warmup_epochs`, `iterations`, `power`, `min_lr`), written only when
+/// they differ from a constant-rate SGD over epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyFile {
@@ -77,11 +81,12 @@ pub struct ProxyFile {
     pub per_class: usize,
     /// Fraction of the training split held out for validation.
     pub val_fraction: f64,
-    /// Epochs over the proxy subset.
-    pub epochs: usize,
+    /// Epochs over the proxy subset (or `iterations`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
     /// Batch size.
     pub batch_size: usize,
-    /// Learning rate (SGD).
+    /// Learning rate.
     pub lr: f64,
     /// SGD momentum.
     pub momentum: f64,
@@ -105,10 +110,36 @@ pub struct ProxyFile {
     /// Learning-rate factor at each milestone.
     #[serde(skip_serializing_if = "is_default_gamma")]
     pub gamma: f64,
+    /// `sgd` or `adamw`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub optimizer: OptimizerName,
+    /// `multi_step`, `cosine` or `poly`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub schedule: ScheduleName,
+    /// Warm-up epochs (or iterations) of the cosine schedule.
+    #[serde(skip_serializing_if = "is_default")]
+    pub warmup_epochs: usize,
+    /// Optimizer steps instead of epochs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<usize>,
+    /// Exponent of the poly schedule.
+    #[serde(skip_serializing_if = "is_default_power")]
+    pub power: f64,
+    /// Floor of the poly schedule's rate.
+    #[serde(skip_serializing_if = "is_default")]
+    pub min_lr: f64,
 }
 
 fn is_default_gamma(g: &f64) -> bool {
     *g == 0.1
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+fn is_default_power(p: &f64) -> bool {
+    *p == RecipeFile::default().power
 }
 
 impl Default for ProxyFile {
@@ -119,34 +150,29 @@ impl Default for ProxyFile {
 
 impl From<ProxyConfig> for ProxyFile {
     fn from(c: ProxyConfig) -> Self {
-        let r = c.recipe;
-        let (momentum, weight_decay) = match r.optimizer {
-            OptimizerKind::Sgd {
-                momentum,
-                weight_decay,
-            } => (momentum, weight_decay),
-            OptimizerKind::AdamW { weight_decay } => (0.9, weight_decay),
-        };
-        let (milestones, gamma) = match r.schedule {
-            Schedule::MultiStep { milestones, gamma } => (milestones, gamma),
-            Schedule::Cosine { .. } => (Vec::new(), 0.1),
-        };
+        let r = RecipeFile::from(c.recipe);
         Self {
             per_class: c.per_class,
             val_fraction: c.val_fraction,
             epochs: r.epochs,
             batch_size: r.batch_size,
             lr: r.lr,
-            momentum,
-            weight_decay,
+            momentum: r.momentum,
+            weight_decay: r.weight_decay,
             beta: c.beta,
             reward: c.reward,
             seed: r.seed,
             explode_factor: c.explode_factor,
             cache_budget_bytes: c.cache_budget_bytes,
             cache_teacher: c.cache_teacher,
-            milestones,
-            gamma,
+            milestones: r.milestones,
+            gamma: r.gamma,
+            optimizer: r.optimizer,
+            schedule: r.schedule,
+            warmup_epochs: r.warmup_epochs,
+            iterations: r.iterations,
+            power: r.power,
+            min_lr: r.min_lr,
         }
     }
 }
@@ -158,21 +184,28 @@ impl TryFrom<ProxyFile> for ProxyConfig {
         if f.per_class == 0 {
             return Err("proxy: per_class must be at least 1".into());
         }
-        let recipe = Recipe {
-            epochs: f.epochs,
+        // Neither `epochs` nor `iterations`: the proxy's own default length.
+        let epochs = match (f.epochs, f.iterations) {
+            (None, None) => ProxyConfig::default().recipe.epochs(),
+            (e, _) => e,
+        };
+        let recipe = Recipe::try_from(RecipeFile {
+            epochs,
             batch_size: f.batch_size,
             lr: f.lr,
-            optimizer: OptimizerKind::Sgd {
-                momentum: f.momentum,
-                weight_decay: f.weight_decay,
-            },
-            schedule: Schedule::MultiStep {
-                milestones: f.milestones,
-                gamma: f.gamma,
-            },
+            momentum: f.momentum,
+            weight_decay: f.weight_decay,
+            milestones: f.milestones,
+            gamma: f.gamma,
             seed: f.seed,
-        };
-        recipe.validate().map_err(|e| format!("proxy: {e}"))?;
+            optimizer: f.optimizer,
+            schedule: f.schedule,
+            warmup_epochs: f.warmup_epochs,
+            iterations: f.iterations,
+            power: f.power,
+            min_lr: f.min_lr,
+        })
+        .map_err(|e| format!("proxy: {e}"))?;
         Ok(Self {
             recipe,
             per_class: f.per_class,
@@ -190,7 +223,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             recipe: Recipe {
-                epochs: 3,
+                length: Length::Epochs(3),
                 batch_size: 32,
                 lr: 0.05,
                 optimizer: OptimizerKind::Sgd {
@@ -431,12 +464,10 @@ impl ProxyEvaluator {
                 ..LoaderConfig::default()
             },
         )?;
-        let lr = |epoch| recipe.lr_at(epoch);
         let fit = Fit {
             task: &Classification,
             loader: &loader,
-            epochs: recipe.epochs,
-            lr: &lr,
+            recipe,
             teacher: match &self.cache {
                 Some(cache) => TeacherFeed::Cache(cache),
                 None => TeacherFeed::Online(&self.teacher),
@@ -558,7 +589,7 @@ mod tests {
             per_class: 6,
             ..ProxyConfig::default()
         };
-        (c.recipe.epochs, c.recipe.batch_size) = (2, 16);
+        (c.recipe.length, c.recipe.batch_size) = (Length::Epochs(2), 16);
         c
     }
 
@@ -570,8 +601,8 @@ mod tests {
         let c: ProxyConfig =
             toml::from_str("per_class = 4\nepochs = 1\nbatch_size = 16\n").unwrap();
         assert_eq!(
-            (c.per_class, c.recipe.epochs, c.recipe.batch_size),
-            (4, 1, 16)
+            (c.per_class, c.recipe.length, c.recipe.batch_size),
+            (4, Length::Epochs(1), 16)
         );
         assert_eq!(c.recipe.lr_at(0), 0.05);
         let text = toml::to_string(&ProxyConfig::default()).unwrap();
@@ -610,6 +641,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("per_class must be at least 1"), "{err}");
+        // Every recipe field: an iteration proxy with AdamW and poly reads and round-trips (the
+        // optimizer and schedule are not dropped on the way to config.toml).
+        let poly: ProxyConfig =
+            toml::from_str("iterations = 40\noptimizer = \"adamw\"\nschedule = \"poly\"\n")
+                .unwrap();
+        assert_eq!(poly.recipe.length, Length::Iterations(40));
+        assert_eq!(
+            poly.recipe.optimizer,
+            OptimizerKind::AdamW { weight_decay: 5e-4 }
+        );
+        assert_eq!(
+            poly.recipe.schedule,
+            Schedule::Poly {
+                power: 0.9,
+                min_lr: 0.0
+            }
+        );
+        let text = toml::to_string(&poly).unwrap();
+        assert!(!text.contains("epochs ="), "{text}");
+        assert_eq!(toml::from_str::<ProxyConfig>(&text).unwrap(), poly);
+        let err = toml::from_str::<ProxyConfig>("epochs = 2\niterations = 40")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 
     #[test]
