@@ -185,3 +185,114 @@ fn deit_distillation_head() {
     let mean = (out.logits.rows() + dist.rows()).div_scalar(2.0);
     assert!(max_abs_diff(&mean, &out.eval_logits()) < 1e-6);
 }
+
+/// Every float parameter of `m` (weights, biases, norm scales and shifts), in visit order, and
+/// whether all of them were created initialized (nothing left to draw lazily).
+fn params<M: burn::module::Module>(m: &M) -> (Vec<f32>, bool) {
+    struct V(Vec<f32>, bool);
+    impl burn::module::ModuleVisitor for V {
+        fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+            self.1 &= p.is_initialized();
+            self.0
+                .extend(p.val().into_data().try_to_vec::<f32>().unwrap_or_default());
+        }
+    }
+    let mut v = V(Vec::new(), true);
+    m.visit(&mut v);
+    (v.0, v.1)
+}
+
+/// Initial weights come from the run's own stream (`InitRng`), never the device RNG: every
+/// parameter exists initialized after construction, and models built at once in several
+/// threads from one seed are bit for bit equal while another thread keeps reseeding and drawing
+/// from the device RNG; another seed gives other weights. Likewise a distiller's connectors and
+/// generation blocks.
+#[test]
+fn seeded_initialization_is_the_same_in_parallel_threads() {
+    use autokd_models::InitRng;
+    let device = Device::flex();
+    let names = [
+        ModelName::Resnet8,
+        ModelName::Wrn16_1,
+        ModelName::Vgg8,
+        ModelName::MobileNetV2,
+        ModelName::ShuffleNetV1,
+        ModelName::ShuffleNetV2,
+        ModelName::DeitTinyP4,
+        ModelName::MobileNetV1,
+    ];
+    let spec = |name: ModelName| ModelSpec {
+        name,
+        in_channels: 1,
+        num_classes: 5,
+        image_size: match name.family() {
+            Family::Cifar => 32,
+            Family::ImageNet => 64,
+        },
+    };
+    let build = |seed: u64| -> Vec<Vec<f32>> {
+        names
+            .iter()
+            .map(|&n| {
+                let m = spec(n).init_with(&mut InitRng::new(seed), &device).unwrap();
+                let (values, initialized) = params(&m);
+                assert!(
+                    initialized,
+                    "{n}: a parameter was left to lazy initialization"
+                );
+                values
+            })
+            .collect()
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (runs, other) = std::thread::scope(|s| {
+        let noise = s.spawn(|| {
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                device.seed(k);
+                let _ = Tensor::<1>::random([64], Distribution::Default, &device).into_data();
+                k += 1;
+            }
+        });
+        let runs: Vec<_> = (0..3).map(|_| s.spawn(|| build(7))).collect();
+        let runs: Vec<Vec<Vec<f32>>> = runs.into_iter().map(|h| h.join().unwrap()).collect();
+        let other = build(8);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        noise.join().unwrap();
+        (runs, other)
+    });
+    for (i, n) in names.iter().enumerate() {
+        assert!(
+            runs.iter().all(|r| r[i] == runs[0][i]),
+            "{n}: same seed, other weights"
+        );
+        assert_ne!(
+            runs[0][i], other[i],
+            "{n}: another seed gave the same weights"
+        );
+    }
+    // A distiller with connectors (64 → 128 channels) and MGD generation blocks.
+    let student = spec(ModelName::Resnet8).init(&device).unwrap();
+    let teacher = spec(ModelName::Wrn16_2).init(&device).unwrap();
+    let mgd = autokd_distill::DistillerSpec::from_toml(
+        "[[features]]\nglobal = { kind = \"mask\", ratio = 0.5 }\nintra = { kind = \"none\" }\nrelation = \"none\"\ndistance = \"l2\"\ntemperature = 1.0\nweight = 1.0\n",
+    )
+    .unwrap();
+    let distiller = |seed: u64| {
+        let d = autokd_distill::Distiller::new(
+            &mgd,
+            "resnet8",
+            &student.feature_info(),
+            "wrn_16_2",
+            &teacher.feature_info(),
+            &mut InitRng::new(seed),
+            &device,
+        )
+        .unwrap();
+        let (values, initialized) = params(&d);
+        assert!(initialized && !values.is_empty());
+        values
+    };
+    assert_eq!(distiller(3), distiller(3));
+    assert_ne!(distiller(3), distiller(4));
+}

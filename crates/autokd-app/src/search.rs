@@ -268,7 +268,14 @@ fn teacher(
         let model = load_weights(model, cfg.teacher, w)?;
         return Ok((model, TeacherOrigin::Weights(w.clone())));
     }
-    let key = serde_json::to_string(&(spec, dataset.info.name.as_str(), &cfg.teacher_training))?;
+    // The initialization scheme is part of the key: the same seed under another scheme trains
+    // another teacher.
+    let key = serde_json::to_string(&(
+        spec,
+        dataset.info.name.as_str(),
+        &cfg.teacher_training,
+        autokd_models::init::INIT_SCHEME,
+    ))?;
     let dir = cache_dir.join("teachers");
     let path = dir.join(format!(
         "{}-{:016x}.bpk",

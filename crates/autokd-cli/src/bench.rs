@@ -460,6 +460,7 @@ fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             &student.feature_info(),
             args.teacher.as_str(),
             &teacher.feature_info(),
+            &mut autokd_models::InitRng::new(0),
             &ad,
         )?;
         let (_, t_req) = distiller.tap_requests();
@@ -688,6 +689,7 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             &student.feature_info(),
             &t_name,
             &t_info,
+            &mut autokd_models::InitRng::new(0),
             &ad,
         )?;
         anyhow::Ok(DistillStudent { student, distiller })

@@ -11,9 +11,10 @@
 //! different spatial sizes are average-pooled to the smaller; then global transform, intra-spatial
 //! transform, relation and distance, times the weight. The teacher side is never differentiated.
 
+use autokd_models::init::{self, ConvInit, ConvShape, InitRng};
 use autokd_models::{Feature, Intermediates, TapRequest};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::module::adaptive_avg_pool2d;
 
@@ -29,13 +30,21 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// A connector from `from` to `to` channels.
-    pub fn new(from: usize, to: usize, device: &Device) -> Self {
+    /// A connector from `from` to `to` channels, its convolution drawn from `rng` (PyTorch's
+    /// default: uniform in `±1/√from`).
+    pub fn new(from: usize, to: usize, rng: &mut InitRng, device: &Device) -> Self {
+        let shape = ConvShape {
+            in_ch: from,
+            out_ch: to,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+            groups: 1,
+            bias: false,
+        };
         Self {
-            conv: Conv2dConfig::new([from, to], [1, 1])
-                .with_bias(false)
-                .init(device),
-            bn: BatchNormConfig::new(to).init(device),
+            conv: init::conv2d(shape, ConvInit::TorchDefault, rng, device),
+            bn: init::batch_norm(to, device),
         }
     }
 
@@ -137,14 +146,16 @@ fn as_map(f: &Feature) -> Tensor<4> {
 }
 
 impl Distiller {
-    /// Builds the distiller for a student and a teacher from their taps. The masks of MGD terms
-    /// come from streams seeded with 0 until [`Distiller::seed_masks`].
+    /// Builds the distiller for a student and a teacher from their taps, its learnable parts
+    /// (connectors, MGD generation blocks) drawn from `rng`. The masks of MGD terms come from
+    /// streams seeded with 0 until [`Distiller::seed_masks`].
     pub fn new(
         spec: &DistillerSpec,
         student_model: &str,
         student: &[autokd_models::TapInfo],
         teacher_model: &str,
         teacher: &[autokd_models::TapInfo],
+        rng: &mut InitRng,
         device: &Device,
     ) -> Result<Self> {
         let terms = spec.resolve(student_model, student, teacher_model, teacher)?;
@@ -156,13 +167,13 @@ impl Distiller {
         let connectors = pairs()
             .map(|(_, p)| {
                 (p.student.channels != p.teacher.channels)
-                    .then(|| Connector::new(p.student.channels, p.teacher.channels, device))
+                    .then(|| Connector::new(p.student.channels, p.teacher.channels, rng, device))
             })
             .collect();
         let generators = pairs()
             .map(|(r, p)| {
                 matches!(r.term.global, GlobalTransform::Mask { .. })
-                    .then(|| MaskGenerator::new(p.teacher.channels, 0, device))
+                    .then(|| MaskGenerator::new(p.teacher.channels, 0, rng, device))
             })
             .collect();
         let distiller = Self {
@@ -312,6 +323,26 @@ impl Distiller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A distiller whose learnable parts are drawn from the stream of seed 0.
+    fn build(
+        spec: &DistillerSpec,
+        student_model: &str,
+        student: &[autokd_models::TapInfo],
+        teacher_model: &str,
+        teacher: &[autokd_models::TapInfo],
+        device: &Device,
+    ) -> Result<Distiller> {
+        Distiller::new(
+            spec,
+            student_model,
+            student,
+            teacher_model,
+            teacher,
+            &mut InitRng::new(0),
+            device,
+        )
+    }
     use crate::space::SearchSpace;
     use crate::spec::BASELINES;
     use crate::testing::tensor;
@@ -371,7 +402,7 @@ mod tests {
                 .map(|b| DistillerSpec::baseline(b).unwrap()),
         );
         for (k, spec) in specs.iter().enumerate() {
-            let d = Distiller::new(
+            let d = build(
                 spec,
                 "student",
                 &info("stage3", 8),
@@ -456,8 +487,7 @@ mod tests {
                     if matches!(spec.features[0].global, GlobalTransform::Mask { .. }) {
                         continue;
                     }
-                    let d = Distiller::new(&spec, "a", &info("x", 8), "b", &info("x", 8), &device)
-                        .unwrap();
+                    let d = build(&spec, "a", &info("x", 8), "b", &info("x", 8), &device).unwrap();
                     let f = tensor([4, 8, 4, 4], 3, &device);
                     let logits = tensor([4, 10], 4, &device);
                     let out = d
@@ -483,13 +513,13 @@ mod tests {
     fn connector_and_generator_are_trainable_parameters() {
         let device = Device::flex();
         let mut spec = DistillerSpec::baseline("fitnet").unwrap();
-        let d = Distiller::new(&spec, "s", &info("x", 8), "t", &info("x", 16), &device).unwrap();
+        let d = build(&spec, "s", &info("x", 8), "t", &info("x", 16), &device).unwrap();
         // 1×1 conv 8→16 without bias (128) + BN affine (32).
         assert_eq!(trainable_params(&d), 160);
         spec.features[0].global = GlobalTransform::Mask {
             ratio: crate::Real(0.5),
         };
-        let d = Distiller::new(&spec, "s", &info("x", 16), "t", &info("x", 16), &device).unwrap();
+        let d = build(&spec, "s", &info("x", 16), "t", &info("x", 16), &device).unwrap();
         // Two 3×3 convs 16→16 with bias: 2·(2304 + 16).
         assert_eq!(trainable_params(&d), 4640);
         let (s, t) = d.tap_requests();
@@ -499,7 +529,7 @@ mod tests {
     #[test]
     fn mismatched_outputs_are_errors() {
         let device = Device::flex();
-        let d = Distiller::new(
+        let d = build(
             &DistillerSpec::baseline("fitnet").unwrap(),
             "s",
             &info("x", 8),
@@ -561,7 +591,7 @@ mod tests {
         spec.features[0].student_tap = Some("fpn".into());
         spec.features[0].teacher_tap = Some("fpn".into());
         spec.features[0].weight = crate::Real(3.0);
-        let d = Distiller::new(&spec, "s", &student, "t", &teacher, &device).unwrap();
+        let d = build(&spec, "s", &student, "t", &teacher, &device).unwrap();
         let (s_req, t_req) = d.tap_requests();
         assert_eq!((s_req.indices, t_req.indices), (vec![1, 2], vec![1, 2]));
         let (s3, s4) = (
@@ -624,7 +654,7 @@ mod tests {
         );
         // Groups of different sizes are refused, naming the taps.
         spec.features[0].teacher_tap = Some("backbone".into());
-        let err = Distiller::new(&spec, "s", &student, "t", &teacher, &device)
+        let err = build(&spec, "s", &student, "t", &teacher, &device)
             .unwrap_err()
             .to_string();
         assert!(
@@ -634,7 +664,7 @@ mod tests {
         // Short names find a unique tap, as configs written before hierarchical names do.
         spec.features[0].teacher_tap = Some("stage3".into());
         spec.features[0].student_tap = Some("p4".into());
-        let d = Distiller::new(&spec, "s", &student, "t", &teacher, &device).unwrap();
+        let d = build(&spec, "s", &student, "t", &teacher, &device).unwrap();
         let (s_req, t_req) = d.tap_requests();
         assert_eq!((s_req.indices, t_req.indices), (vec![2], vec![0]));
     }
@@ -644,7 +674,7 @@ mod tests {
     #[test]
     fn the_prediction_term_reads_maps_as_pixel_rows() {
         let device = Device::flex();
-        let d = Distiller::new(
+        let d = build(
             &DistillerSpec::baseline("kd").unwrap(),
             "s",
             &[],

@@ -1,15 +1,17 @@
 //! Building blocks shared by the architectures.
 
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 
+use crate::init::{ConvInit, ConvShape, InitRng};
 use crate::params::conv_fwd;
 use burn::tensor::activation::relu;
 
 /// A 2-D convolution with square kernel, symmetric padding, groups and optional bias, initialized
-/// as PyTorch's `kaiming_normal_(mode='fan_out', nonlinearity='relu')` (the CIFAR zoos' init).
+/// as PyTorch's `kaiming_normal_(mode='fan_out', nonlinearity='relu')` (the CIFAR zoos' init; zero
+/// bias) from `rng`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv(
     in_ch: usize,
@@ -19,26 +21,28 @@ pub(crate) fn conv(
     padding: usize,
     groups: usize,
     bias: bool,
+    rng: &mut InitRng,
     device: &Device,
 ) -> Conv2d {
-    let fan_out = out_ch * kernel * kernel / groups;
-    Conv2dConfig::new([in_ch, out_ch], [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(
-            padding, padding, padding, padding,
-        ))
-        .with_groups(groups)
-        .with_bias(bias)
-        .with_initializer(burn::nn::Initializer::Normal {
-            mean: 0.0,
-            std: (2.0 / fan_out as f64).sqrt(),
-        })
-        .init(device)
+    crate::init::conv2d(
+        ConvShape {
+            in_ch,
+            out_ch,
+            kernel,
+            stride,
+            padding,
+            groups,
+            bias,
+        },
+        ConvInit::KaimingFanOut,
+        rng,
+        device,
+    )
 }
 
 /// Batch norm with PyTorch's defaults (eps 1e-5, momentum 0.1).
 pub(crate) fn bn(channels: usize, device: &Device) -> BatchNorm {
-    BatchNormConfig::new(channels).init(device)
+    crate::init::batch_norm(channels, device)
 }
 
 /// `bn(x)` for a `[B, C, H, W]` input: the same results as `BatchNorm::forward`, with a faster
@@ -237,11 +241,12 @@ impl ConvBn {
         stride: usize,
         padding: usize,
         groups: usize,
+        rng: &mut InitRng,
         device: &Device,
     ) -> Self {
         Self {
             conv: conv(
-                in_ch, out_ch, kernel, stride, padding, groups, false, device,
+                in_ch, out_ch, kernel, stride, padding, groups, false, rng, device,
             ),
             bn: bn(out_ch, device),
         }
@@ -276,6 +281,8 @@ pub(crate) fn channel_shuffle(x: Tensor<4>, groups: usize) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::nn::BatchNormConfig;
+    use burn::nn::conv::Conv2dConfig;
 
     #[test]
     fn channel_shuffle_by_hand() {

@@ -9,12 +9,13 @@
 //! their mean ([`Intermediates::eval_logits`](crate::Intermediates::eval_logits)).
 
 use burn::module::Param;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::conv::Conv2d;
+use burn::nn::{LayerNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
 
 use crate::features::{Backbone, Collector, Feature, Intermediates, TapInfo, TapKind, TapRequest};
+use crate::init::{self, ConvInit, ConvShape, InitRng};
 use crate::params::{conv_fwd, count_matmul, linear_fwd};
 
 /// Multi-head self-attention with a fused `qkv` projection (timm layout).
@@ -116,49 +117,58 @@ pub struct DeitConfig {
 }
 
 impl DeitConfig {
-    /// Builds the network.
-    pub fn init(&self, device: &Device) -> Deit {
+    /// Builds the network, its weights drawn from `rng` as timm's DeiT does: linear layers
+    /// `N(0, 0.02²)` with zero bias (`trunc_normal_(std=.02)`; its cut at ±2 lies 100 standard
+    /// deviations out), the class, distillation and position tokens `N(0, 0.02²)`, layer norms
+    /// ones and zeros, the patch projection PyTorch's default convolution.
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> Deit {
         let c = self.embed_dim;
         let patches = (self.img_size / self.patch_size).pow(2);
         let tokens = patches + if self.distilled { 2 } else { 1 };
-        let trunc = Initializer::Normal {
-            mean: 0.0,
-            std: 0.02,
-        };
-        let linear = |i: usize, o: usize| {
-            LinearConfig::new(i, o)
-                .with_initializer(trunc.clone())
-                .init(device)
-        };
-        let norm = || LayerNormConfig::new(c).with_epsilon(1e-6).init(device);
+        let std = 0.02;
+        let linear =
+            |i: usize, o: usize, rng: &mut InitRng| init::linear_normal(i, o, std, rng, device);
+        let norm = || init::layer_norm(c, 1e-6, device);
         let blocks = (0..self.depth)
             .map(|_| DeitBlock {
                 norm1: norm(),
                 attn: Attention {
-                    qkv: linear(c, 3 * c),
-                    proj: linear(c, c),
+                    qkv: linear(c, 3 * c, rng),
+                    proj: linear(c, c, rng),
                     num_heads: self.num_heads,
                 },
                 norm2: norm(),
                 mlp: Mlp {
-                    fc1: linear(c, c * self.mlp_ratio),
-                    fc2: linear(c * self.mlp_ratio, c),
+                    fc1: linear(c, c * self.mlp_ratio, rng),
+                    fc2: linear(c * self.mlp_ratio, c, rng),
                 },
             })
             .collect();
+        let p = self.patch_size;
         Deit {
             patch_embed: PatchEmbed {
-                proj: Conv2dConfig::new([self.in_channels, c], [self.patch_size, self.patch_size])
-                    .with_stride([self.patch_size, self.patch_size])
-                    .init(device),
+                proj: init::conv2d(
+                    ConvShape {
+                        in_ch: self.in_channels,
+                        out_ch: c,
+                        kernel: p,
+                        stride: p,
+                        padding: 0,
+                        groups: 1,
+                        bias: true,
+                    },
+                    ConvInit::TorchDefault,
+                    rng,
+                    device,
+                ),
             },
-            cls_token: trunc.init([1, 1, c], device),
-            dist_token: self.distilled.then(|| trunc.init([1, 1, c], device)),
-            pos_embed: trunc.init([1, tokens, c], device),
+            cls_token: rng.normal([1, 1, c], std, device),
+            dist_token: self.distilled.then(|| rng.normal([1, 1, c], std, device)),
+            pos_embed: rng.normal([1, tokens, c], std, device),
             blocks,
             norm: norm(),
-            head: linear(c, self.num_classes),
-            head_dist: self.distilled.then(|| linear(c, self.num_classes)),
+            head: linear(c, self.num_classes, rng),
+            head_dist: self.distilled.then(|| linear(c, self.num_classes, rng)),
             embed_dim: c,
             patch_size: self.patch_size,
         }

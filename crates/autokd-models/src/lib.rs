@@ -10,6 +10,7 @@ pub mod error;
 pub mod features;
 #[cfg(feature = "flex")]
 pub mod flex;
+pub mod init;
 pub mod mobilenet_v1;
 pub mod mobilenet_v2;
 pub mod params;
@@ -24,6 +25,7 @@ pub use error::ModelError;
 pub use features::{
     Backbone, Feature, Intermediates, Prediction, TapInfo, TapKind, TapRequest, find_taps,
 };
+pub use init::InitRng;
 pub use params::{forward_macs, trainable_params};
 pub use registry::{Family, Model, ModelName, ModelSpec};
 pub use weights::{WeightFormat, load as load_weights, save as save_weights};

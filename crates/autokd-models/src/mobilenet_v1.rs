@@ -3,12 +3,13 @@
 //! Taps follow mdistiller: `stage1..4` after blocks 3, 5, 11 and 13 (128, 256, 512, 1,024
 //! channels, strides 4, 8, 16, 32); `pre_act` gives them before their last ReLU.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::common::{ConvBn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
+use crate::init::InitRng;
 use crate::params::linear_fwd;
 
 /// Depthwise 3×3 (stride) + BN + ReLU, pointwise 1×1 + BN (+ ReLU).
@@ -48,23 +49,23 @@ const TAP_AFTER: [usize; 4] = [3, 5, 11, 13];
 
 impl MobileNetV1Config {
     /// Builds the network.
-    pub fn init(&self, device: &Device) -> MobileNetV1 {
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> MobileNetV1 {
         let mut inp = 32;
         let blocks = BLOCKS
             .iter()
             .map(|&(out, s)| {
                 let b = DepthwiseSeparable {
-                    depthwise: ConvBn::new(inp, inp, 3, s, 1, inp, device),
-                    pointwise: ConvBn::new(inp, out, 1, 1, 0, 1, device),
+                    depthwise: ConvBn::new(inp, inp, 3, s, 1, inp, rng, device),
+                    pointwise: ConvBn::new(inp, out, 1, 1, 0, 1, rng, device),
                 };
                 inp = out;
                 b
             })
             .collect();
         MobileNetV1 {
-            stem: ConvBn::new(self.in_channels, 32, 3, 2, 1, 1, device),
+            stem: ConvBn::new(self.in_channels, 32, 3, 2, 1, 1, rng, device),
             blocks,
-            fc: LinearConfig::new(1024, self.num_classes).init(device),
+            fc: crate::init::linear(1024, self.num_classes, rng, device),
         }
     }
 }

@@ -3,11 +3,12 @@
 //! expansion (also for expansion 1), the second group has stride 1, and the last 1×1
 //! convolution keeps 1,280 channels at width 0.5.
 
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::Linear;
 use burn::prelude::*;
 
 use crate::common::{ConvBn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
+use crate::init::InitRng;
 use crate::params::linear_fwd;
 
 /// Inverted residual: 1×1 expand, 3×3 depthwise (stride), 1×1 linear projection.
@@ -20,12 +21,19 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn new(inp: usize, oup: usize, stride: usize, expand: usize, device: &Device) -> Self {
+    fn new(
+        inp: usize,
+        oup: usize,
+        stride: usize,
+        expand: usize,
+        rng: &mut InitRng,
+        device: &Device,
+    ) -> Self {
         let hidden = inp * expand;
         Self {
-            expand: ConvBn::new(inp, hidden, 1, 1, 0, 1, device),
-            depthwise: ConvBn::new(hidden, hidden, 3, stride, 1, hidden, device),
-            project: ConvBn::new(hidden, oup, 1, 1, 0, 1, device),
+            expand: ConvBn::new(inp, hidden, 1, 1, 0, 1, rng, device),
+            depthwise: ConvBn::new(hidden, hidden, 3, stride, 1, hidden, rng, device),
+            project: ConvBn::new(hidden, oup, 1, 1, 0, 1, rng, device),
             use_residual: stride == 1 && inp == oup,
         }
     }
@@ -55,7 +63,7 @@ pub struct MobileNetV2Config {
 
 impl MobileNetV2Config {
     /// Builds the network.
-    pub fn init(&self, device: &Device) -> MobileNetV2 {
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> MobileNetV2 {
         let t = self.expansion;
         // (expansion, channels, repeats, stride) of the seven groups.
         let setting = [
@@ -69,14 +77,15 @@ impl MobileNetV2Config {
         ];
         let w = self.width_mult;
         let mut inp = (32.0 * w) as usize;
-        let conv1 = ConvBn::new(self.in_channels, inp, 3, 2, 1, 1, device);
+        let conv1 = ConvBn::new(self.in_channels, inp, 3, 2, 1, 1, rng, device);
         let mut blocks = Vec::new();
         let mut channels = vec![inp];
         for (e, c, n, s) in setting {
             let oup = (c as f64 * w) as usize;
             let group = (0..n)
                 .map(|i| {
-                    let b = InvertedResidual::new(inp, oup, if i == 0 { s } else { 1 }, e, device);
+                    let b =
+                        InvertedResidual::new(inp, oup, if i == 0 { s } else { 1 }, e, rng, device);
                     inp = oup;
                     b
                 })
@@ -88,8 +97,8 @@ impl MobileNetV2Config {
         MobileNetV2 {
             conv1,
             blocks,
-            conv2: ConvBn::new(inp, last, 1, 1, 0, 1, device),
-            classifier: LinearConfig::new(last, self.num_classes).init(device),
+            conv2: ConvBn::new(inp, last, 1, 1, 0, 1, rng, device),
+            classifier: crate::init::linear(last, self.num_classes, rng, device),
             // Taps after groups 1, 2, 4, 6 (RepDistiller's f1..f4).
             tap_channels: vec![
                 channels[0],

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::deit::{Deit, DeitConfig};
 use crate::error::ModelError;
 use crate::features::{Backbone, Intermediates, TapInfo, TapRequest};
+use crate::init::InitRng;
 use crate::mobilenet_v1::{MobileNetV1, MobileNetV1Config};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use crate::resnet::{ResNet, ResNetConfig};
@@ -203,35 +204,44 @@ impl ModelSpec {
         }
     }
 
-    /// Builds the model on `device`.
+    /// Builds the model on `device` with the initial weights of seed 0 (the same on every call
+    /// and device; for weights that are loaded next, or a run without a seed of its own).
     pub fn init(&self, device: &Device) -> Result<Model, ModelError> {
+        self.init_with(&mut InitRng::new(0), device)
+    }
+
+    /// Builds the model on `device`, its initial weights drawn from `rng` (never from the
+    /// device's RNG: the same stream gives the same weights whatever other threads do).
+    pub fn init_with(&self, rng: &mut InitRng, device: &Device) -> Result<Model, ModelError> {
         self.validate()?;
         let (c, k) = (self.in_channels, self.num_classes);
         use ModelName as N;
-        let cifar = |name: N, depth, filters| {
-            Model::ResNet(ResNetConfig::cifar(name.as_str(), depth, filters, c, k).init(device))
+        let cifar = |name: N, depth, filters, rng: &mut InitRng| {
+            Model::ResNet(
+                ResNetConfig::cifar(name.as_str(), depth, filters, c, k).init(rng, device),
+            )
         };
-        let wrn = |name: N, depth, width| {
+        let wrn = |name: N, depth, width, rng: &mut InitRng| {
             Model::WideResNet(
-                WideResNetConfig::new(name.as_str().into(), depth, width, c, k).init(device),
+                WideResNetConfig::new(name.as_str().into(), depth, width, c, k).init(rng, device),
             )
         };
         let small = [16, 16, 32, 64];
         let x4 = [32, 64, 128, 256];
         Ok(match self.name {
-            N::Resnet8 => cifar(N::Resnet8, 8, small),
-            N::Resnet14 => cifar(N::Resnet14, 14, small),
-            N::Resnet20 => cifar(N::Resnet20, 20, small),
-            N::Resnet32 => cifar(N::Resnet32, 32, small),
-            N::Resnet44 => cifar(N::Resnet44, 44, small),
-            N::Resnet56 => cifar(N::Resnet56, 56, small),
-            N::Resnet110 => cifar(N::Resnet110, 110, small),
-            N::Resnet8x4 => cifar(N::Resnet8x4, 8, x4),
-            N::Resnet32x4 => cifar(N::Resnet32x4, 32, x4),
-            N::Wrn16_1 => wrn(N::Wrn16_1, 16, 1),
-            N::Wrn16_2 => wrn(N::Wrn16_2, 16, 2),
-            N::Wrn40_1 => wrn(N::Wrn40_1, 40, 1),
-            N::Wrn40_2 => wrn(N::Wrn40_2, 40, 2),
+            N::Resnet8 => cifar(N::Resnet8, 8, small, rng),
+            N::Resnet14 => cifar(N::Resnet14, 14, small, rng),
+            N::Resnet20 => cifar(N::Resnet20, 20, small, rng),
+            N::Resnet32 => cifar(N::Resnet32, 32, small, rng),
+            N::Resnet44 => cifar(N::Resnet44, 44, small, rng),
+            N::Resnet56 => cifar(N::Resnet56, 56, small, rng),
+            N::Resnet110 => cifar(N::Resnet110, 110, small, rng),
+            N::Resnet8x4 => cifar(N::Resnet8x4, 8, x4, rng),
+            N::Resnet32x4 => cifar(N::Resnet32x4, 32, x4, rng),
+            N::Wrn16_1 => wrn(N::Wrn16_1, 16, 1, rng),
+            N::Wrn16_2 => wrn(N::Wrn16_2, 16, 2, rng),
+            N::Wrn40_1 => wrn(N::Wrn40_1, 40, 1, rng),
+            N::Wrn40_2 => wrn(N::Wrn40_2, 40, 2, rng),
             N::Vgg8 | N::Vgg11 | N::Vgg13 | N::Vgg16 | N::Vgg19 => {
                 let cfg = VggConfig::preset(self.name.as_str(), c, k).ok_or_else(|| {
                     ModelError::Config {
@@ -239,29 +249,29 @@ impl ModelSpec {
                         message: "no VGG preset".into(),
                     }
                 })?;
-                Model::Vgg(cfg.init(device))
+                Model::Vgg(cfg.init(rng, device))
             }
-            N::MobileNetV2 => Model::MobileNetV2(MobileNetV2Config::new(c, k).init(device)),
-            N::ShuffleNetV1 => Model::ShuffleNetV1(ShuffleNetV1Config::new(c, k).init(device)),
-            N::ShuffleNetV2 => Model::ShuffleNetV2(ShuffleNetV2Config::new(c, k).init(device)),
-            N::Resnet50Cifar => Model::ResNet(ResNetConfig::cifar_resnet50(c, k).init(device)),
+            N::MobileNetV2 => Model::MobileNetV2(MobileNetV2Config::new(c, k).init(rng, device)),
+            N::ShuffleNetV1 => Model::ShuffleNetV1(ShuffleNetV1Config::new(c, k).init(rng, device)),
+            N::ShuffleNetV2 => Model::ShuffleNetV2(ShuffleNetV2Config::new(c, k).init(rng, device)),
+            N::Resnet50Cifar => Model::ResNet(ResNetConfig::cifar_resnet50(c, k).init(rng, device)),
             N::Resnet18 => Model::ResNet(
-                ResNetConfig::imagenet("resnet18", [2, 2, 2, 2], false, c, k).init(device),
+                ResNetConfig::imagenet("resnet18", [2, 2, 2, 2], false, c, k).init(rng, device),
             ),
             N::Resnet34 => Model::ResNet(
-                ResNetConfig::imagenet("resnet34", [3, 4, 6, 3], false, c, k).init(device),
+                ResNetConfig::imagenet("resnet34", [3, 4, 6, 3], false, c, k).init(rng, device),
             ),
             N::Resnet50 => Model::ResNet(
-                ResNetConfig::imagenet("resnet50", [3, 4, 6, 3], true, c, k).init(device),
+                ResNetConfig::imagenet("resnet50", [3, 4, 6, 3], true, c, k).init(rng, device),
             ),
-            N::MobileNetV1 => Model::MobileNetV1(MobileNetV1Config::new(c, k).init(device)),
+            N::MobileNetV1 => Model::MobileNetV1(MobileNetV1Config::new(c, k).init(rng, device)),
             N::DeitTiny | N::DeitTinyP4 => {
                 let patch = self.deit_patch().unwrap_or(16);
                 Model::Deit(
                     DeitConfig::new(c, k)
                         .with_img_size(self.image_size)
                         .with_patch_size(patch)
-                        .init(device),
+                        .init(rng, device),
                 )
             }
         })

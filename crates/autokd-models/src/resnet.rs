@@ -9,13 +9,14 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{ConvBn, bn, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
+use crate::init::InitRng;
 use crate::params::linear_fwd;
 
 /// The basic block: two 3×3 convolutions and an identity or projection shortcut.
@@ -57,26 +58,27 @@ impl Block {
         inplanes: usize,
         planes: usize,
         stride: usize,
+        rng: &mut InitRng,
         device: &Device,
     ) -> Self {
         let expansion = if bottleneck { 4 } else { 1 };
         let downsample = (stride != 1 || inplanes != planes * expansion)
-            .then(|| ConvBn::new(inplanes, planes * expansion, 1, stride, 0, 1, device));
+            .then(|| ConvBn::new(inplanes, planes * expansion, 1, stride, 0, 1, rng, device));
         if bottleneck {
             Block::Bottleneck(Bottleneck {
-                conv1: conv(inplanes, planes, 1, 1, 0, 1, false, device),
+                conv1: conv(inplanes, planes, 1, 1, 0, 1, false, rng, device),
                 bn1: bn(planes, device),
-                conv2: conv(planes, planes, 3, stride, 1, 1, false, device),
+                conv2: conv(planes, planes, 3, stride, 1, 1, false, rng, device),
                 bn2: bn(planes, device),
-                conv3: conv(planes, planes * 4, 1, 1, 0, 1, false, device),
+                conv3: conv(planes, planes * 4, 1, 1, 0, 1, false, rng, device),
                 bn3: bn(planes * 4, device),
                 downsample,
             })
         } else {
             Block::Basic(BasicBlock {
-                conv1: conv(inplanes, planes, 3, stride, 1, 1, false, device),
+                conv1: conv(inplanes, planes, 3, stride, 1, 1, false, rng, device),
                 bn1: bn(planes, device),
-                conv2: conv(planes, planes, 3, 1, 1, 1, false, device),
+                conv2: conv(planes, planes, 3, 1, 1, 1, false, rng, device),
                 bn2: bn(planes, device),
                 downsample,
             })
@@ -203,7 +205,7 @@ impl ResNetConfig {
     }
 
     /// Builds the network.
-    pub fn init(&self, device: &Device) -> ResNet {
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> ResNet {
         let (k, s, p) = match self.stem {
             Stem::Cifar => (3, 1, 1),
             Stem::ImageNet => (7, 2, 3),
@@ -219,6 +221,7 @@ impl ResNetConfig {
                     inplanes,
                     planes,
                     if j == 0 { stride } else { 1 },
+                    rng,
                     device,
                 ));
                 inplanes = planes * self.expansion();
@@ -234,6 +237,7 @@ impl ResNetConfig {
                 p,
                 1,
                 false,
+                rng,
                 device,
             ),
             bn1: bn(self.stem_channels, device),
@@ -244,7 +248,7 @@ impl ResNetConfig {
                     .init()
             }),
             layers,
-            fc: LinearConfig::new(inplanes, self.num_classes).init(device),
+            fc: crate::init::linear(inplanes, self.num_classes, rng, device),
             name: self.name.clone(),
             stem_stride: match self.stem {
                 Stem::Cifar => 1,

@@ -4,12 +4,13 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{AvgPool2d, AvgPool2dConfig};
-use burn::nn::{BatchNorm, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, Linear, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::common::{ConvBn, bn, channel_shuffle, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
+use crate::init::InitRng;
 use crate::params::linear_fwd;
 
 /// ShuffleNetV1 unit: grouped 1×1, shuffle, depthwise 3×3, grouped 1×1; a stride-2 unit
@@ -29,14 +30,15 @@ impl ShuffleV1Unit {
         out_planes: usize,
         stride: usize,
         groups: usize,
+        rng: &mut InitRng,
         device: &Device,
     ) -> Self {
         let mid = out_planes / 4;
         let g = if in_planes == 24 { 1 } else { groups };
         Self {
-            conv1: ConvBn::new(in_planes, mid, 1, 1, 0, g, device),
-            conv2: ConvBn::new(mid, mid, 3, stride, 1, mid, device),
-            conv3: ConvBn::new(mid, out_planes, 1, 1, 0, groups, device),
+            conv1: ConvBn::new(in_planes, mid, 1, 1, 0, g, rng, device),
+            conv2: ConvBn::new(mid, mid, 3, stride, 1, mid, rng, device),
+            conv3: ConvBn::new(mid, out_planes, 1, 1, 0, groups, rng, device),
             shortcut: (stride == 2).then(|| {
                 AvgPool2dConfig::new([3, 3])
                     .with_strides([2, 2])
@@ -81,7 +83,7 @@ pub struct ShuffleNetV1Config {
 
 impl ShuffleNetV1Config {
     /// Builds the network.
-    pub fn init(&self, device: &Device) -> ShuffleNetV1 {
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> ShuffleNetV1 {
         let mut inp = 24;
         let layers = self
             .out_planes
@@ -91,7 +93,8 @@ impl ShuffleNetV1Config {
                 (0..n)
                     .map(|i| {
                         let (stride, cat) = if i == 0 { (2, inp) } else { (1, 0) };
-                        let u = ShuffleV1Unit::new(inp, out - cat, stride, self.groups, device);
+                        let u =
+                            ShuffleV1Unit::new(inp, out - cat, stride, self.groups, rng, device);
                         inp = out;
                         u
                     })
@@ -99,9 +102,9 @@ impl ShuffleNetV1Config {
             })
             .collect();
         ShuffleNetV1 {
-            stem: ConvBn::new(self.in_channels, 24, 1, 1, 0, 1, device),
+            stem: ConvBn::new(self.in_channels, 24, 1, 1, 0, 1, rng, device),
             layers,
-            linear: LinearConfig::new(inp, self.num_classes).init(device),
+            linear: crate::init::linear(inp, self.num_classes, rng, device),
             out_planes: self.out_planes.clone(),
         }
     }
@@ -172,23 +175,23 @@ pub enum ShuffleV2Unit {
 }
 
 impl ShuffleV2Unit {
-    fn down(inp: usize, out: usize, device: &Device) -> Self {
+    fn down(inp: usize, out: usize, rng: &mut InitRng, device: &Device) -> Self {
         let mid = out / 2;
         ShuffleV2Unit::Down(ShuffleV2Down {
-            conv1: ConvBn::new(inp, inp, 3, 2, 1, inp, device),
-            conv2: ConvBn::new(inp, mid, 1, 1, 0, 1, device),
-            conv3: ConvBn::new(inp, mid, 1, 1, 0, 1, device),
-            conv4: ConvBn::new(mid, mid, 3, 2, 1, mid, device),
-            conv5: ConvBn::new(mid, mid, 1, 1, 0, 1, device),
+            conv1: ConvBn::new(inp, inp, 3, 2, 1, inp, rng, device),
+            conv2: ConvBn::new(inp, mid, 1, 1, 0, 1, rng, device),
+            conv3: ConvBn::new(inp, mid, 1, 1, 0, 1, rng, device),
+            conv4: ConvBn::new(mid, mid, 3, 2, 1, mid, rng, device),
+            conv5: ConvBn::new(mid, mid, 1, 1, 0, 1, rng, device),
         })
     }
 
-    fn basic(channels: usize, device: &Device) -> Self {
+    fn basic(channels: usize, rng: &mut InitRng, device: &Device) -> Self {
         let c = channels / 2;
         ShuffleV2Unit::Basic(ShuffleV2Basic {
-            conv1: ConvBn::new(c, c, 1, 1, 0, 1, device),
-            conv2: ConvBn::new(c, c, 3, 1, 1, c, device),
-            conv3: ConvBn::new(c, c, 1, 1, 0, 1, device),
+            conv1: ConvBn::new(c, c, 1, 1, 0, 1, rng, device),
+            conv2: ConvBn::new(c, c, 3, 1, 1, c, rng, device),
+            conv3: ConvBn::new(c, c, 1, 1, 0, 1, rng, device),
         })
     }
 
@@ -234,22 +237,22 @@ pub struct ShuffleNetV2Config {
 
 impl ShuffleNetV2Config {
     /// Builds the network.
-    pub fn init(&self, device: &Device) -> ShuffleNetV2 {
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> ShuffleNetV2 {
         let mut inp = 24;
         let mut layers = Vec::new();
         for (&out, &n) in self.out_channels.iter().zip(&self.num_blocks) {
-            let mut layer = vec![ShuffleV2Unit::down(inp, out, device)];
-            layer.extend((0..n).map(|_| ShuffleV2Unit::basic(out, device)));
+            let mut layer = vec![ShuffleV2Unit::down(inp, out, rng, device)];
+            layer.extend((0..n).map(|_| ShuffleV2Unit::basic(out, rng, device)));
             layers.push(layer);
             inp = out;
         }
         let last = self.out_channels.get(3).copied().unwrap_or(1024);
         ShuffleNetV2 {
-            stem: ConvBn::new(self.in_channels, 24, 1, 1, 0, 1, device),
+            stem: ConvBn::new(self.in_channels, 24, 1, 1, 0, 1, rng, device),
             layers,
-            conv2: conv(inp, last, 1, 1, 0, 1, false, device),
+            conv2: conv(inp, last, 1, 1, 0, 1, false, rng, device),
             bn2: bn(last, device),
-            linear: LinearConfig::new(last, self.num_classes).init(device),
+            linear: crate::init::linear(last, self.num_classes, rng, device),
             stage_channels: self.out_channels.iter().take(3).copied().collect(),
         }
     }

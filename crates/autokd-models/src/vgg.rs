@@ -4,12 +4,13 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, Linear, LinearConfig};
+use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::common::{bn, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
+use crate::init::InitRng;
 use crate::params::linear_fwd;
 
 /// One 3×3 convolution with bias and its batch norm.
@@ -72,7 +73,7 @@ impl VggConfig {
     }
 
     /// Builds the network.
-    pub fn init(&self, device: &Device) -> Vgg {
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> Vgg {
         let mut inp = self.in_channels;
         let blocks = self
             .blocks
@@ -81,7 +82,7 @@ impl VggConfig {
                 b.iter()
                     .map(|&c| {
                         let layer = VggConv {
-                            conv: conv(inp, c, 3, 1, 1, 1, true, device),
+                            conv: conv(inp, c, 3, 1, 1, 1, true, rng, device),
                             bn: bn(c, device),
                         };
                         inp = c;
@@ -93,7 +94,7 @@ impl VggConfig {
         Vgg {
             blocks,
             pool: MaxPool2dConfig::new([2, 2]).init(),
-            classifier: LinearConfig::new(inp, self.num_classes).init(device),
+            classifier: crate::init::linear(inp, self.num_classes, rng, device),
             channels: self
                 .blocks
                 .iter()

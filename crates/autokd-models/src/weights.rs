@@ -373,7 +373,7 @@ mod tests {
             vec![2, 2, 2, 2],
             false,
         );
-        Model::ResNet(cfg.init(device))
+        Model::ResNet(cfg.init(&mut crate::init::InitRng::new(0), device))
     }
 
     #[test]

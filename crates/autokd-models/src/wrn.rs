@@ -7,12 +7,13 @@
 //! `preact=True` does.
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, Linear, LinearConfig};
+use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::common::{batch_norm, bn, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, TapInfo, TapRequest};
+use crate::init::InitRng;
 use crate::params::{conv_fwd, linear_fwd};
 
 /// A pre-activation basic block.
@@ -26,14 +27,20 @@ pub struct WideBlock {
 }
 
 impl WideBlock {
-    fn new(in_planes: usize, out_planes: usize, stride: usize, device: &Device) -> Self {
+    fn new(
+        in_planes: usize,
+        out_planes: usize,
+        stride: usize,
+        rng: &mut InitRng,
+        device: &Device,
+    ) -> Self {
         Self {
             bn1: bn(in_planes, device),
-            conv1: conv(in_planes, out_planes, 3, stride, 1, 1, false, device),
+            conv1: conv(in_planes, out_planes, 3, stride, 1, 1, false, rng, device),
             bn2: bn(out_planes, device),
-            conv2: conv(out_planes, out_planes, 3, 1, 1, 1, false, device),
+            conv2: conv(out_planes, out_planes, 3, 1, 1, 1, false, rng, device),
             conv_shortcut: (in_planes != out_planes)
-                .then(|| conv(in_planes, out_planes, 1, stride, 0, 1, false, device)),
+                .then(|| conv(in_planes, out_planes, 1, stride, 0, 1, false, rng, device)),
         }
     }
 
@@ -66,7 +73,7 @@ pub struct WideResNetConfig {
 
 impl WideResNetConfig {
     /// Builds the network.
-    pub fn init(&self, device: &Device) -> WideResNet {
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> WideResNet {
         let k = self.widen_factor;
         let ch = [16, 16 * k, 32 * k, 64 * k];
         let n = (self.depth - 4) / 6;
@@ -76,16 +83,16 @@ impl WideResNetConfig {
                     .map(|i| {
                         let inp = if i == 0 { ch[g] } else { ch[g + 1] };
                         let stride = if i == 0 && g > 0 { 2 } else { 1 };
-                        WideBlock::new(inp, ch[g + 1], stride, device)
+                        WideBlock::new(inp, ch[g + 1], stride, rng, device)
                     })
                     .collect()
             })
             .collect();
         WideResNet {
-            conv1: conv(self.in_channels, 16, 3, 1, 1, 1, false, device),
+            conv1: conv(self.in_channels, 16, 3, 1, 1, 1, false, rng, device),
             blocks: groups,
             bn1: bn(ch[3], device),
-            fc: LinearConfig::new(ch[3], self.num_classes).init(device),
+            fc: crate::init::linear(ch[3], self.num_classes, rng, device),
             channels: ch.to_vec(),
         }
     }

@@ -518,8 +518,8 @@ pub struct TeacherSetup<'a> {
     pub spec: &'a DistillerSpec,
 }
 
-/// Initializes a student and its distiller from `seed`: drawn under the process-wide init lock
-/// (see `INIT_LOCK`), every lazily initialized parameter touched inside it.
+/// Initializes a student and its distiller from `seed` (their own streams,
+/// [`crate::init_streams`]; no device RNG).
 pub(crate) fn init_student(
     student: &ModelSpec,
     spec: &DistillerSpec,
@@ -527,11 +527,8 @@ pub(crate) fn init_student(
     seed: u64,
     ad: &Device,
 ) -> Result<DistillStudent> {
-    let guard = crate::INIT_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    ad.seed(seed);
-    let model = student.init(ad)?;
+    let (mut student_rng, mut distiller_rng) = crate::init_streams(seed);
+    let model = student.init_with(&mut student_rng, ad)?;
     let (t_name, t_info) = teacher.unwrap_or(("none", &[]));
     let distiller = Distiller::new(
         spec,
@@ -539,11 +536,9 @@ pub(crate) fn init_student(
         &model.feature_info(),
         t_name,
         t_info,
+        &mut distiller_rng,
         ad,
     )?;
-    crate::force_init(&model);
-    crate::force_init(&distiller);
-    drop(guard);
     Ok(DistillStudent {
         student: model,
         distiller,
@@ -751,7 +746,6 @@ mod tests {
     /// its first epoch resumes to the weights of the uninterrupted one.
     #[test]
     fn an_iteration_recipe_runs_its_steps_and_resumes() {
-        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let spec = crate::testing::digits_spec(ModelName::Resnet8);
@@ -816,7 +810,6 @@ mod tests {
 
     #[test]
     fn presets_and_schedules() {
-        let _serial = crate::serial();
         let c = Recipe::preset("cifar100").unwrap();
         assert_eq!((c.length, c.batch_size), (Length::Epochs(240), 64));
         assert!((c.lr_at(149) - 0.05).abs() < 1e-12 && (c.lr_at(150) - 0.005).abs() < 1e-12);
@@ -843,7 +836,6 @@ mod tests {
     /// run; the online teacher's BatchNorm statistics and weights never move.
     #[test]
     fn resume_reaches_the_same_weights_and_the_teacher_stays_frozen() {
-        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let spec = crate::testing::digits_spec;
@@ -954,7 +946,6 @@ mod tests {
 
     #[test]
     fn vanilla_training_from_scratch() {
-        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let spec = crate::testing::digits_spec(ModelName::Resnet8);
@@ -998,7 +989,6 @@ mod tests {
     /// ResNet reach far above chance.
     #[test]
     fn a_small_resnet_learns_the_digits_with_a_supervised_config() {
-        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let spec = crate::testing::digits_spec(ModelName::Resnet8);
@@ -1037,7 +1027,6 @@ mod tests {
     /// finished run resumed reports its real last accuracy; zero epochs are refused.
     #[test]
     fn resume_edge_cases() {
-        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let ds = Dataset {

@@ -2,32 +2,14 @@
 //! distillation step, recipes, the teacher cache, and the proxy evaluator that scores candidate
 //! distillers during search.
 
-/// Serializes seeding the device RNG (process-wide on CPU backends) and drawing initial weights,
-/// so that seeded initializations are reproducible when several trainings share a process.
-pub(crate) static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Touches every float parameter so that lazily initialized ones are drawn now (inside the
-/// seeded, locked section) rather than at their first use.
-pub(crate) fn force_init<M: burn::module::Module>(module: &M) {
-    struct Touch;
-    impl burn::module::ModuleVisitor for Touch {
-        fn visit_float<const D: usize>(
-            &mut self,
-            p: &burn::module::Param<burn::prelude::Tensor<D>>,
-        ) {
-            let _ = p.val();
-        }
-    }
-    module.visit(&mut Touch);
-}
-
-/// Tests that seed the process-wide device RNG run one at a time.
-#[cfg(test)]
-pub(crate) fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The initialization streams of a run or trial seeded with `seed`: the student's weights and
+/// the distiller's learnable parts. Drawn on the host ([`autokd_models::InitRng`]), never from
+/// the device's process-wide RNG, so trainings in parallel threads need no lock and the same
+/// seed gives the same weights whatever runs beside it.
+pub fn init_streams(seed: u64) -> (autokd_models::InitRng, autokd_models::InitRng) {
+    let mut student = autokd_models::InitRng::new(seed);
+    let distiller = student.fork();
+    (student, distiller)
 }
 
 #[cfg(test)]

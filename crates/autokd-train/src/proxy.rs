@@ -381,16 +381,11 @@ impl ProxyEvaluator {
             )?),
             TeacherSource::Online => None,
         };
-        let initial = {
-            let _guard = crate::INIT_LOCK
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let ad = device.clone().autodiff();
-            ad.seed(config.recipe.seed);
-            let model = student.init(&ad)?;
-            crate::force_init(&model);
-            model.valid()
-        };
+        // Every trial starts from this one initialization (common random numbers).
+        let (mut student_rng, _) = crate::init_streams(config.recipe.seed);
+        let initial = student
+            .init_with(&mut student_rng, &device.clone().autodiff())?
+            .valid();
         // The gap reads the first GAP_IMAGES validation embeddings only.
         let first: Vec<usize> = (0..val.len().min(GAP_IMAGES)).collect();
         let val_cache = TeacherCache::build(
@@ -436,23 +431,18 @@ impl ProxyEvaluator {
         let ad = self.device.clone().autodiff();
         let recipe = &self.config.recipe;
         let student = self.initial.clone().train();
-        // The device RNG is process-wide: seed it and draw the distiller's own parameters
-        // (connectors, generation blocks; lazily initialized, so touched here) under one lock.
-        // The MGD masks come from the distiller's own stream, seeded per trial.
-        let guard = crate::INIT_LOCK
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        ad.seed(recipe.seed);
+        // The distiller's parameters (connectors, generation blocks) come from the trial's own
+        // stream, the same for every trial; the MGD masks from the distiller's, seeded per trial.
+        let (_, mut distiller_rng) = crate::init_streams(recipe.seed);
         let distiller = Distiller::new(
             spec,
             self.student.name.as_str(),
             &student.feature_info(),
             &self.teacher_name,
             &self.teacher_info,
+            &mut distiller_rng,
             &ad,
         )?;
-        crate::force_init(&distiller);
-        drop(guard);
         let loader = DataLoader::new(
             self.train.clone(),
             self.transform.clone(),
@@ -669,7 +659,6 @@ mod tests {
 
     #[test]
     fn teacher_is_frozen_and_trials_are_deterministic() {
-        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let teacher = crate::testing::digits_spec(ModelName::Resnet14)
@@ -717,7 +706,6 @@ mod tests {
     /// The cache changes where the teacher's outputs come from, not what they are.
     #[test]
     fn cached_and_online_teacher_give_the_same_trial() {
-        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let spec = crate::testing::digits_spec;
@@ -752,7 +740,6 @@ mod tests {
     /// same alone and while two other trials (MGD too: they seed the device and draw) run.
     #[test]
     fn mgd_rewards_do_not_depend_on_other_trials() {
-        let _serial = crate::serial();
         let (eval, _) = setup(small());
         let space = autokd_distill::SearchSpace::default();
         // Global transform 4 is the mask (λ = 0.5).
@@ -786,7 +773,6 @@ mod tests {
 
     #[test]
     fn diverging_trials_are_rejected_with_the_reason() {
-        let _serial = crate::serial();
         let (eval, _) = setup(small());
         let mut spec = DistillerSpec::baseline("fitnet").unwrap();
         spec.features[0].weight = autokd_distill::Real(1e30);
@@ -801,7 +787,6 @@ mod tests {
 
     #[test]
     fn cache_holds_the_teachers_outputs() {
-        let _serial = crate::serial();
         let device = Device::flex();
         let ds = DatasetSpec::Digits.load().unwrap();
         let teacher = crate::testing::digits_spec(ModelName::Resnet8)
@@ -854,7 +839,6 @@ mod tests {
 
     #[test]
     fn gap_by_hand() {
-        let _serial = crate::serial();
         let device = Device::flex();
         // Teacher embeddings e1, e2 (orthogonal), student identical → 0; student with both rows
         // equal → Ĝₛ is all ones, Ĝₜ the identity: ‖Ĝₛ − Ĝₜ‖_F = √2, / N = 2 → 0.7071.

@@ -216,14 +216,11 @@ mod tests {
         }
     }
     use burn::optim::SgdConfig;
-    use burn::tensor::Distribution;
 
     #[test]
     fn steps_reduce_the_loss_on_a_fixed_batch() {
-        let _serial = crate::serial();
         let ad = Device::flex().autodiff();
         let plain = Device::flex();
-        ad.seed(1);
         let spec = |name| ModelSpec {
             name,
             in_channels: 1,
@@ -242,11 +239,12 @@ mod tests {
             &student.feature_info(),
             "resnet14",
             &teacher.feature_info(),
+            &mut autokd_models::InitRng::new(0),
             &ad,
         )
         .unwrap();
         let (_, t_req) = distiller.tap_requests();
-        let x = Tensor::<4>::random([8, 1, 8, 8], Distribution::Normal(0.0, 1.0), &plain);
+        let x = crate::testing::normal([8, 1, 8, 8], 1, &plain);
         let t_out = teacher.forward_intermediates(x.clone(), &t_req);
         let targets =
             Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 0, 1, 2, 3], [8]), &ad);
@@ -278,7 +276,6 @@ mod tests {
         // DeiT has LayerNorm only: without BatchNorm, shards of a batch give exactly the full
         // batch's mean gradient, so two "devices" (both flex here) must reach the same weights as
         // one step on the whole batch.
-        let _serial = crate::serial();
         let plain = Device::flex();
         let ad = plain.clone().autodiff();
         let spec = ModelSpec {
@@ -293,9 +290,9 @@ mod tests {
         }
         .init(&plain)
         .unwrap();
-        let _guard = crate::INIT_LOCK.lock().unwrap();
-        ad.seed(3);
-        let student = spec.init(&ad).unwrap();
+        let student = spec
+            .init_with(&mut autokd_models::InitRng::new(3), &ad)
+            .unwrap();
         let kd = DistillerSpec::baseline("kd").unwrap();
         let distiller = Distiller::new(
             &kd,
@@ -303,14 +300,13 @@ mod tests {
             &student.feature_info(),
             "resnet8",
             &teacher.feature_info(),
+            &mut autokd_models::InitRng::new(0),
             &ad,
         )
         .unwrap();
         let model = DistillStudent { student, distiller };
-        crate::force_init(&model);
-        drop(_guard);
         let copy = || model.valid().train();
-        let x = Tensor::<4>::random([6, 1, 8, 8], Distribution::Normal(0.0, 1.0), &plain);
+        let x = crate::testing::normal([6, 1, 8, 8], 3, &plain);
         let y =
             Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 1, 2], [6]), &plain);
         let (_, t_req) = model.distiller.tap_requests();
@@ -353,7 +349,6 @@ mod tests {
 
     #[test]
     fn data_parallel_step_trains_a_batchnorm_student() {
-        let _serial = crate::serial();
         let plain = Device::flex();
         let ad = plain.clone().autodiff();
         let spec = ModelSpec {
@@ -369,11 +364,12 @@ mod tests {
             &student.feature_info(),
             "none",
             &[],
+            &mut autokd_models::InitRng::new(0),
             &ad,
         )
         .unwrap();
         let mut model = DistillStudent { student, distiller };
-        let x = Tensor::<4>::random([8, 1, 8, 8], Distribution::Normal(0.0, 1.0), &plain);
+        let x = crate::testing::normal([8, 1, 8, 8], 1, &plain);
         let y = Tensor::<1, Int>::from_data(
             TensorData::new(vec![0i64, 1, 2, 3, 0, 1, 2, 3], [8]),
             &plain,

@@ -14,6 +14,12 @@ pub(crate) fn digits_spec(name: ModelName) -> ModelSpec {
     }
 }
 
+/// A tensor of `shape` drawn from `N(0, 1)` on the host with `seed` (no device RNG).
+pub(crate) fn normal<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
+    let v = autokd_models::InitRng::new(seed).normal_values(shape.iter().product(), 1.0);
+    Tensor::<D>::from_data(TensorData::new(v, shape), device)
+}
+
 /// Every float of a module (parameters and BatchNorm running statistics, synchronized by
 /// `valid()`), in visit order.
 pub(crate) fn snapshot<M: Module>(m: &M) -> Vec<f32> {

@@ -194,7 +194,7 @@ mod tests {
                 .to_string()
                 .contains("generation block")
         );
-        let g = MaskGenerator::new(3, 0, &device);
+        let g = MaskGenerator::new(3, 0, &mut autokd_models::InitRng::new(0), &device);
         let (s, t) = m.apply(x.clone(), x.clone(), 1.0, Some(&g)).unwrap();
         assert_eq!(s.dims(), [2, 3, 4, 4]);
         assert_eq!(vals(t), vals(x));
@@ -214,7 +214,12 @@ mod tests {
     /// The generation block at λ = 0 (no position masked, so the function is deterministic).
     #[test]
     fn mask_generator_gradient() {
-        let generator = MaskGenerator::new(3, 0, &Device::flex().autodiff());
+        let generator = MaskGenerator::new(
+            3,
+            0,
+            &mut autokd_models::InitRng::new(0),
+            &Device::flex().autodiff(),
+        );
         // The finite differences run without autodiff, on the `valid()` copy of the same weights.
         grad_check("mask generator", [2, 3, 3, 3], |s, t| {
             let g = if s.is_autodiff() {

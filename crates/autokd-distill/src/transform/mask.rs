@@ -7,9 +7,9 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use autokd_models::init::{ConvInit, ConvShape, InitRng};
 use burn::module::Param;
-use burn::nn::PaddingConfig2d;
-use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::relu;
@@ -75,16 +75,22 @@ pub struct MaskGenerator {
 }
 
 impl MaskGenerator {
-    /// A generation block for `channels` channels; masks from a stream seeded with `seed`.
-    pub fn new(channels: usize, seed: u64, device: &Device) -> Self {
-        let conv = || {
-            Conv2dConfig::new([channels, channels], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(device)
+    /// A generation block for `channels` channels, its convolutions drawn from `init`
+    /// (PyTorch's default: uniform in `±1/√(9C)`, as MGD's `nn.Conv2d`); masks from a stream
+    /// seeded with `seed`.
+    pub fn new(channels: usize, seed: u64, init: &mut InitRng, device: &Device) -> Self {
+        let shape = ConvShape {
+            in_ch: channels,
+            out_ch: channels,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            groups: 1,
+            bias: true,
         };
         Self {
-            conv1: conv(),
-            conv2: conv(),
+            conv1: autokd_models::init::conv2d(shape, ConvInit::TorchDefault, init, device),
+            conv2: autokd_models::init::conv2d(shape, ConvInit::TorchDefault, init, device),
             rng: MaskRng::new(seed),
         }
     }
@@ -94,7 +100,7 @@ impl MaskGenerator {
     /// every call, whatever else the process seeds. Masks from the same stream continue after.
     /// The weights have element type `dtype`.
     pub fn deterministic(channels: usize, seed: u64, dtype: DType, device: &Device) -> Self {
-        let mut g = Self::new(channels, seed, device);
+        let mut g = Self::new(channels, seed, &mut InitRng::new(seed), device);
         let bound = 1.0 / ((9 * channels.max(1)) as f64).sqrt();
         let draw = |shape: Vec<usize>| -> Vec<f32> {
             let n = shape.iter().product();
