@@ -198,7 +198,7 @@ fn search_end_to_end_on_the_embedded_digits() {
     let config = dir.path().join("search.toml");
     std::fs::write(
         &config,
-        "trials = 4\n[teacher_training]\nepochs = 2\nmilestones = []\n[proxy]\nper_class = 5\nepochs = 1\nbatch_size = 16\n",
+        "trials = 4\n[teacher_training]\nepochs = 2\nmilestones = []\n[proxy]\nper_class = 5\nepochs = 1\nbatch_size = 16\nchance_margin = 1e9\n",
     )
     .unwrap();
     let cache = dir.path().join("cache");
@@ -351,7 +351,7 @@ fn search_end_to_end_on_the_embedded_digits() {
 /// the image counts the dataset declares (ImageNet-1k's for the image-folder configs, which are
 /// the ImageNet ones), without the data.
 /// A search config's teacher and proxy at their smallest (one teacher epoch, 4 images per class).
-const TINY_SEARCH: &str = "[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n";
+const TINY_SEARCH: &str = "[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\nchance_margin = 1e9\n";
 
 /// Issue 12 item 5: what can be checked is checked before the teacher trains. A missing tap,
 /// unreadable teacher weights and an unusable store path each fail at once, naming the problem,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use autokd_data::DatasetSpec;
 use autokd_distill::SearchSpaceConfig;
 use autokd_models::ModelName;
-use autokd_search::MctsConfig;
+use autokd_search::{MctsConfig, RewardScale};
 use autokd_train::{ProxyConfig, Recipe};
 use serde::{Deserialize, Serialize};
 
@@ -111,10 +111,66 @@ impl Default for SearchConfig {
 impl SearchConfig {
     /// Reads a config file; errors name the file and the field.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| AppError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| AppError::File {
+        Self::from_text(
+            path,
+            &std::fs::read_to_string(path).map_err(|e| AppError::io(path, e))?,
+        )
+    }
+
+    fn from_text(path: &Path, text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| AppError::File {
             path: path.to_path_buf(),
             message: format!("invalid search config: {e}"),
         })
+    }
+
+    /// Reads a run folder's recorded `config.toml`. The second value says whether the folder
+    /// predates rank-scaled MCTS rewards (its `[mcts]` has no `reward_scale`): such a run scaled
+    /// rewards min–max, and the returned config says so, so that it resumes as it ran.
+    pub fn from_recorded(path: &Path) -> Result<(Self, bool)> {
+        let text = std::fs::read_to_string(path).map_err(|e| AppError::io(path, e))?;
+        let mut cfg = Self::from_text(path, &text)?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| AppError::File {
+            path: path.to_path_buf(),
+            message: format!("invalid search config: {e}"),
+        })?;
+        let legacy = table
+            .get("mcts")
+            .and_then(|m| m.get("reward_scale"))
+            .is_none();
+        if legacy {
+            cfg.mcts.reward_scale = RewardScale::MinMax;
+        }
+        Ok((cfg, legacy))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A recorded config names its reward scale; one written before ranks reads as min–max.
+    #[test]
+    fn recorded_configs_keep_their_reward_scale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let text = toml::to_string(&SearchConfig::default()).unwrap();
+        assert!(text.contains("reward_scale = \"rank\""), "{text}");
+        std::fs::write(&path, &text).unwrap();
+        let (cfg, legacy) = SearchConfig::from_recorded(&path).unwrap();
+        assert_eq!((cfg.mcts.reward_scale, legacy), (RewardScale::Rank, false));
+        let old: String = text
+            .lines()
+            .filter(|l| !l.starts_with("reward_scale"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, old).unwrap();
+        let (cfg, legacy) = SearchConfig::from_recorded(&path).unwrap();
+        assert_eq!((cfg.mcts.reward_scale, legacy), (RewardScale::MinMax, true));
+        // A user's config without the key takes the default, ranks.
+        assert_eq!(
+            SearchConfig::from_file(&path).unwrap().mcts.reward_scale,
+            RewardScale::Rank
+        );
     }
 }

@@ -354,7 +354,11 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     let config_path = dir.join("config.toml");
     let resuming = config_path.is_file();
     if resuming {
-        let old = SearchConfig::from_file(&config_path)?;
+        let (old, legacy) = SearchConfig::from_recorded(&config_path)?;
+        if legacy {
+            // A folder from before rank-scaled rewards resumes with min–max, as it ran.
+            cfg.mcts.reward_scale = old.mcts.reward_scale;
+        }
         if !old.same_search(&cfg) {
             return Err(AppError::Invalid(format!(
                 "{} holds a different search (its config.toml differs in more than trials, max_minutes, workers and baseline); resume it with the same config and seed, or give a new --out",
@@ -535,8 +539,12 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     }
     let Some((best, best_record)) = best_of(&records) else {
         return Err(AppError::Invalid(format!(
-            "every one of the {} trials was rejected",
-            records.len()
+            "every one of the {} trials was rejected (the first: {})",
+            records.len(),
+            records
+                .first()
+                .and_then(|r| r.outcome.rejected.as_deref())
+                .unwrap_or("no reason recorded")
         )));
     };
     write_atomic(

@@ -272,13 +272,13 @@ fn print_event(
                 (None, Some(why)) => format!("rejected: {why}"),
                 (None, None) => "rejected".to_string(),
             };
+            // No accepted trial yet: no best.
+            let best = best.map_or_else(|| format!("{:>8}", "none"), |b| format!("{b:>8.4}"));
             let mut write = || {
                 writeln!(
                     out,
-                    "{label}[{k:>3}/{budget}] {line}  best {:>8.4}  {:.1}s  {}",
-                    best.unwrap_or(f64::NAN),
-                    o.seconds,
-                    record.spec
+                    "{label}[{k:>3}/{budget}] {line}  best {best}  {:.1}s  {}",
+                    o.seconds, record.spec
                 )
             };
             match bar.as_ref() {

@@ -46,7 +46,7 @@ fn a_killed_search_resumes_and_loses_nothing() {
     let config = dir.path().join("search.toml");
     std::fs::write(
         &config,
-        "trials = 6\n[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\n",
+        "trials = 6\n[teacher_training]\nepochs = 1\nmilestones = []\n[proxy]\nper_class = 4\nepochs = 1\nbatch_size = 16\nchance_margin = 1e9\n",
     )
     .unwrap();
     // The uninterrupted search (it also trains and caches the teacher).

@@ -14,7 +14,7 @@ pub mod store;
 pub use driver::{
     DriverConfig, DriverError, Evaluation, Trial, TrialResult, drive, panic_payload, run, run_until,
 };
-pub use mcts::{Mcts, MctsConfig, Ticket};
+pub use mcts::{Mcts, MctsConfig, RewardScale, Ticket, mid_rank_values};
 pub use random::RandomSearch;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;

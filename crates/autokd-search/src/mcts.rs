@@ -2,9 +2,13 @@
 //!
 //! - **Tree.** One level per decision; a node is a partial candidate; children are created when
 //!   first chosen, and unvisited children are tried first (in a seeded random order).
-//! - **Selection.** UCT, `Q/n + c·√(ln N / n)`, on rewards normalized to [0, 1] by the minimum and
-//!   maximum seen so far (normalization is affine, so node sums of raw rewards suffice). Rejected
-//!   trials count as reward 0 after normalization (the worst).
+//! - **Selection.** UCT, `Q/n + c·√(ln N / n)`, on rewards made values in [0, 1]
+//!   ([`RewardScale`]). By default a trial's value is its mid-rank among the accepted trials so
+//!   far, `(r − ½)/n` (ties share their mean rank), as ordinal MCTS and optuna's TPE use ranks:
+//!   one outlier (a diverged trial's reward of −6,562 beside sane ones in −0.4…−2) cannot squash
+//!   every other difference below the exploration bonus, as min–max scaling lets it. Min–max
+//!   (`(R − min)/(max − min)`) remains for run folders written before ranks. Rejected trials
+//!   count as value 0 (below every accepted one).
 //! - **Parallel trials (WU-UCT, Liu et al. 2020).** A candidate handed out and not yet rewarded
 //!   counts as an unobserved visit of every node on its path, in `n` and `N`, so concurrent asks
 //!   spread out.
@@ -17,6 +21,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Choices, Strategy};
 
+/// How rewards become the values in [0, 1] that UCT averages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardScale {
+    /// Mid-rank among the accepted trials so far, `(r − ½)/n` (default).
+    #[default]
+    Rank,
+    /// `(R − min)/(max − min)` over the accepted trials so far (searches before ranks).
+    MinMax,
+}
+
 /// MCTS settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -25,6 +40,8 @@ pub struct MctsConfig {
     pub exploration: f64,
     /// Seed of the child order and the rollouts.
     pub seed: u64,
+    /// How rewards are scaled for UCT.
+    pub reward_scale: RewardScale,
 }
 
 impl Default for MctsConfig {
@@ -32,8 +49,37 @@ impl Default for MctsConfig {
         Self {
             exploration: std::f64::consts::FRAC_1_SQRT_2,
             seed: 0,
+            reward_scale: RewardScale::Rank,
         }
     }
+}
+
+/// The value of each trial in [0, 1]: a rejected one (`None` or not finite) 0, an accepted one
+/// its mid-rank among the accepted ones, `(r − ½)/n` with `r` from 1 (worst) to `n` (best) and
+/// tied rewards sharing the mean of their ranks.
+pub fn mid_rank_values(rewards: &[Option<f64>]) -> Vec<f64> {
+    let mut accepted: Vec<(f64, usize)> = rewards
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.filter(|r| r.is_finite()).map(|r| (r, i)))
+        .collect();
+    accepted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = accepted.len() as f64;
+    let mut values = vec![0.0; rewards.len()];
+    let mut start = 0;
+    while start < accepted.len() {
+        let mut end = start + 1;
+        while end < accepted.len() && accepted[end].0 == accepted[start].0 {
+            end += 1;
+        }
+        // Ranks start + 1 ..= end share their mean, (start + 1 + end) / 2.
+        let rank = (start + 1 + end) as f64 / 2.0;
+        for &(_, i) in &accepted[start..end] {
+            values[i] = (rank - 0.5) / n;
+        }
+        start = end;
+    }
+    values
 }
 
 #[derive(Debug, Clone, Default)]
@@ -72,6 +118,8 @@ pub struct Mcts {
     rng: ChaCha8Rng,
     min: f64,
     max: f64,
+    /// Every told trial: its path and its reward (`None`: rejected), for rank values.
+    told: Vec<(Vec<usize>, Option<f64>)>,
 }
 
 impl Mcts {
@@ -86,6 +134,7 @@ impl Mcts {
             rng,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            told: Vec::new(),
         }
     }
 
@@ -108,24 +157,49 @@ impl Mcts {
         self.nodes.len()
     }
 
-    /// Normalized mean reward of a node, counting in-flight visits as unobserved (0 added).
-    fn q(&self, n: &Node) -> f64 {
-        if n.visits == 0 {
-            return 0.0;
+    /// The sum of the values of each node's trials ([`RewardScale`]).
+    fn value_sums(&self) -> Vec<f64> {
+        match self.config.reward_scale {
+            RewardScale::MinMax => {
+                let span = self.max - self.min;
+                self.nodes
+                    .iter()
+                    .map(|n| {
+                        if span > 0.0 && n.accepted > 0 {
+                            (n.reward_sum - f64::from(n.accepted) * self.min) / span
+                        } else {
+                            // One distinct reward so far: every accepted trial is as good as
+                            // the best.
+                            f64::from(n.accepted) * f64::from(u8::from(self.max.is_finite()))
+                        }
+                    })
+                    .collect()
+            }
+            RewardScale::Rank => {
+                let rewards: Vec<Option<f64>> = self.told.iter().map(|(_, r)| *r).collect();
+                let mut sums = vec![0.0; self.nodes.len()];
+                for ((path, _), v) in self.told.iter().zip(mid_rank_values(&rewards)) {
+                    for &n in path {
+                        sums[n] += v;
+                    }
+                }
+                sums
+            }
         }
-        let span = self.max - self.min;
-        let normalized_sum = if span > 0.0 && n.accepted > 0 {
-            (n.reward_sum - f64::from(n.accepted) * self.min) / span
-        } else {
-            // One distinct reward so far: every accepted trial is as good as the best.
-            f64::from(n.accepted) * f64::from(u8::from(self.max.is_finite()))
-        };
-        normalized_sum / f64::from(n.visits)
     }
 
     /// Descends by UCT to the first node with an untried option, creates that child, and
     /// completes the candidate at random.
     fn select(&mut self) -> Ticket {
+        let sums = self.value_sums();
+        // Mean value of a node, counting in-flight visits as unobserved (0 added).
+        let q = |id: usize, n: &Node| {
+            if n.visits == 0 {
+                0.0
+            } else {
+                sums[id] / f64::from(n.visits)
+            }
+        };
         let mut path = vec![0usize];
         let mut choices = Vec::with_capacity(self.levels.len());
         let mut node = 0usize;
@@ -168,7 +242,7 @@ impl Mcts {
                 };
                 let child = &self.nodes[c];
                 let n = f64::from(child.visits + child.in_flight).max(1.0);
-                let score = self.q(child) + self.config.exploration * (total.ln() / n).sqrt();
+                let score = q(c, child) + self.config.exploration * (total.ln() / n).sqrt();
                 if score > best.0 {
                     best = (score, o);
                 }
@@ -198,6 +272,8 @@ impl Strategy for Mcts {
             self.max = self.max.max(r);
         }
         let accepted = reward.is_some_and(f64::is_finite);
+        self.told
+            .push((ticket.path.clone(), reward.filter(|r| r.is_finite())));
         for &n in &ticket.path {
             let node = &mut self.nodes[n];
             node.in_flight = node.in_flight.saturating_sub(1);
@@ -206,6 +282,71 @@ impl Strategy for Mcts {
                 node.accepted += 1;
                 node.reward_sum += reward.unwrap_or(0.0);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::run;
+
+    /// Mid-ranks by hand: accepted −3, −1, −1, −0.5 have ranks 1, 2.5, 2.5, 4 of n = 4, so
+    /// values 0.5/4, 2/4, 2/4, 3.5/4; rejected and non-finite rewards are 0.
+    #[test]
+    fn mid_rank_values_by_hand() {
+        let v = mid_rank_values(&[
+            Some(-1.0),
+            None,
+            Some(-3.0),
+            Some(-1.0),
+            Some(f64::NAN),
+            Some(-0.5),
+        ]);
+        assert_eq!(v, vec![0.5, 0.0, 0.125, 0.5, 0.0, 0.875]);
+        assert_eq!(mid_rank_values(&[Some(2.0)]), vec![0.5]);
+        assert!(mid_rank_values(&[]).is_empty());
+    }
+
+    /// Visits of each root child after `trials` trials of an objective whose root option 0 is
+    /// best (rewards −0.4…−0.7), option 1 next (−1.4…−1.7), option 2 worst (−2.4…−2.7), the
+    /// first trial under option 2 giving −4000 (a diverged trial, as the default search's first).
+    fn root_visits(scale: RewardScale, seed: u64, trials: usize) -> Vec<u32> {
+        let mut m = Mcts::new(
+            &[3, 4, 4, 4],
+            MctsConfig {
+                seed,
+                reward_scale: scale,
+                ..MctsConfig::default()
+            },
+        );
+        let mut outlier = true;
+        run(&mut m, trials, 1000, |c| {
+            if c[0] == 2 && std::mem::take(&mut outlier) {
+                return Some(-4000.0);
+            }
+            Some(-0.4 - c[0] as f64 - 0.1 * (c[1] + c[2] + c[3]) as f64 / 3.0)
+        })
+        .unwrap();
+        m.nodes[0]
+            .children
+            .iter()
+            .map(|c| c.map_or(0, |c| m.nodes[c].visits))
+            .collect()
+    }
+
+    /// With ranks, one −4000 outlier does not stop UCT from sending most visits to the best
+    /// root child; with min–max scaling every sane reward lies within 1e-3 of the others and
+    /// UCT cycles through the children by visit count.
+    #[test]
+    fn an_outlier_does_not_hide_the_best_child() {
+        for seed in 0..5 {
+            let rank = root_visits(RewardScale::Rank, seed, 60);
+            let minmax = root_visits(RewardScale::MinMax, seed, 60);
+            let share = |v: &[u32]| f64::from(v[0]) / f64::from(v.iter().sum::<u32>());
+            eprintln!("seed {seed}: visits rank {rank:?}, min-max {minmax:?}");
+            assert!(share(&rank) > 0.6, "seed {seed}: rank {rank:?}");
+            assert!(share(&minmax) < 0.45, "seed {seed}: min-max {minmax:?}");
         }
     }
 }

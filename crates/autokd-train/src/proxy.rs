@@ -10,7 +10,10 @@
 //! augmentation (the cache holds one view per image).
 //!
 //! A trial whose loss becomes NaN/Inf, or exceeds `explode_factor` times its first step's loss,
-//! stops at once and is reported as rejected with the reason.
+//! stops at once and is reported as rejected with the reason; so is a trial whose validation CE
+//! is worse than chance (`ln K` plus `chance_margin`, as KD-Zero's loss rejection and optuna's
+//! pruning of NaN trials do): the search ranks accepted trials only, and a diverged student's CE
+//! of thousands says nothing a rejection does not.
 
 use std::time::Instant;
 
@@ -62,6 +65,10 @@ pub struct ProxyConfig {
     pub reward: RewardKind,
     /// A step whose loss exceeds this multiple of the first step's loss rejects the trial.
     pub explode_factor: f64,
+    /// A trial whose validation loss exceeds the task's chance level (classification: `ln K`,
+    /// the CE of a uniform prediction) by more than this margin is rejected: its student is
+    /// worse than guessing, whatever its reward would say.
+    pub chance_margin: f64,
     /// Memory budget of the teacher cache, in bytes. A cache that would exceed it is not built:
     /// the frozen teacher then runs on every batch (see [`ProxyEvaluator::plan`]).
     pub cache_budget_bytes: usize,
@@ -100,6 +107,8 @@ pub struct ProxyFile {
     pub seed: u64,
     /// Loss explosion factor.
     pub explode_factor: f64,
+    /// Margin above the chance-level validation loss that rejects a trial.
+    pub chance_margin: f64,
     /// Memory budget of the teacher cache, in bytes.
     pub cache_budget_bytes: usize,
     /// Read the teacher's outputs from the cache.
@@ -163,6 +172,7 @@ impl From<ProxyConfig> for ProxyFile {
             reward: c.reward,
             seed: r.seed,
             explode_factor: c.explode_factor,
+            chance_margin: c.chance_margin,
             cache_budget_bytes: c.cache_budget_bytes,
             cache_teacher: c.cache_teacher,
             milestones: r.milestones,
@@ -183,6 +193,12 @@ impl TryFrom<ProxyFile> for ProxyConfig {
     fn try_from(f: ProxyFile) -> std::result::Result<Self, String> {
         if f.per_class == 0 {
             return Err("proxy: per_class must be at least 1".into());
+        }
+        if !(f.chance_margin >= 0.0 && f.chance_margin.is_finite()) {
+            return Err(format!(
+                "proxy: chance_margin must be a number at least 0 (nats above the chance-level loss), not {}",
+                f.chance_margin
+            ));
         }
         // Neither `epochs` nor `iterations`: the proxy's own default length.
         let epochs = match (f.epochs, f.iterations) {
@@ -213,6 +229,7 @@ impl TryFrom<ProxyFile> for ProxyConfig {
             beta: f.beta,
             reward: f.reward,
             explode_factor: f.explode_factor,
+            chance_margin: f.chance_margin,
             cache_budget_bytes: f.cache_budget_bytes,
             cache_teacher: f.cache_teacher,
         })
@@ -241,6 +258,7 @@ impl Default for ProxyConfig {
             beta: 1.0,
             reward: RewardKind::Loss,
             explode_factor: 10.0,
+            chance_margin: 0.5,
             cache_budget_bytes: DEFAULT_BUDGET_BYTES,
             cache_teacher: true,
         }
@@ -508,6 +526,23 @@ impl ProxyEvaluator {
                 start.elapsed().as_secs_f64(),
             ));
         }
+        if let Some(chance) = Classification.chance_loss(self.student.num_classes) {
+            let margin = self.config.chance_margin;
+            if val_ce > chance + margin {
+                return Ok(TrialOutcome {
+                    reward: None,
+                    val_ce,
+                    gap,
+                    accuracy,
+                    last_losses: last,
+                    rejected: Some(format!(
+                        "validation CE {val_ce:.3} is worse than chance ({chance:.3} for {} classes, plus the margin {margin})",
+                        self.student.num_classes
+                    )),
+                    seconds: start.elapsed().as_secs_f64(),
+                });
+            }
+        }
         let reward = match self.config.reward {
             RewardKind::Loss => -(val_ce + self.config.beta * gap),
             RewardKind::Accuracy => accuracy,
@@ -614,6 +649,7 @@ mod tests {
                 "reward",
                 "seed",
                 "explode_factor",
+                "chance_margin",
                 "cache_budget_bytes",
                 "cache_teacher"
             ]
@@ -782,6 +818,40 @@ mod tests {
         assert!(
             why.contains("not finite") || why.contains("exploded"),
             "{why}"
+        );
+    }
+
+    /// A trial whose validation CE exceeds ln K plus the margin is rejected, its measured CE,
+    /// gap and accuracy kept; the same trial at the default margin is accepted (a 2-epoch KD
+    /// student on 6 images per class lies well below ln 10 + 0.5 = 2.80).
+    #[test]
+    fn trials_worse_than_chance_are_rejected() {
+        let kd = DistillerSpec::baseline("kd").unwrap();
+        let (eval, _) = setup(small());
+        let ok = eval.evaluate(&kd).unwrap();
+        assert!(
+            ok.rejected.is_none() && ok.val_ce < 10f64.ln() + 0.5,
+            "{ok:?}"
+        );
+        // A margin of −ln 10 puts the threshold at 0: any CE is worse.
+        let (eval, _) = setup(ProxyConfig {
+            chance_margin: -(10f64.ln()),
+            ..small()
+        });
+        let out = eval.evaluate(&kd).unwrap();
+        assert!(out.reward.is_none() && out.val_ce.is_finite() && out.accuracy > 0.0);
+        assert_eq!(out.val_ce.to_bits(), ok.val_ce.to_bits());
+        let why = out.rejected.unwrap();
+        assert!(
+            why.contains("worse than chance (2.303 for 10 classes"),
+            "{why}"
+        );
+        let err = toml::from_str::<ProxyConfig>("chance_margin = -1.0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("chance_margin must be a number at least 0"),
+            "{err}"
         );
     }
 

@@ -81,6 +81,13 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     /// The metric that scores a model of this task (higher is better): a training's best
     /// epoch, the proxy's accuracy reward.
     fn score_metric(&self) -> &'static str;
+
+    /// The task loss of a model that knows nothing, for `classes` classes (classification:
+    /// `ln K`, the CE of the uniform prediction); `None` when the task has no such level. A proxy
+    /// trial whose validation loss is worse than this by a margin is rejected.
+    fn chance_loss(&self, _classes: usize) -> Option<f64> {
+        None
+    }
 }
 
 /// Image classification: CE on `[B, K]` logits; top-1 and top-5 accuracy.
@@ -158,6 +165,10 @@ impl Task for Classification {
 
     fn score_metric(&self) -> &'static str {
         "top1"
+    }
+
+    fn chance_loss(&self, classes: usize) -> Option<f64> {
+        (classes >= 2).then(|| (classes as f64).ln())
     }
 }
 
