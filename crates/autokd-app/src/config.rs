@@ -20,6 +20,8 @@ pub enum StrategyName {
     Mcts,
     /// Uniform random search (the baseline).
     Random,
+    /// Every candidate once, in lexicographic order (small spaces only: the tabular benchmark).
+    Grid,
 }
 
 /// Where the trials of a search are kept.

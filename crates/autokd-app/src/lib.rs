@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod search;
+pub mod table;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ pub use search::{
     Observer, SearchEvent, SearchReport, SearchRequest, TeacherOrigin, TrialRecord, best_so_far,
     plot_svg, report_markdown, run_search,
 };
+pub use table::{GridMap, load_table};
 
 /// The spec of `name` sized for a dataset: its channels, classes and image side.
 pub fn model_spec(

@@ -10,7 +10,7 @@ use std::time::Instant;
 use autokd_data::Dataset;
 use autokd_distill::{DistillerSpec, Effective, SearchSpace};
 use autokd_models::{Backbone, Model, ModelSpec, TapRequest, load_weights, save_weights};
-use autokd_search::{Mcts, RandomSearch, Strategy, Trial, TrialStore};
+use autokd_search::{GridSearch, Mcts, RandomSearch, Strategy, Trial, TrialStore};
 use autokd_train::{Length, ProxyEvaluator, TeacherPlan, TrialOutcome};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -418,6 +418,17 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         path: dir.clone(),
         source: std::io::Error::new(e.kind(), format!("the run folder is not writable: {e}")),
     })?;
+    // A grid search records which candidate represents each one's loss (the tabular
+    // benchmark reads it); a space too large for a grid is refused here, before training.
+    let grid = if cfg.strategy == StrategyName::Grid {
+        let levels: Vec<usize> = space.levels().iter().map(|l| l.options).collect();
+        Some(crate::table::GridMap::new(&levels, |c| match &effective {
+            Some(e) => e.canonical(c),
+            None => c.to_vec(),
+        })?)
+    } else {
+        None
+    };
     let mut store = open_store(&cfg, &dir, "mcts")?;
     store.events()?;
     let mut baseline_store = if cfg.baseline && cfg.strategy == StrategyName::Mcts {
@@ -432,6 +443,12 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         &dir.join(RunSpace::FILE),
         serde_json::to_string_pretty(&recorded)?.as_bytes(),
     )?;
+    if let Some(grid) = &grid {
+        write_atomic(
+            &dir.join(crate::table::GridMap::FILE),
+            serde_json::to_string(grid)?.as_bytes(),
+        )?;
+    }
     observe(SearchEvent::Started {
         config: &cfg,
         dataset: (info.name.as_str(), dataset.train.len(), dataset.test.len()),
@@ -493,6 +510,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     let mut strategy: Box<dyn Strategy> = match cfg.strategy {
         StrategyName::Mcts => Box::new(Mcts::new(&levels, cfg.mcts.clone())),
         StrategyName::Random => Box::new(RandomSearch::new(&levels, cfg.mcts.seed)),
+        StrategyName::Grid => Box::new(GridSearch::new(&levels)),
     };
     let search_start = Instant::now();
     let ctx = Ctx {
@@ -560,6 +578,9 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         report_markdown(&cfg, &records, baseline.as_deref(), seconds, &dir).as_bytes(),
     )?;
     let mut files = vec!["config.toml".to_string(), RunSpace::FILE.to_string()];
+    if grid.is_some() {
+        files.push(crate::table::GridMap::FILE.into());
+    }
     match cfg.store {
         StoreKind::Journal => files.push("journal.jsonl".into()),
         StoreKind::Sqlite if cfg.store_path.is_none() => files.push("trials.sqlite".into()),

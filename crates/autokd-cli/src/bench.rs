@@ -43,6 +43,9 @@ pub enum BenchWhat {
     /// Single operations at resnet20's training shapes (forward, and forward + backward), to
     /// find which kernels a training step's time goes to; side by side with PyTorch.
     Ops(OpsBenchArgs),
+    /// Search strategies replayed against a tabular benchmark (grid runs at two or more proxy
+    /// seeds): regret at several budgets, paired with random search.
+    Search(crate::bench_search::SearchBenchArgs),
 }
 
 /// Arguments of `autokd bench ops`.
@@ -283,6 +286,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         BenchWhat::Proxy(a) => proxy(a, out),
         BenchWhat::Train(a) => train_bench(a, out),
         BenchWhat::Ops(a) => ops_bench(a, out),
+        BenchWhat::Search(a) => crate::bench_search::run(a, out),
     }
 }
 

@@ -5,20 +5,24 @@
 //! several trials at a time, and resumes a killed search from its store.
 
 pub mod driver;
+pub mod grid;
 pub mod mcts;
 pub mod random;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod store;
+pub mod tabular;
 
 pub use driver::{
     DriverConfig, DriverError, Evaluation, Trial, TrialResult, drive, panic_payload, run, run_until,
 };
+pub use grid::GridSearch;
 pub use mcts::{Mcts, MctsConfig, RewardScale, Ticket, mid_rank_values};
 pub use random::RandomSearch;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{Event, JournalStore, MemoryStore, StoreError, TrialStore};
+pub use tabular::{Table, TableError, mean_ci, wilcoxon_signed_rank};
 
 /// One option index per level.
 pub type Choices = Vec<usize>;
