@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use autokd_data::DatasetSpec;
 use autokd_distill::SearchSpaceConfig;
 use autokd_models::ModelName;
-use autokd_search::{MctsConfig, RewardScale};
+use autokd_search::{EvolutionConfig, MctsConfig, RewardScale, TpeConfig};
 use autokd_train::{ProxyConfig, Recipe};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,10 @@ pub enum StrategyName {
     Random,
     /// Every candidate once, in lexicographic order (small spaces only: the tabular benchmark).
     Grid,
+    /// The Tree-structured Parzen Estimator (optuna's semantics).
+    Tpe,
+    /// Regularized evolution (population 10, tournament 3, one-level mutations).
+    Evolution,
 }
 
 /// Where the trials of a search are kept.
@@ -57,13 +61,18 @@ pub struct SearchConfig {
     pub space: SearchSpaceConfig,
     /// Strategy.
     pub strategy: StrategyName,
-    /// MCTS settings.
+    /// MCTS settings; its `seed` seeds every strategy.
     pub mcts: MctsConfig,
+    /// TPE settings.
+    pub tpe: TpeConfig,
+    /// Regularized evolution settings.
+    pub evolution: EvolutionConfig,
     /// Distinct candidates to evaluate.
     pub trials: usize,
     /// Wall-time budget of the search in minutes (no new trial starts after it).
     pub max_minutes: Option<f64>,
-    /// After an MCTS search, run random search with the same budget and plot both.
+    /// After an MCTS, TPE or evolution search, run random search with the same budget and plot
+    /// both.
     pub baseline: bool,
     /// Proxy trials evaluated at once (threads sharing the teacher cache).
     pub workers: usize,
@@ -100,6 +109,8 @@ impl Default for SearchConfig {
             space: SearchSpaceConfig::default(),
             strategy: StrategyName::Mcts,
             mcts: MctsConfig::default(),
+            tpe: TpeConfig::default(),
+            evolution: EvolutionConfig::default(),
             trials: 60,
             max_minutes: None,
             baseline: false,

@@ -10,7 +10,7 @@ use std::time::Instant;
 use autokd_data::Dataset;
 use autokd_distill::{DistillerSpec, Effective, SearchSpace};
 use autokd_models::{Backbone, Model, ModelSpec, TapRequest, load_weights, save_weights};
-use autokd_search::{GridSearch, Mcts, RandomSearch, Strategy, Trial, TrialStore};
+use autokd_search::{Evolution, GridSearch, Mcts, RandomSearch, Strategy, Tpe, Trial, TrialStore};
 use autokd_train::{Length, ProxyEvaluator, TeacherPlan, TrialOutcome};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -431,7 +431,12 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     };
     let mut store = open_store(&cfg, &dir, "mcts")?;
     store.events()?;
-    let mut baseline_store = if cfg.baseline && cfg.strategy == StrategyName::Mcts {
+    // Random search as the baseline of a strategy that learns.
+    let learns = matches!(
+        cfg.strategy,
+        StrategyName::Mcts | StrategyName::Tpe | StrategyName::Evolution
+    );
+    let mut baseline_store = if cfg.baseline && learns {
         let mut s = open_store(&cfg, &dir, "random")?;
         s.events()?;
         Some(s)
@@ -511,6 +516,12 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         StrategyName::Mcts => Box::new(Mcts::new(&levels, cfg.mcts.clone())),
         StrategyName::Random => Box::new(RandomSearch::new(&levels, cfg.mcts.seed)),
         StrategyName::Grid => Box::new(GridSearch::new(&levels)),
+        StrategyName::Tpe => Box::new(Tpe::new(&levels, cfg.tpe.clone(), cfg.mcts.seed)),
+        StrategyName::Evolution => Box::new(Evolution::new(
+            &levels,
+            cfg.evolution.clone(),
+            cfg.mcts.seed,
+        )),
     };
     let search_start = Instant::now();
     let ctx = Ctx {

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use autokd_search::{
-    Mcts, MctsConfig, RandomSearch, RewardScale, Strategy, Table, mean_ci, wilcoxon_signed_rank,
+    Evolution, EvolutionConfig, Mcts, MctsConfig, RandomSearch, RewardScale, Strategy, Table, Tpe,
+    TpeConfig, mean_ci, wilcoxon_signed_rank,
 };
 use serde::Serialize;
 
@@ -69,6 +70,10 @@ const STRATEGIES: &[(&str, Make)] = &[
                 ..MctsConfig::default()
             },
         ))
+    }),
+    ("tpe", |l, s| Box::new(Tpe::new(l, TpeConfig::default(), s))),
+    ("evolution", |l, s| {
+        Box::new(Evolution::new(l, EvolutionConfig::default(), s))
     }),
 ];
 

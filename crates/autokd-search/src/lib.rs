@@ -5,6 +5,7 @@
 //! several trials at a time, and resumes a killed search from its store.
 
 pub mod driver;
+pub mod evolution;
 pub mod grid;
 pub mod mcts;
 pub mod random;
@@ -12,10 +13,12 @@ pub mod random;
 pub mod sqlite;
 pub mod store;
 pub mod tabular;
+pub mod tpe;
 
 pub use driver::{
     DriverConfig, DriverError, Evaluation, Trial, TrialResult, drive, panic_payload, run, run_until,
 };
+pub use evolution::{Evolution, EvolutionConfig};
 pub use grid::GridSearch;
 pub use mcts::{Mcts, MctsConfig, RewardScale, Ticket, mid_rank_values};
 pub use random::RandomSearch;
@@ -23,6 +26,7 @@ pub use random::RandomSearch;
 pub use sqlite::SqliteStore;
 pub use store::{Event, JournalStore, MemoryStore, StoreError, TrialStore};
 pub use tabular::{Table, TableError, mean_ci, wilcoxon_signed_rank};
+pub use tpe::{Tpe, TpeConfig};
 
 /// One option index per level.
 pub type Choices = Vec<usize>;
