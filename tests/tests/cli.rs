@@ -821,3 +821,33 @@ fn bench_search_replays_strategies_on_a_table() {
         .to_string();
     assert!(err.contains("grid.json"), "{err}");
 }
+
+/// The committed tabular benchmark (docs/RESULTS.md) loads and replays: 1,728 candidates at two
+/// proxy seeds, random search's replays beside their closed form.
+#[test]
+fn the_committed_table_replays() {
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../benches/tables/digits-res20-res8"
+    );
+    let text = autokd(&[
+        "bench",
+        "search",
+        "--tables",
+        &format!("{root}/seed-0,{root}/seed-1"),
+        "--budgets",
+        "40",
+        "--replays",
+        "10",
+    ])
+    .unwrap();
+    assert!(
+        text.contains("1728 candidates (levels [3, 2, 3, 3, 2, 2, 2, 2, 2]), 2 proxy seeds"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Spearman 0.699 over the 1053 candidates"),
+        "{text}"
+    );
+    assert!(text.contains("closed form 0.2661"), "{text}");
+}

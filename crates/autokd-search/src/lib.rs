@@ -25,7 +25,7 @@ pub use random::RandomSearch;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{Event, JournalStore, MemoryStore, StoreError, TrialStore};
-pub use tabular::{Table, TableError, mean_ci, wilcoxon_signed_rank};
+pub use tabular::{SeedAgreement, Table, TableError, mean_ci, spearman, wilcoxon_signed_rank};
 pub use tpe::{Tpe, TpeConfig};
 
 /// One option index per level.
