@@ -815,7 +815,7 @@ fn bench_search_replays_strategies_on_a_table() {
         .filter(|r| r["budget"] == 12)
         .map(|r| r["regret_mean"].as_f64().unwrap())
         .collect();
-    assert_eq!(at_12, vec![0.0; 5]);
+    assert_eq!(at_12, vec![0.0; 6]);
     let err = autokd(&["bench", "search", "--tables", dir.path().to_str().unwrap()])
         .unwrap_err()
         .to_string();

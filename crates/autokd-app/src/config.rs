@@ -137,9 +137,10 @@ impl SearchConfig {
         })
     }
 
-    /// Reads a run folder's recorded `config.toml`. The second value says whether the folder
-    /// predates rank-scaled MCTS rewards (its `[mcts]` has no `reward_scale`): such a run scaled
-    /// rewards min–max, and the returned config says so, so that it resumes as it ran.
+    /// Reads a run folder's recorded `config.toml`. A key of `[mcts]` that an earlier release
+    /// did not write takes the behaviour of that release, so that the run resumes as it ran:
+    /// no `reward_scale`, min–max scaling; no `rave`, 0; no `rollout_temperature`, 0 (uniform
+    /// rollouts). The second value says whether any was missing.
     pub fn from_recorded(path: &Path) -> Result<(Self, bool)> {
         let text = std::fs::read_to_string(path).map_err(|e| AppError::io(path, e))?;
         let mut cfg = Self::from_text(path, &text)?;
@@ -147,14 +148,29 @@ impl SearchConfig {
             path: path.to_path_buf(),
             message: format!("invalid search config: {e}"),
         })?;
-        let legacy = table
-            .get("mcts")
-            .and_then(|m| m.get("reward_scale"))
-            .is_none();
-        if legacy {
+        let missing = |key: &str| table.get("mcts").and_then(|m| m.get(key)).is_none();
+        let mut legacy = false;
+        if missing("reward_scale") {
             cfg.mcts.reward_scale = RewardScale::MinMax;
+            legacy = true;
+        }
+        if missing("rave") {
+            cfg.mcts.rave = 0.0;
+            legacy = true;
+        }
+        if missing("rollout_temperature") {
+            cfg.mcts.rollout_temperature = 0.0;
+            legacy = true;
         }
         Ok((cfg, legacy))
+    }
+
+    /// The strategy settings a recorded run resumes with (see [`SearchConfig::from_recorded`]):
+    /// those of `recorded` where the folder predates them.
+    pub fn resume_as(&mut self, recorded: &Self) {
+        self.mcts.reward_scale = recorded.mcts.reward_scale;
+        self.mcts.rave = recorded.mcts.rave;
+        self.mcts.rollout_temperature = recorded.mcts.rollout_temperature;
     }
 }
 
@@ -180,6 +196,28 @@ mod tests {
         std::fs::write(&path, old).unwrap();
         let (cfg, legacy) = SearchConfig::from_recorded(&path).unwrap();
         assert_eq!((cfg.mcts.reward_scale, legacy), (RewardScale::MinMax, true));
+        assert_eq!(cfg.mcts.rave, 10.0);
+        // A folder from before shared statistics: no rave, uniform rollouts.
+        let older: String = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with("reward_scale")
+                    && !l.starts_with("rave")
+                    && !l.starts_with("rollout")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, older).unwrap();
+        let (cfg, legacy) = SearchConfig::from_recorded(&path).unwrap();
+        assert!(legacy);
+        assert_eq!(
+            (
+                cfg.mcts.reward_scale,
+                cfg.mcts.rave,
+                cfg.mcts.rollout_temperature
+            ),
+            (RewardScale::MinMax, 0.0, 0.0)
+        );
         // A user's config without the key takes the default, ranks.
         assert_eq!(
             SearchConfig::from_file(&path).unwrap().mcts.reward_scale,

@@ -356,8 +356,8 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     if resuming {
         let (old, legacy) = SearchConfig::from_recorded(&config_path)?;
         if legacy {
-            // A folder from before rank-scaled rewards resumes with min–max, as it ran.
-            cfg.mcts.reward_scale = old.mcts.reward_scale;
+            // A folder from before rank-scaled rewards or shared statistics resumes as it ran.
+            cfg.resume_as(&old);
         }
         if !old.same_search(&cfg) {
             return Err(AppError::Invalid(format!(

@@ -63,12 +63,26 @@ const STRATEGIES: &[(&str, Make)] = &[
             },
         ))
     }),
+    // Without shared statistics (plain UCT, uniform rollouts), on ranks and on min–max.
+    ("mcts-plain", |l, s| {
+        Box::new(Mcts::new(
+            l,
+            MctsConfig {
+                seed: s,
+                rave: 0.0,
+                rollout_temperature: 0.0,
+                ..MctsConfig::default()
+            },
+        ))
+    }),
     ("mcts-minmax", |l, s| {
         Box::new(Mcts::new(
             l,
             MctsConfig {
                 seed: s,
                 reward_scale: RewardScale::MinMax,
+                rave: 0.0,
+                rollout_temperature: 0.0,
                 ..MctsConfig::default()
             },
         ))

@@ -42,6 +42,15 @@ pub struct MctsConfig {
     pub seed: u64,
     /// How rewards are scaled for UCT.
     pub reward_scale: RewardScale,
+    /// Statistics shared across the tree (RAVE, Gelly & Silver 2011): the equivalence parameter
+    /// `k` of `β = √(k / (3n + k))`, the weight of an option's mean value over every trial that
+    /// chose it (AMAF, rollout parts included) against the node's own mean; it also orders
+    /// untried options, best AMAF value first. 0 disables both.
+    pub rave: f64,
+    /// Rollouts draw each remaining level's option with probability ∝ `exp(A / τ)`, `A` the
+    /// option's AMAF value (½ before any trial chose it), at this temperature `τ`; 0 draws
+    /// uniformly.
+    pub rollout_temperature: f64,
 }
 
 impl Default for MctsConfig {
@@ -50,6 +59,8 @@ impl Default for MctsConfig {
             exploration: std::f64::consts::FRAC_1_SQRT_2,
             seed: 0,
             reward_scale: RewardScale::Rank,
+            rave: 10.0,
+            rollout_temperature: 0.2,
         }
     }
 }
@@ -118,8 +129,8 @@ pub struct Mcts {
     rng: ChaCha8Rng,
     min: f64,
     max: f64,
-    /// Every told trial: its path and its reward (`None`: rejected), for rank values.
-    told: Vec<(Vec<usize>, Option<f64>)>,
+    /// Every told trial: its path, its choices and its reward (`None`: rejected).
+    told: Vec<(Vec<usize>, Choices, Option<f64>)>,
 }
 
 impl Mcts {
@@ -176,9 +187,8 @@ impl Mcts {
                     .collect()
             }
             RewardScale::Rank => {
-                let rewards: Vec<Option<f64>> = self.told.iter().map(|(_, r)| *r).collect();
                 let mut sums = vec![0.0; self.nodes.len()];
-                for ((path, _), v) in self.told.iter().zip(mid_rank_values(&rewards)) {
+                for ((path, _, _), v) in self.told.iter().zip(self.trial_values()) {
                     for &n in path {
                         sums[n] += v;
                     }
@@ -188,10 +198,74 @@ impl Mcts {
         }
     }
 
+    /// The value of every told trial in [0, 1] under the reward scale.
+    fn trial_values(&self) -> Vec<f64> {
+        let rewards: Vec<Option<f64>> = self.told.iter().map(|(_, _, r)| *r).collect();
+        match self.config.reward_scale {
+            RewardScale::Rank => mid_rank_values(&rewards),
+            RewardScale::MinMax => rewards
+                .iter()
+                .map(|r| match r {
+                    Some(r) if self.max > self.min => (r - self.min) / (self.max - self.min),
+                    Some(_) => 1.0,
+                    None => 0.0,
+                })
+                .collect(),
+        }
+    }
+
+    /// AMAF mean value of every (level, option) over all told trials, ½ for an option no trial
+    /// chose (one pseudo-visit at ½ keeps early means from extremes).
+    fn amaf(&self) -> Vec<Vec<f64>> {
+        let mut sum: Vec<Vec<f64>> = self.levels.iter().map(|&n| vec![0.5; n]).collect();
+        let mut count: Vec<Vec<f64>> = self.levels.iter().map(|&n| vec![1.0; n]).collect();
+        for ((_, choices, _), v) in self.told.iter().zip(self.trial_values()) {
+            for (j, &o) in choices.iter().enumerate() {
+                if let (Some(s), Some(c)) = (
+                    sum.get_mut(j).and_then(|l| l.get_mut(o)),
+                    count.get_mut(j).and_then(|l| l.get_mut(o)),
+                ) {
+                    *s += v;
+                    *c += 1.0;
+                }
+            }
+        }
+        sum.iter()
+            .zip(&count)
+            .map(|(s, c)| s.iter().zip(c).map(|(s, c)| s / c).collect())
+            .collect()
+    }
+
+    /// An option of a level with `amaf` values: ∝ `exp(A / τ)`, or uniform at τ = 0.
+    fn rollout_option(&mut self, amaf: &[f64]) -> usize {
+        let tau = self.config.rollout_temperature;
+        if tau <= 0.0 || amaf.is_empty() {
+            return self.rng.random_range(0..amaf.len().max(1));
+        }
+        let top = amaf.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = amaf.iter().map(|a| ((a - top) / tau).exp()).collect();
+        let mut u = self.rng.random::<f64>() * weights.iter().sum::<f64>();
+        for (o, w) in weights.iter().enumerate() {
+            if u < *w {
+                return o;
+            }
+            u -= w;
+        }
+        amaf.len() - 1
+    }
+
     /// Descends by UCT to the first node with an untried option, creates that child, and
     /// completes the candidate at random.
     fn select(&mut self) -> Ticket {
         let sums = self.value_sums();
+        let shared = self.config.rave > 0.0 || self.config.rollout_temperature > 0.0;
+        let amaf = if shared { self.amaf() } else { Vec::new() };
+        let a = |depth: usize, option: usize| {
+            amaf.get(depth)
+                .and_then(|l| l.get(option))
+                .copied()
+                .unwrap_or(0.5)
+        };
         // Mean value of a node, counting in-flight visits as unobserved (0 added).
         let q = |id: usize, n: &Node| {
             if n.visits == 0 {
@@ -207,10 +281,23 @@ impl Mcts {
             // An option never chosen (or chosen but still unvisited and not in flight) first.
             let untried = {
                 let n = &self.nodes[node];
-                n.order.iter().copied().find(|&o| match n.children[o] {
+                let open = |&o: &usize| match n.children[o] {
                     None => true,
                     Some(c) => self.nodes[c].visits == 0 && self.nodes[c].in_flight == 0,
-                })
+                };
+                if self.config.rave > 0.0 {
+                    // The best AMAF value first (the seeded order among equals).
+                    n.order
+                        .iter()
+                        .copied()
+                        .filter(open)
+                        .fold(None, |best: Option<usize>, o| match best {
+                            Some(b) if a(depth, b) >= a(depth, o) => Some(b),
+                            _ => Some(o),
+                        })
+                } else {
+                    n.order.iter().copied().find(open)
+                }
             };
             if let Some(option) = untried {
                 let child = match self.nodes[node].children[option] {
@@ -227,8 +314,14 @@ impl Mcts {
                 choices.push(option);
                 path.push(child);
                 // Rollout below the new node.
-                for &options in &self.levels[depth + 1..] {
-                    choices.push(self.rng.random_range(0..options));
+                for j in depth + 1..self.levels.len() {
+                    let option = if self.config.rollout_temperature > 0.0 {
+                        let values: Vec<f64> = (0..self.levels[j]).map(|o| a(j, o)).collect();
+                        self.rollout_option(&values)
+                    } else {
+                        self.rng.random_range(0..self.levels[j])
+                    };
+                    choices.push(option);
                 }
                 return Ticket::new(choices, path);
             }
@@ -242,7 +335,14 @@ impl Mcts {
                 };
                 let child = &self.nodes[c];
                 let n = f64::from(child.visits + child.in_flight).max(1.0);
-                let score = q(c, child) + self.config.exploration * (total.ln() / n).sqrt();
+                let k = self.config.rave;
+                let value = if k > 0.0 {
+                    let beta = (k / (3.0 * n + k)).sqrt();
+                    (1.0 - beta) * q(c, child) + beta * a(depth, o)
+                } else {
+                    q(c, child)
+                };
+                let score = value + self.config.exploration * (total.ln() / n).sqrt();
                 if score > best.0 {
                     best = (score, o);
                 }
@@ -272,8 +372,11 @@ impl Strategy for Mcts {
             self.max = self.max.max(r);
         }
         let accepted = reward.is_some_and(f64::is_finite);
-        self.told
-            .push((ticket.path.clone(), reward.filter(|r| r.is_finite())));
+        self.told.push((
+            ticket.path.clone(),
+            ticket.choices.clone(),
+            reward.filter(|r| r.is_finite()),
+        ));
         for &n in &ticket.path {
             let node = &mut self.nodes[n];
             node.in_flight = node.in_flight.saturating_sub(1);
@@ -317,6 +420,8 @@ mod tests {
             MctsConfig {
                 seed,
                 reward_scale: scale,
+                rave: 0.0,
+                rollout_temperature: 0.0,
                 ..MctsConfig::default()
             },
         );
@@ -333,6 +438,55 @@ mod tests {
             .iter()
             .map(|c| c.map_or(0, |c| m.nodes[c].visits))
             .collect()
+    }
+
+    /// Shared statistics on a separable 4⁴ objective with a −4000 outlier first: the defaults
+    /// (RAVE k = 10, AMAF rollouts at τ = 0.2) find a better best after 40 trials than plain UCT
+    /// with uniform rollouts, on average over 20 seeds; AMAF values by hand.
+    #[test]
+    fn shared_statistics_help_on_a_separable_objective() {
+        let levels = [4, 4, 4, 4];
+        let best_after_40 = |config: MctsConfig| {
+            let mut first = true;
+            run(&mut Mcts::new(&levels, config), 40, 1000, |c| {
+                if std::mem::take(&mut first) {
+                    return Some(-4000.0);
+                }
+                Some(-(c.iter().map(|&x| x as f64).sum::<f64>()))
+            })
+            .unwrap()
+            .iter()
+            .filter_map(|t| t.reward)
+            .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let (mut shared, mut plain) = (0.0, 0.0);
+        for seed in 0..20 {
+            shared += best_after_40(MctsConfig {
+                seed,
+                ..MctsConfig::default()
+            });
+            plain += best_after_40(MctsConfig {
+                seed,
+                rave: 0.0,
+                rollout_temperature: 0.0,
+                ..MctsConfig::default()
+            });
+        }
+        eprintln!(
+            "mean best after 40: shared {}, plain {}",
+            shared / 20.0,
+            plain / 20.0
+        );
+        assert!(shared > plain, "shared {shared} vs plain {plain}");
+        // AMAF by hand: trials (0, 1) → −1 and (1, 1) → −3 have mid-rank values 0.75 and 0.25;
+        // with the pseudo-visit at ½: level 0 option 0 (0.5 + 0.75)/2, option 1 (0.5 + 0.25)/2;
+        // level 1 option 1 (0.5 + 1)/3, option 0 untouched ½.
+        let mut m = Mcts::new(&[2, 2], MctsConfig::default());
+        for (c, r) in [(vec![0, 1], -1.0), (vec![1, 1], -3.0)] {
+            m.tell(&Ticket::new(c, vec![0]), Some(r));
+        }
+        let a = m.amaf();
+        assert_eq!(a, vec![vec![0.625, 0.375], vec![0.5, 0.5]]);
     }
 
     /// With ranks, one −4000 outlier does not stop UCT from sending most visits to the best
