@@ -137,10 +137,11 @@ impl SearchConfig {
         })
     }
 
-    /// Reads a run folder's recorded `config.toml`. A key of `[mcts]` that an earlier release
-    /// did not write takes the behaviour of that release, so that the run resumes as it ran:
-    /// no `reward_scale`, min–max scaling; no `rave`, 0; no `rollout_temperature`, 0 (uniform
-    /// rollouts). The second value says whether any was missing.
+    /// Reads a run folder's recorded `config.toml`. A key that an earlier release did not write
+    /// takes the behaviour of that release, so that the run resumes as it ran: no
+    /// `mcts.reward_scale`, min–max scaling; no `mcts.rave`, 0; no `mcts.rollout_temperature`,
+    /// 0 (uniform rollouts); no `proxy.val_per_class` or `proxy.val_max`, 0 (the whole held-out
+    /// part). The second value says whether any was missing.
     pub fn from_recorded(path: &Path) -> Result<(Self, bool)> {
         let text = std::fs::read_to_string(path).map_err(|e| AppError::io(path, e))?;
         let mut cfg = Self::from_text(path, &text)?;
@@ -162,6 +163,16 @@ impl SearchConfig {
             cfg.mcts.rollout_temperature = 0.0;
             legacy = true;
         }
+        // Before the validation sample, trials validated on the whole held-out part.
+        let proxy_missing = |key: &str| table.get("proxy").and_then(|m| m.get(key)).is_none();
+        if proxy_missing("val_per_class") {
+            cfg.proxy.val_per_class = 0;
+            legacy = true;
+        }
+        if proxy_missing("val_max") {
+            cfg.proxy.val_max = 0;
+            legacy = true;
+        }
         Ok((cfg, legacy))
     }
 
@@ -171,6 +182,8 @@ impl SearchConfig {
         self.mcts.reward_scale = recorded.mcts.reward_scale;
         self.mcts.rave = recorded.mcts.rave;
         self.mcts.rollout_temperature = recorded.mcts.rollout_temperature;
+        self.proxy.val_per_class = recorded.proxy.val_per_class;
+        self.proxy.val_max = recorded.proxy.val_max;
     }
 }
 
@@ -218,6 +231,22 @@ mod tests {
             ),
             (RewardScale::MinMax, 0.0, 0.0)
         );
+        assert_eq!((cfg.proxy.val_per_class, cfg.proxy.val_max), (50, 10_000));
+        // A folder from before the validation sample: the whole held-out part; a search
+        // resumed over it takes the recorded settings and is the same search.
+        let oldest: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("val_per_class") && !l.starts_with("val_max"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, oldest).unwrap();
+        let (cfg, _) = SearchConfig::from_recorded(&path).unwrap();
+        assert_eq!((cfg.proxy.val_per_class, cfg.proxy.val_max), (0, 0));
+        let mut resumed = SearchConfig::default();
+        assert!(!resumed.same_search(&cfg));
+        resumed.resume_as(&cfg);
+        assert!(resumed.same_search(&cfg));
         // A user's config without the key takes the default, ranks.
         assert_eq!(
             SearchConfig::from_file(&path).unwrap().mcts.reward_scale,

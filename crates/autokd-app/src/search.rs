@@ -508,6 +508,12 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         seconds: start.elapsed().as_secs_f64(),
     })
     .map_err(AppError::Output)?;
+    // The validation sample every trial is scored on (indices into the training split).
+    write_atomic(
+        &dir.join(VALIDATION_FILE),
+        serde_json::to_string(first.val_indices())?.as_bytes(),
+    )?;
+    let val_images = first.sizes().1;
     let levels: Vec<usize> = space.levels().iter().map(|l| l.options).collect();
     let deadline = cfg
         .max_minutes
@@ -586,9 +592,21 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     )?;
     write_atomic(
         &dir.join("report.md"),
-        report_markdown(&cfg, &records, baseline.as_deref(), seconds, &dir).as_bytes(),
+        report_markdown(
+            &cfg,
+            &records,
+            baseline.as_deref(),
+            seconds,
+            &dir,
+            val_images,
+        )
+        .as_bytes(),
     )?;
-    let mut files = vec!["config.toml".to_string(), RunSpace::FILE.to_string()];
+    let mut files = vec![
+        "config.toml".to_string(),
+        RunSpace::FILE.to_string(),
+        VALIDATION_FILE.to_string(),
+    ];
     if grid.is_some() {
         files.push(crate::table::GridMap::FILE.into());
     }
@@ -826,6 +844,9 @@ fn trial_loop(
     }
 }
 
+/// The run folder's record of the validation sample: indices into the training split (JSON).
+const VALIDATION_FILE: &str = "validation.json";
+
 /// `report.md`: the run, the top-10 table, the comparison with random search when it ran.
 pub fn report_markdown(
     cfg: &SearchConfig,
@@ -833,6 +854,7 @@ pub fn report_markdown(
     baseline: Option<&[TrialRecord]>,
     seconds: f64,
     dir: &Path,
+    val_images: usize,
 ) -> String {
     let mut sorted: Vec<&TrialRecord> = records
         .iter()
@@ -846,7 +868,7 @@ pub fn report_markdown(
     });
     let rejected = records.len() - sorted.len();
     let mut s = format!(
-        "# autokd search\n\n{} → {} on `{}`, strategy {:?}, {} trials ({} rejected) in {:.1} s.\nReward: {:?} (β = {}).\nRun folder: `{}`.\n\n## Top 10\n\n| rank | trial | reward | val CE | gap | top-1 | distiller |\n| ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        "# autokd search\n\n{} → {} on `{}`, strategy {:?}, {} trials ({} rejected) in {:.1} s.\nReward: {:?} (β = {}) on {} validation images ({}).\nRun folder: `{}`.\n\n## Top 10\n\n| rank | trial | reward | val CE | gap | top-1 | distiller |\n| ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
         cfg.teacher,
         cfg.student,
         cfg.dataset,
@@ -856,6 +878,8 @@ pub fn report_markdown(
         seconds,
         cfg.proxy.reward,
         cfg.proxy.beta,
+        val_images,
+        VALIDATION_FILE,
         dir.display()
     );
     for (

@@ -59,6 +59,12 @@ pub struct ProxyConfig {
     pub per_class: usize,
     /// Fraction of the training split held out for validation (stratified, seed 0).
     pub val_fraction: f64,
+    /// Validation images per class: a stratified sample of the held-out part, drawn once with
+    /// the proxy's seed and the same for every trial (0: all of it).
+    pub val_per_class: usize,
+    /// At most this many validation images in all: the per-class count is lowered to
+    /// `val_max / K` when that is smaller (0: no cap).
+    pub val_max: usize,
     /// Weight of the representation gap in the reward.
     pub beta: f64,
     /// Reward.
@@ -88,6 +94,10 @@ pub struct ProxyFile {
     pub per_class: usize,
     /// Fraction of the training split held out for validation.
     pub val_fraction: f64,
+    /// Validation images per class (0: all the held-out part).
+    pub val_per_class: usize,
+    /// Validation images in all at most (0: no cap).
+    pub val_max: usize,
     /// Epochs over the proxy subset (or `iterations`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epochs: Option<usize>,
@@ -163,6 +173,8 @@ impl From<ProxyConfig> for ProxyFile {
         Self {
             per_class: c.per_class,
             val_fraction: c.val_fraction,
+            val_per_class: c.val_per_class,
+            val_max: c.val_max,
             epochs: r.epochs,
             batch_size: r.batch_size,
             lr: r.lr,
@@ -226,6 +238,8 @@ impl TryFrom<ProxyFile> for ProxyConfig {
             recipe,
             per_class: f.per_class,
             val_fraction: f.val_fraction,
+            val_per_class: f.val_per_class,
+            val_max: f.val_max,
             beta: f.beta,
             reward: f.reward,
             explode_factor: f.explode_factor,
@@ -233,6 +247,19 @@ impl TryFrom<ProxyFile> for ProxyConfig {
             cache_budget_bytes: f.cache_budget_bytes,
             cache_teacher: f.cache_teacher,
         })
+    }
+}
+
+impl ProxyConfig {
+    /// Validation images per class after the total cap, `min(val_per_class, val_max / K)`;
+    /// `None` when neither caps.
+    pub fn val_sample_per_class(&self, classes: usize) -> Option<usize> {
+        let per_class = (self.val_per_class > 0).then_some(self.val_per_class);
+        let by_total = (self.val_max > 0).then(|| (self.val_max / classes.max(1)).max(1));
+        match (per_class, by_total) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -255,6 +282,8 @@ impl Default for ProxyConfig {
             },
             per_class: 40,
             val_fraction: 0.2,
+            val_per_class: 50,
+            val_max: 10_000,
             beta: 1.0,
             reward: RewardKind::Loss,
             explode_factor: 10.0,
@@ -375,7 +404,11 @@ impl ProxyEvaluator {
         }
         config.recipe.validate()?;
         let classes = dataset.info.num_classes;
-        let (rest, val) = stratified_split(&dataset.train, classes, config.val_fraction, 0)?;
+        let (rest, held_out) = stratified_split(&dataset.train, classes, config.val_fraction, 0)?;
+        let val = match config.val_sample_per_class(classes) {
+            Some(n) => stratified_subset(&held_out, classes, n, config.recipe.seed)?,
+            None => held_out,
+        };
         let train = stratified_subset(&rest, classes, config.per_class, 0)?;
         let transform = Transform::eval(&dataset.info)?;
         let plan = TeacherPlan::new(
@@ -437,9 +470,14 @@ impl ProxyEvaluator {
         self.plan
     }
 
-    /// Images in the proxy training subset and the validation split.
+    /// Images in the proxy training subset and the validation sample.
     pub fn sizes(&self) -> (usize, usize) {
         (self.train.len(), self.val.len())
+    }
+
+    /// The validation sample: indices into the dataset's training split, in order.
+    pub fn val_indices(&self) -> &[usize] {
+        self.val.source_indices()
     }
 
     /// Trains a fresh student with `spec` on the proxy subset and scores it. Errors are for specs
@@ -640,6 +678,8 @@ mod tests {
             [
                 "per_class",
                 "val_fraction",
+                "val_per_class",
+                "val_max",
                 "epochs",
                 "batch_size",
                 "lr",
@@ -819,6 +859,41 @@ mod tests {
             why.contains("not finite") || why.contains("exploded"),
             "{why}"
         );
+    }
+
+    /// The validation sample: `val_per_class` of every class of the held-out part (digits hold
+    /// out about 29 per class), drawn with the proxy's seed, the same in every evaluator built
+    /// with that seed and another with another seed; the total cap lowers the per-class count
+    /// (`val_max` 20 over 10 classes: 2 each); 0 keeps the whole held-out part.
+    #[test]
+    fn validation_sample_is_stratified_fixed_and_capped() {
+        let with = |per_class, max, seed| {
+            let mut c = ProxyConfig {
+                val_per_class: per_class,
+                val_max: max,
+                ..small()
+            };
+            c.recipe.seed = seed;
+            let (eval, _) = setup(c);
+            let counts = eval.val.class_counts(10);
+            (eval.val_indices().to_vec(), counts)
+        };
+        let (all, all_counts) = with(0, 0, 0);
+        assert_eq!(all.len(), 287);
+        assert!(
+            all_counts.iter().all(|&n| (27..=30).contains(&n)),
+            "{all_counts:?}"
+        );
+        let (five, counts) = with(5, 0, 0);
+        assert_eq!(counts, vec![5; 10]);
+        assert!(five.iter().all(|i| all.contains(i)));
+        assert_eq!(with(5, 0, 0).0, five);
+        assert_ne!(with(5, 0, 1).0, five);
+        assert_eq!(with(5, 20, 0).1, vec![2; 10]);
+        // The defaults (50 per class, 10,000 in all) keep the digits' whole held-out part.
+        assert_eq!(with(50, 10_000, 0).0, all);
+        assert_eq!(ProxyConfig::default().val_sample_per_class(100), Some(50));
+        assert_eq!(ProxyConfig::default().val_sample_per_class(1000), Some(10));
     }
 
     /// A trial whose validation CE exceeds ln K plus the margin is rejected, its measured CE,
