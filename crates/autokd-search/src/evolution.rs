@@ -120,7 +120,6 @@ impl Strategy for Evolution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::run;
 
     /// A mutation changes exactly one level to another option.
     #[test]
@@ -140,19 +139,7 @@ mod tests {
     #[test]
     fn evolution_beats_random_on_a_separable_objective() {
         let levels = [4, 4, 4, 4];
-        let best_after_40 = |s: &mut dyn Strategy| {
-            let mut first = true;
-            run(s, 40, 1000, |c| {
-                if std::mem::take(&mut first) {
-                    return Some(-4000.0);
-                }
-                Some(-(c.iter().map(|&x| x as f64).sum::<f64>()))
-            })
-            .unwrap()
-            .iter()
-            .filter_map(|t| t.reward)
-            .fold(f64::NEG_INFINITY, f64::max)
-        };
+        let best_after_40 = crate::testing::best_after_40_with_an_outlier;
         let evolution = |seed| Evolution::new(&levels, EvolutionConfig::default(), seed);
         assert_eq!(
             best_after_40(&mut evolution(2)),

@@ -38,3 +38,28 @@ pub trait Strategy {
     /// The reward of a candidate; `None` for a rejected trial (scored as the worst).
     fn tell(&mut self, ticket: &Ticket, reward: Option<f64>);
 }
+
+/// What the strategies' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::{Strategy, driver::run};
+
+    /// The best reward after 40 distinct trials of `strategy` on a separable objective over
+    /// four levels of four options (reward `−Σ choices`, optimum 0) whose first trial returns
+    /// −4000 (a diverged trial); it checks that 40 distinct candidates were proposed.
+    pub(crate) fn best_after_40_with_an_outlier(strategy: &mut dyn Strategy) -> f64 {
+        let mut first = true;
+        let trials = run(strategy, 40, 1000, |c| {
+            if std::mem::take(&mut first) {
+                return Some(-4000.0);
+            }
+            Some(-(c.iter().map(|&x| x as f64).sum::<f64>()))
+        })
+        .unwrap_or_default();
+        assert_eq!(trials.len(), 40);
+        trials
+            .iter()
+            .filter_map(|t| t.reward)
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}

@@ -447,17 +447,7 @@ mod tests {
     fn shared_statistics_help_on_a_separable_objective() {
         let levels = [4, 4, 4, 4];
         let best_after_40 = |config: MctsConfig| {
-            let mut first = true;
-            run(&mut Mcts::new(&levels, config), 40, 1000, |c| {
-                if std::mem::take(&mut first) {
-                    return Some(-4000.0);
-                }
-                Some(-(c.iter().map(|&x| x as f64).sum::<f64>()))
-            })
-            .unwrap()
-            .iter()
-            .filter_map(|t| t.reward)
-            .fold(f64::NEG_INFINITY, f64::max)
+            crate::testing::best_after_40_with_an_outlier(&mut Mcts::new(&levels, config))
         };
         let (mut shared, mut plain) = (0.0, 0.0);
         for seed in 0..20 {

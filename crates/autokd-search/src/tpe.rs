@@ -192,7 +192,6 @@ impl Strategy for Tpe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::run;
 
     /// Optuna's weights at 27 observations: the two oldest ramp from 1/27 to 1, the newest 25
     /// weigh 1; below 25 all weigh 1.
@@ -227,21 +226,7 @@ mod tests {
     #[test]
     fn tpe_beats_random_on_a_separable_objective() {
         let levels = [4, 4, 4, 4];
-        let best_after_40 = |s: &mut dyn Strategy| {
-            let mut first = true;
-            let trials = run(s, 40, 1000, |c| {
-                if std::mem::take(&mut first) {
-                    return Some(-4000.0);
-                }
-                Some(-(c.iter().map(|&x| x as f64).sum::<f64>()))
-            })
-            .unwrap();
-            assert_eq!(trials.len(), 40);
-            trials
-                .iter()
-                .filter_map(|t| t.reward)
-                .fold(f64::NEG_INFINITY, f64::max)
-        };
+        let best_after_40 = crate::testing::best_after_40_with_an_outlier;
         let tpe = |seed| Tpe::new(&levels, TpeConfig::default(), seed);
         assert_eq!(best_after_40(&mut tpe(1)), best_after_40(&mut tpe(1)));
         let (mut t, mut r) = (0.0, 0.0);
