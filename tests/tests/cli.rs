@@ -822,7 +822,7 @@ fn bench_search_replays_strategies_on_a_table() {
     assert!(err.contains("grid.json"), "{err}");
 }
 
-/// The committed tabular benchmark (docs/RESULTS.md) loads and replays: 1,728 candidates at two
+/// The committed tabular benchmarks (docs/RESULTS.md) load and replay: 1,728 candidates at two
 /// proxy seeds, random search's replays beside their closed form.
 #[test]
 fn the_committed_table_replays() {
@@ -850,4 +850,23 @@ fn the_committed_table_replays() {
         "{text}"
     );
     assert!(text.contains("closed form 0.2661"), "{text}");
+    let root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../benches/tables/digits-wrn16x2-res14"
+    );
+    let text = autokd(&[
+        "bench",
+        "search",
+        "--tables",
+        &format!("{root}/seed-0,{root}/seed-1"),
+        "--budgets",
+        "40",
+        "--replays",
+        "10",
+    ])
+    .unwrap();
+    assert!(
+        text.contains("Spearman 0.503 over the 914 candidates"),
+        "{text}"
+    );
 }
