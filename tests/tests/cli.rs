@@ -826,21 +826,21 @@ fn bench_search_replays_strategies_on_a_table() {
 /// proxy seeds, random search's replays beside their closed form.
 #[test]
 fn the_committed_table_replays() {
-    let root = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../benches/tables/digits-res20-res8"
-    );
-    let text = autokd(&[
-        "bench",
-        "search",
-        "--tables",
-        &format!("{root}/seed-0,{root}/seed-1"),
-        "--budgets",
-        "40",
-        "--replays",
-        "10",
-    ])
-    .unwrap();
+    let replay = |table: &str| {
+        let root = format!("{}/../benches/tables/{table}", env!("CARGO_MANIFEST_DIR"));
+        autokd(&[
+            "bench",
+            "search",
+            "--tables",
+            &format!("{root}/seed-0,{root}/seed-1"),
+            "--budgets",
+            "40",
+            "--replays",
+            "10",
+        ])
+        .unwrap()
+    };
+    let text = replay("digits-res20-res8");
     assert!(
         text.contains("1728 candidates (levels [3, 2, 3, 3, 2, 2, 2, 2, 2]), 2 proxy seeds"),
         "{text}"
@@ -850,21 +850,7 @@ fn the_committed_table_replays() {
         "{text}"
     );
     assert!(text.contains("closed form 0.2661"), "{text}");
-    let root = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../benches/tables/digits-wrn16x2-res14"
-    );
-    let text = autokd(&[
-        "bench",
-        "search",
-        "--tables",
-        &format!("{root}/seed-0,{root}/seed-1"),
-        "--budgets",
-        "40",
-        "--replays",
-        "10",
-    ])
-    .unwrap();
+    let text = replay("digits-wrn16x2-res14");
     assert!(
         text.contains("Spearman 0.503 over the 914 candidates"),
         "{text}"

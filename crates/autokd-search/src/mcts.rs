@@ -168,8 +168,9 @@ impl Mcts {
         self.nodes.len()
     }
 
-    /// The sum of the values of each node's trials ([`RewardScale`]).
-    fn value_sums(&self) -> Vec<f64> {
+    /// The sum of the values of each node's trials ([`RewardScale`]); `values` are the told
+    /// trials' ([`Mcts::trial_values`]).
+    fn value_sums(&self, values: &[f64]) -> Vec<f64> {
         match self.config.reward_scale {
             RewardScale::MinMax => {
                 let span = self.max - self.min;
@@ -188,7 +189,7 @@ impl Mcts {
             }
             RewardScale::Rank => {
                 let mut sums = vec![0.0; self.nodes.len()];
-                for ((path, _, _), v) in self.told.iter().zip(self.trial_values()) {
+                for ((path, _, _), v) in self.told.iter().zip(values) {
                     for &n in path {
                         sums[n] += v;
                     }
@@ -216,10 +217,10 @@ impl Mcts {
 
     /// AMAF mean value of every (level, option) over all told trials, ½ for an option no trial
     /// chose (one pseudo-visit at ½ keeps early means from extremes).
-    fn amaf(&self) -> Vec<Vec<f64>> {
+    fn amaf(&self, values: &[f64]) -> Vec<Vec<f64>> {
         let mut sum: Vec<Vec<f64>> = self.levels.iter().map(|&n| vec![0.5; n]).collect();
         let mut count: Vec<Vec<f64>> = self.levels.iter().map(|&n| vec![1.0; n]).collect();
-        for ((_, choices, _), v) in self.told.iter().zip(self.trial_values()) {
+        for ((_, choices, _), v) in self.told.iter().zip(values) {
             for (j, &o) in choices.iter().enumerate() {
                 if let (Some(s), Some(c)) = (
                     sum.get_mut(j).and_then(|l| l.get_mut(o)),
@@ -257,9 +258,14 @@ impl Mcts {
     /// Descends by UCT to the first node with an untried option, creates that child, and
     /// completes the candidate at random.
     fn select(&mut self) -> Ticket {
-        let sums = self.value_sums();
+        let values = self.trial_values();
+        let sums = self.value_sums(&values);
         let shared = self.config.rave > 0.0 || self.config.rollout_temperature > 0.0;
-        let amaf = if shared { self.amaf() } else { Vec::new() };
+        let amaf = if shared {
+            self.amaf(&values)
+        } else {
+            Vec::new()
+        };
         let a = |depth: usize, option: usize| {
             amaf.get(depth)
                 .and_then(|l| l.get(option))
@@ -475,7 +481,7 @@ mod tests {
         for (c, r) in [(vec![0, 1], -1.0), (vec![1, 1], -3.0)] {
             m.tell(&Ticket::new(c, vec![0]), Some(r));
         }
-        let a = m.amaf();
+        let a = m.amaf(&m.trial_values());
         assert_eq!(a, vec![vec![0.625, 0.375], vec![0.5, 0.5]]);
     }
 
