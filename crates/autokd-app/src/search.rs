@@ -420,8 +420,8 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     })?;
     // A grid search records which candidate represents each one's loss (the tabular
     // benchmark reads it); a space too large for a grid is refused here, before training.
+    let levels: Vec<usize> = space.levels().iter().map(|l| l.options).collect();
     let grid = if cfg.strategy == StrategyName::Grid {
-        let levels: Vec<usize> = space.levels().iter().map(|l| l.options).collect();
         Some(crate::table::GridMap::new(&levels, |c| match &effective {
             Some(e) => e.canonical(c),
             None => c.to_vec(),
@@ -514,7 +514,6 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         serde_json::to_string(first.val_indices())?.as_bytes(),
     )?;
     let val_images = first.sizes().1;
-    let levels: Vec<usize> = space.levels().iter().map(|l| l.options).collect();
     let deadline = cfg
         .max_minutes
         .map(|m| Instant::now() + std::time::Duration::from_secs_f64(60.0 * m));
