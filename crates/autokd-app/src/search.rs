@@ -901,6 +901,9 @@ pub fn report_markdown(
             spec
         ));
     }
+    if let Some(note) = noise_note(&sorted, val_images) {
+        s.push_str(&note);
+    }
     if let Some(base) = baseline {
         let curve = |r: &[TrialRecord]| best_so_far(r);
         let (m, b) = (curve(records), curve(base));
@@ -921,6 +924,35 @@ pub fn report_markdown(
     }
     s.push_str("\n![reward against trial](rewards.svg)\n");
     s
+}
+
+/// How noisy the validation CE is on this sample, against how far the top trials lie apart:
+/// the median over accepted trials of the per-image CE's standard deviation over `√n`.
+/// `None` when no trial kept it (records from before it was measured).
+fn noise_note(sorted: &[&TrialRecord], val_images: usize) -> Option<String> {
+    let mut sds: Vec<f64> = sorted
+        .iter()
+        .map(|r| r.outcome.val_ce_sd)
+        .filter(|v| v.is_finite())
+        .collect();
+    if sds.is_empty() || val_images == 0 {
+        return None;
+    }
+    sds.sort_by(f64::total_cmp);
+    let median = sds[sds.len() / 2];
+    let se = median / (val_images as f64).sqrt();
+    let reward = |i: usize| sorted.get(i).and_then(|r| r.trial.reward);
+    let spread = match (reward(0), reward(sorted.len().min(10).saturating_sub(1))) {
+        (Some(a), Some(b)) if sorted.len() > 1 => format!(
+            "; the top {} rewards span {:.4}",
+            sorted.len().min(10),
+            a - b
+        ),
+        _ => String::new(),
+    };
+    Some(format!(
+        "\nThe validation CE's standard error on these {val_images} images is about {se:.4} (median per-image standard deviation {median:.3} over √{val_images}){spread}. Two trials are scored on the same images, so the noise in their difference is smaller still.\n"
+    ))
 }
 
 /// Best reward so far after each trial (`None` until one is accepted).
@@ -1010,6 +1042,52 @@ pub fn plot_svg(records: &[TrialRecord], baseline: Option<&[TrialRecord]>) -> St
 mod tests {
     use super::*;
     use autokd_distill::{GlobalTransform, SearchSpace};
+
+    /// The report's noise line: the median per-image SD over √n, and the top rewards' span;
+    /// nothing for records from before the SD was kept.
+    #[test]
+    fn the_report_states_the_validation_noise() {
+        let record = |index: usize, reward: f64, sd: f64| TrialRecord {
+            trial: Trial {
+                index,
+                choices: vec![0],
+                reward: Some(reward),
+            },
+            spec: DistillerSpec::baseline("kd").unwrap(),
+            outcome: TrialOutcome {
+                reward: Some(reward),
+                val_ce: -reward,
+                val_ce_sd: sd,
+                gap: 0.0,
+                accuracy: 0.9,
+                last_losses: Vec::new(),
+                rejected: None,
+                seconds: 0.1,
+            },
+        };
+        let records = [
+            record(0, -0.5, 0.5),
+            record(1, -0.3, 1.5),
+            record(2, -0.4, 1.0),
+        ];
+        let sorted: Vec<&TrialRecord> = vec![&records[1], &records[2], &records[0]];
+        let note = noise_note(&sorted, 100).unwrap();
+        // Median SD 1.0 over √100: 0.1; the top three span -0.3 - (-0.5) = 0.2.
+        assert!(
+            note.contains("about 0.1000 (median per-image standard deviation 1.000 over √100)"),
+            "{note}"
+        );
+        assert!(note.contains("the top 3 rewards span 0.2000"), "{note}");
+        let old: Vec<TrialRecord> = records
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.outcome.val_ce_sd = f64::NAN;
+                r
+            })
+            .collect();
+        assert_eq!(noise_note(&old.iter().collect::<Vec<_>>(), 100), None);
+    }
 
     /// A run resumes over the space recorded in its folder, whatever the configured (or
     /// default) space is now; a folder from before `space.json` replays without deduplication;

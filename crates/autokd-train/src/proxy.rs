@@ -305,6 +305,11 @@ pub struct TrialOutcome {
     /// Mean validation cross-entropy (NaN, written `null` in JSON, when rejected).
     #[serde(deserialize_with = "nan_if_null")]
     pub val_ce: f64,
+    /// Standard deviation of the per-image validation CE: `val_ce`'s standard error on the
+    /// validation sample of `n` images is about `val_ce_sd / √n` (NaN when rejected before
+    /// validation, and in records from before it was kept).
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    pub val_ce_sd: f64,
     /// Representation gap (see the module documentation; NaN when rejected).
     #[serde(deserialize_with = "nan_if_null")]
     pub gap: f64,
@@ -316,6 +321,10 @@ pub struct TrialOutcome {
     pub rejected: Option<String>,
     /// Wall time of the trial.
     pub seconds: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// JSON has no NaN: serde_json writes it as `null`, read back here as NaN.
@@ -335,6 +344,7 @@ impl TrialOutcome {
         Self {
             reward: None,
             val_ce: f64::NAN,
+            val_ce_sd: f64::NAN,
             gap: f64::NAN,
             accuracy: 0.0,
             last_losses,
@@ -570,6 +580,7 @@ impl ProxyEvaluator {
                 return Ok(TrialOutcome {
                     reward: None,
                     val_ce,
+                    val_ce_sd: val.loss_sd,
                     gap,
                     accuracy,
                     last_losses: last,
@@ -588,6 +599,7 @@ impl ProxyEvaluator {
         Ok(TrialOutcome {
             reward: Some(reward),
             val_ce,
+            val_ce_sd: val.loss_sd,
             gap,
             accuracy,
             last_losses: last,

@@ -43,6 +43,9 @@ pub struct Evaluation {
     pub metrics: BTreeMap<String, f64>,
     /// The task's loss per image (classification: mean CE).
     pub loss: f64,
+    /// Standard deviation of the per-image loss (population form, over the images evaluated):
+    /// the loss's standard error on `n` images drawn at random is about `loss_sd / √n`.
+    pub loss_sd: f64,
     /// Embeddings of the first images (see [`EvalOptions::embeddings`]).
     pub embeddings: Option<Tensor<2>>,
 }
@@ -125,7 +128,7 @@ impl Task for Classification {
                 ..LoaderConfig::default()
             },
         )?;
-        let (mut ce, mut top1, mut top5, mut n) = (0.0f64, 0usize, 0usize, 0usize);
+        let (mut ce, mut ce2, mut top1, mut top5, mut n) = (0.0f64, 0.0f64, 0usize, 0usize, 0usize);
         let mut embeddings = Vec::new();
         let mut kept = 0usize;
         for batch in loader.epoch(0, device) {
@@ -136,7 +139,19 @@ impl Task for Classification {
             let k = logits.dims()[1].min(5);
             let targets = batch.targets.reshape([b, 1]);
             let log_p = log_softmax(logits.clone(), 1);
-            ce -= f64::from(log_p.gather(1, targets.clone()).sum().into_scalar::<f32>());
+            // Per-image CE, summed (and squared) in f64 on the host.
+            let nll = log_p
+                .gather(1, targets.clone())
+                .into_data()
+                .try_into_vec_as::<f32>()
+                .map_err(|e| {
+                    crate::error::TrainError::Config(format!("evaluation: reading the CE: {e:?}"))
+                })?;
+            for v in nll {
+                let v = -f64::from(v);
+                ce += v;
+                ce2 += v * v;
+            }
             let pred = logits.clone().argmax(1);
             top1 += pred.equal(targets.clone()).int().sum().into_scalar::<i64>() as usize;
             let sorted = logits.argsort_descending(1).narrow(1, 0, k); // [B, k]
@@ -153,12 +168,14 @@ impl Task for Classification {
             }
         }
         let count = n.max(1) as f64;
+        let mean = ce / count;
         Ok(Evaluation {
             metrics: BTreeMap::from([
                 ("top1".to_string(), top1 as f64 / count),
                 ("top5".to_string(), top5 as f64 / count),
             ]),
-            loss: ce / count,
+            loss: mean,
+            loss_sd: (ce2 / count - mean * mean).max(0.0).sqrt(),
             embeddings: (!embeddings.is_empty()).then(|| Tensor::cat(embeddings, 0)),
         })
     }
@@ -252,6 +269,7 @@ mod tests {
             .unwrap();
         let labels = [3usize, 2, 3, 0];
         let (mut ce, mut top1) = (0.0f64, 0usize);
+        let mut per_image = Vec::new();
         for (i, &y) in labels.iter().enumerate() {
             let v = [10.0, 20.0, 30.0, 40.0][i] / 255.0f64;
             let s = if i % 2 == 0 { 1.0 } else { -1.0 };
@@ -259,6 +277,7 @@ mod tests {
             let max = row.iter().cloned().fold(f64::MIN, f64::max);
             let lse = max + row.iter().map(|r| (r - max).exp()).sum::<f64>().ln();
             ce += lse - row[y];
+            per_image.push(lse - row[y]);
             let arg = (0..4).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
             top1 += usize::from(arg == y);
         }
@@ -273,6 +292,11 @@ mod tests {
             eval.loss,
             ce / 4.0
         );
+        // The per-image CE's standard deviation, two-pass in f64.
+        let mean = ce / 4.0;
+        let sd = (per_image.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / 4.0).sqrt();
+        assert!(sd > 0.05, "the four images' CEs differ: {per_image:?}");
+        assert!((eval.loss_sd - sd).abs() < 1e-5, "{} vs {sd}", eval.loss_sd);
         assert_eq!(eval.embeddings.unwrap().dims(), [3, 4]);
     }
 }
