@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod error;
+pub mod experiment;
 pub mod search;
 pub mod table;
 
@@ -13,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 pub use config::{SearchConfig, StoreKind, StrategyName};
 pub use error::{AppError, Result};
+pub use experiment::{
+    ExperimentConfig, ExperimentEvent, ExperimentFile, ExperimentReport, ExperimentRequest,
+    run_experiment,
+};
 pub use search::{
     Observer, SearchEvent, SearchReport, SearchRequest, TeacherOrigin, TrialRecord, best_so_far,
     plot_svg, report_markdown, run_search,

@@ -72,6 +72,15 @@ pub enum TeacherOrigin {
     },
 }
 
+impl TeacherOrigin {
+    /// The teacher's weights file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Weights(path) | Self::Cached { path, .. } | Self::Trained { path, .. } => path,
+        }
+    }
+}
+
 /// What a search tells its caller as it goes.
 #[derive(Debug, Clone, Copy)]
 pub enum SearchEvent<'a> {
@@ -162,6 +171,8 @@ pub struct SearchReport {
     pub baseline: Option<Vec<TrialRecord>>,
     /// Position of the best trial in `records`.
     pub best: usize,
+    /// Where the teacher came from (its weights file).
+    pub teacher: TeacherOrigin,
     /// Wall time of the strategy's trials.
     pub seconds: f64,
     /// Files written into the run folder.
@@ -303,6 +314,7 @@ fn teacher(
         spec,
         None,
         dataset,
+        None,
         &cfg.teacher_training,
         1,
         &run_dir,
@@ -625,6 +637,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         records,
         baseline,
         best,
+        teacher: origin,
         seconds,
         files,
     })

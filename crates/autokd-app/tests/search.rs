@@ -131,6 +131,7 @@ fn an_interrupted_teacher_resumes() {
         &spec,
         None,
         &dataset,
+        None,
         &config.teacher_training,
         1,
         &run_dir,

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_search;
 pub mod convert;
 pub mod device;
+pub mod experiment;
 pub mod info;
 pub mod search;
 pub mod train;
@@ -29,6 +30,8 @@ pub struct Cli {
 pub enum Command {
     /// Search the best distiller for a teacher/student pair (default: on the embedded digits).
     Search(search::SearchArgs),
+    /// Search, then train the best distillers and named baselines over seeds (resumable).
+    Experiment(experiment::ExperimentArgs),
     /// Train a model from scratch, or distil a student with a distiller (e.g. a search's best.toml).
     Train(train::TrainArgs),
     /// Version, compiled backends, visible devices, known datasets and models.
@@ -45,6 +48,7 @@ pub use autokd_app::{model_spec, write_atomic};
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Search(args) => search::run(&args, out),
+        Command::Experiment(args) => experiment::run(&args, out),
         Command::Train(args) => train::run(&args, out),
         Command::Info(args) => info::run(&args, out),
         Command::Bench(args) => bench::run(&args, out),

@@ -130,7 +130,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 /// The line(s) of one event; a bar of finished trials on a terminal (stderr).
-fn print_event(
+pub(crate) fn print_event(
     event: SearchEvent<'_>,
     out: &mut dyn Write,
     bar: &mut Option<indicatif::ProgressBar>,

@@ -62,6 +62,11 @@ pub struct TrainArgs {
     /// Override the recipe's schedule with steps ×0.1 at these epochs (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub milestones: Option<Vec<usize>>,
+    /// Hold out this fraction of the training split (stratified, after `--train-per-class`) to
+    /// choose the best epoch; the test split then chooses nothing. 0: the best epoch is the one
+    /// with the best test top-1 (a test-set choice, optimistic).
+    #[arg(long, default_value_t = 0.0)]
+    pub val_fraction: f64,
     /// Seeds; several run repeats and report mean ± std.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     pub seeds: Vec<u64>,
@@ -84,6 +89,7 @@ pub struct TrainArgs {
 struct SeedResult {
     seed: u64,
     best_top1: f64,
+    best_epoch: usize,
     last_top1: f64,
 }
 
@@ -115,6 +121,19 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         dataset.test =
             autokd_data::stratified_subset(&dataset.test, dataset.info.num_classes, n, 0)?;
     }
+    let validation = if args.val_fraction > 0.0 {
+        let (rest, val) = autokd_data::stratified_split(
+            &dataset.train,
+            dataset.info.num_classes,
+            args.val_fraction,
+            0,
+        )
+        .context("--val-fraction")?;
+        dataset.train = rest;
+        Some(val)
+    } else {
+        None
+    };
     let dataset = dataset;
     let info = &dataset.info;
     let spec = |name: ModelName| crate::model_spec(name, info);
@@ -165,10 +184,13 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     );
     writeln!(
         out,
-        "train: {} on {} ({} train, {} test), recipe {} ({}, batch {}, lr {}), {distiller}, seeds {:?}{}",
+        "train: {} on {} ({} train, {}{} test), recipe {} ({}, batch {}, lr {}), {distiller}, seeds {:?}{}",
         args.model,
         info.name,
         dataset.train.len(),
+        validation
+            .as_ref()
+            .map_or(String::new(), |v| format!("{} validation, ", v.len())),
         dataset.test.len(),
         args.recipe,
         recipe.length,
@@ -205,6 +227,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             &spec(args.model),
             setup,
             &dataset,
+            validation.as_ref(),
             &Recipe {
                 seed,
                 ..recipe.clone()
@@ -262,8 +285,14 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         save_weights(&model, &dir.join("model.bpk"))?;
         writeln!(
             out,
-            "seed {seed}: best top-1 {:.2}%, last {:.2}%  ({}){}",
+            "seed {seed}: best top-1 {:.2}% (epoch {}, chosen on {}), last {:.2}%  ({}){}",
             100.0 * summary.best_top1,
+            summary.best_epoch,
+            if validation.is_some() {
+                "the validation part"
+            } else {
+                "the test split"
+            },
             100.0 * summary.last_top1,
             dir.join("model.bpk").display(),
             if summary.epochs_run == 0 {
@@ -278,6 +307,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         results.push(SeedResult {
             seed,
             best_top1: summary.best_top1,
+            best_epoch: summary.best_epoch,
             last_top1: summary.last_top1,
         });
     }

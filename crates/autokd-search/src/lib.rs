@@ -25,7 +25,10 @@ pub use random::RandomSearch;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use store::{Event, JournalStore, MemoryStore, StoreError, TrialStore};
-pub use tabular::{SeedAgreement, Table, TableError, mean_ci, spearman, wilcoxon_signed_rank};
+pub use tabular::{
+    SeedAgreement, Table, TableError, bootstrap_ci, kendall_tau_b, mean_ci, spearman,
+    wilcoxon_signed_rank,
+};
 pub use tpe::{Tpe, TpeConfig};
 
 /// One option index per level.

@@ -119,8 +119,12 @@ pub enum TrainEvent<'a> {
 pub struct FitOutcome {
     /// Epochs run in this call (after a resume, only the remaining ones).
     pub epochs_run: usize,
-    /// Best value of the task's score metric over evaluated epochs (0 without evaluation).
+    /// The task's score metric at the best epoch (0 without evaluation): the epoch whose
+    /// `select` score is best when a selection split is given (the first of ties), else the
+    /// best `eval` score over epochs.
     pub best: f64,
+    /// The best epoch (from 1; 0 without evaluation).
+    pub best_epoch: usize,
     /// Its value after the last epoch.
     pub last: f64,
     /// The loss terms of the last finished step.
@@ -135,6 +139,12 @@ struct CheckpointState {
     /// Score metric after `epoch` (absent in checkpoints written before it was recorded).
     #[serde(default)]
     last_top1: Option<f64>,
+    /// The best epoch so far (absent in checkpoints written before it was recorded).
+    #[serde(default)]
+    best_epoch: Option<usize>,
+    /// The selection split's score at the best epoch (runs with a selection split).
+    #[serde(default)]
+    best_select: Option<f64>,
 }
 
 /// The newest complete checkpoint of a run folder: `checkpoint/`, or `checkpoint.old/` when a
@@ -173,6 +183,10 @@ pub struct Fit<'a> {
     pub explode_factor: Option<f64>,
     /// The split evaluated after each epoch, if any.
     pub eval: Option<EvalSet<'a>>,
+    /// The split that chooses the best epoch (a validation part of the training split, never
+    /// the test set), evaluated after each epoch with its metrics written as `val_<name>` and
+    /// its loss as `val_loss`. Without it the best epoch is the one with the best `eval` score.
+    pub select: Option<EvalSet<'a>>,
     /// The run folder, if any.
     pub run_dir: Option<RunDir<'a>>,
     /// End after this many epochs in this call (as a kill would; tests).
@@ -192,6 +206,7 @@ impl Fit<'_> {
         };
         let ad = device.clone().autodiff();
         let (mut start, mut best, mut last) = (0usize, 0.0f64, 0.0f64);
+        let (mut best_epoch, mut best_select) = (0usize, f64::NEG_INFINITY);
         if let Some(dir) = &self.run_dir {
             std::fs::create_dir_all(dir.path).map_err(|e| io(dir.path, e))?;
             let metrics_path = dir.path.join("metrics.jsonl");
@@ -199,6 +214,8 @@ impl Fit<'_> {
                 let state;
                 (net, optim, state) = resume(dir.path, net, optim)?;
                 (start, best) = (state.epoch, state.best_top1);
+                best_epoch = state.best_epoch.unwrap_or(0);
+                best_select = state.best_select.unwrap_or(f64::NEG_INFINITY);
                 // Keep the metrics of the epochs the checkpoint covers; without them the run's
                 // record would silently lose epochs.
                 let text =
@@ -332,22 +349,40 @@ impl Fit<'_> {
             // Training throughput: the evaluation below is not part of it.
             let images_per_s = images as f64 / clock.elapsed().as_secs_f64();
             run += 1;
-            let metrics = match &self.eval {
+            let evaluate = |set: &EvalSet<'_>| {
+                self.task.evaluate(
+                    &net.student.valid(),
+                    set.split,
+                    set.transform,
+                    set.options,
+                    device,
+                )
+            };
+            let selection = self.select.as_ref().map(evaluate).transpose()?;
+            let mut metrics = match &self.eval {
                 Some(eval) => {
-                    let evaluation = self.task.evaluate(
-                        &net.student.valid(),
-                        eval.split,
-                        eval.transform,
-                        eval.options,
-                        device,
-                    )?;
+                    let evaluation = evaluate(eval)?;
                     let score = evaluation.metric(self.task.score_metric());
-                    best = best.max(score);
+                    let improved = match &selection {
+                        Some(v) => v.metric(self.task.score_metric()) > best_select,
+                        // A checkpoint from before the best epoch was recorded keeps its best.
+                        None => score > best || (best_epoch == 0 && score >= best),
+                    };
+                    if improved {
+                        (best, best_epoch) = (score, epoch + 1);
+                        if let Some(v) = &selection {
+                            best_select = v.metric(self.task.score_metric());
+                        }
+                    }
                     last = score;
                     evaluation.metrics
                 }
                 None => BTreeMap::new(),
             };
+            if let Some(v) = selection {
+                metrics.extend(v.metrics.into_iter().map(|(k, x)| (format!("val_{k}"), x)));
+                metrics.insert("val_loss".into(), v.loss);
+            }
             let m = EpochMetrics {
                 epoch: epoch + 1,
                 lr: rate(0),
@@ -373,6 +408,8 @@ impl Fit<'_> {
                         epoch: epoch + 1,
                         best_top1: best,
                         last_top1: Some(last),
+                        best_epoch: Some(best_epoch),
+                        best_select: best_select.is_finite().then_some(best_select),
                     },
                 )?;
             }
@@ -382,6 +419,7 @@ impl Fit<'_> {
             FitOutcome {
                 epochs_run: run,
                 best,
+                best_epoch,
                 last,
                 last_losses,
             },

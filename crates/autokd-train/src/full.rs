@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use autokd_data::{Augment, DataLoader, Dataset, LoaderConfig, Transform};
+use autokd_data::{Augment, DataLoader, Dataset, LoaderConfig, Split, Transform};
 use autokd_distill::{Distiller, DistillerSpec};
 use autokd_models::{Backbone, Model, ModelSpec};
 use burn::optim::decay::WeightDecayConfig;
@@ -500,8 +500,12 @@ const TEST_EVAL: EvalOptions = EvalOptions {
 /// The end of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {
-    /// Best test top-1 over epochs.
+    /// Test top-1 at the best epoch: the one with the best validation top-1 when the run has a
+    /// validation split, else the best over epochs.
     pub best_top1: f64,
+    /// The best epoch (from 1; 0 in summaries from before it was recorded).
+    #[serde(default)]
+    pub best_epoch: usize,
     /// Test top-1 after the last epoch.
     pub last_top1: f64,
     /// Epochs run in this call (after a resume, only the remaining ones).
@@ -547,13 +551,16 @@ pub(crate) fn init_student(
 
 /// Trains `student` (from scratch, or distilled when `teacher` is given) on `dataset` with
 /// `recipe` (its seed included), writing `metrics.jsonl` and `checkpoint/` into `run_dir`. With
-/// `resume`, continues from the checkpoint there. `stop_after` ends the call after that many
-/// epochs (as a kill would; tests).
+/// `resume`, continues from the checkpoint there. `validation` (a part of the training split
+/// that `dataset.train` no longer holds) chooses the best epoch; the test split is evaluated
+/// after every epoch but chooses nothing then. `stop_after` ends the call after that many epochs
+/// (as a kill would; tests).
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     student: &ModelSpec,
     teacher: Option<TeacherSetup<'_>>,
     dataset: &Dataset,
+    validation: Option<&Split>,
     recipe: &Recipe,
     checkpoint_every: usize,
     run_dir: &Path,
@@ -606,6 +613,11 @@ pub fn train(
             transform: &test_transform,
             options: TEST_EVAL,
         }),
+        select: validation.map(|split| EvalSet {
+            split,
+            transform: &test_transform,
+            options: TEST_EVAL,
+        }),
         run_dir: Some(RunDir {
             path: run_dir,
             checkpoint_every,
@@ -618,6 +630,7 @@ pub fn train(
         net.student.valid(),
         TrainSummary {
             best_top1: outcome.best,
+            best_epoch: outcome.best_epoch,
             last_top1: outcome.last,
             epochs_run: outcome.epochs_run,
         },
@@ -767,6 +780,7 @@ mod tests {
                 &spec,
                 None,
                 &ds,
+                None,
                 &recipe,
                 1,
                 dir,
@@ -864,6 +878,7 @@ mod tests {
             &spec(ModelName::Resnet8),
             setup(),
             &ds,
+            None,
             &recipe,
             1,
             &whole,
@@ -906,6 +921,7 @@ mod tests {
             &spec(ModelName::Resnet8),
             setup(),
             &ds,
+            None,
             &recipe,
             1,
             &split,
@@ -920,6 +936,7 @@ mod tests {
             &spec(ModelName::Resnet8),
             setup(),
             &ds,
+            None,
             &recipe,
             1,
             &split,
@@ -959,6 +976,7 @@ mod tests {
             &spec,
             None,
             &ds,
+            None,
             &recipe,
             5,
             dir.path(),
@@ -984,6 +1002,62 @@ mod tests {
         assert!(dir.path().join("checkpoint/state.json").is_file());
     }
 
+    /// With a validation part, the best epoch is the one with the best validation top-1 (the
+    /// first of ties), and the reported top-1 is the test split's at that epoch, also across a
+    /// kill and resume; `metrics.jsonl` holds both splits' metrics.
+    #[test]
+    fn the_validation_part_chooses_the_best_epoch() {
+        let device = Device::flex();
+        let mut ds = DatasetSpec::Digits.load().unwrap();
+        let (rest, val) = autokd_data::stratified_split(&ds.train, 10, 0.2, 0).unwrap();
+        ds.train = autokd_data::stratified_subset(&rest, 10, 20, 0).unwrap();
+        let spec = crate::testing::digits_spec(ModelName::Resnet8);
+        let recipe = Recipe {
+            length: Length::Epochs(4),
+            ..Recipe::preset("digits").unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let run = |resume: bool, stop_after: Option<usize>| {
+            train(
+                &spec,
+                None,
+                &ds,
+                Some(&val),
+                &recipe,
+                1,
+                dir.path(),
+                resume,
+                stop_after,
+                std::slice::from_ref(&device),
+                |_| {},
+            )
+            .unwrap()
+            .1
+        };
+        let first = run(false, Some(2));
+        assert_eq!(first.epochs_run, 2);
+        let s = run(true, None);
+        assert_eq!(s.epochs_run, 2);
+        let lines: Vec<EpochMetrics> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4);
+        let mut best = 0;
+        for (i, m) in lines.iter().enumerate() {
+            assert!(m.metrics.contains_key("val_loss") && m.metrics.contains_key("top1"));
+            if m.metric("val_top1") > lines[best].metric("val_top1") {
+                best = i;
+            }
+        }
+        assert_eq!(s.best_epoch, best + 1, "{lines:?}");
+        assert_eq!(s.best_top1, lines[best].metric("top1"));
+        assert_eq!(s.last_top1, lines[3].metric("top1"));
+        // The validation images are not trained on: 287 held out, 200 trained.
+        assert_eq!((val.len(), ds.train.len()), (287, 200));
+    }
+
     /// A teacher's recipe as a search config gives it (`[teacher_training]`) trains through
     /// [`train`]: the schedule drops at its milestone, the loss falls, and a few epochs of a small
     /// ResNet reach far above chance.
@@ -999,6 +1073,7 @@ mod tests {
             &spec,
             None,
             &ds,
+            None,
             &cfg,
             1,
             dir.path(),
@@ -1044,6 +1119,7 @@ mod tests {
                 &spec,
                 None,
                 &ds,
+                None,
                 recipe,
                 1,
                 dir,
@@ -1082,6 +1158,7 @@ mod tests {
             &other,
             None,
             &ds,
+            None,
             &recipe,
             1,
             &done,

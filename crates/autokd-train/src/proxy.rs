@@ -532,6 +532,7 @@ impl ProxyEvaluator {
             devices: std::slice::from_ref(&self.device),
             explode_factor: Some(self.config.explode_factor),
             eval: None,
+            select: None,
             run_dir: None,
             stop_after: None,
         };
