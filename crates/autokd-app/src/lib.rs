@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod experiment;
+pub mod rescore;
 pub mod search;
 pub mod table;
 

@@ -266,7 +266,7 @@ impl RunSpace {
 
 /// The teacher: `model` (its architecture, freshly initialized) loaded from the config's
 /// weights or from the cache, or a teacher trained and cached.
-fn teacher(
+pub(crate) fn teacher(
     cfg: &SearchConfig,
     spec: &ModelSpec,
     model: Model,

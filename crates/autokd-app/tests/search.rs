@@ -149,3 +149,24 @@ fn an_interrupted_teacher_resumes() {
         "the teacher's run folder is removed once it is cached"
     );
 }
+
+/// Scoring a search's distillers again outside the search, with its config and teacher cache,
+/// gives each its reward in the search (the same proxy seed and initialization).
+#[test]
+fn rescoring_a_searched_distiller_gives_its_reward() {
+    let dir = tempfile::tempdir().unwrap();
+    let request = tiny(dir.path(), "run", 2, "epochs = 1\nmilestones = []");
+    let report = run_search(&request, &mut |_| Ok(())).unwrap();
+    let specs: Vec<_> = report.records.iter().map(|r| r.spec.clone()).collect();
+    let outcomes = autokd_app::rescore::score_distillers(
+        &request.config,
+        &specs,
+        &Device::flex(),
+        &request.cache_dir,
+    )
+    .unwrap();
+    assert_eq!(outcomes.len(), 2);
+    for (r, o) in report.records.iter().zip(&outcomes) {
+        assert_eq!(r.outcome.reward, o.reward, "{}", r.spec);
+    }
+}

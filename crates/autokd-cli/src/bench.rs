@@ -46,6 +46,9 @@ pub enum BenchWhat {
     /// Search strategies replayed against a tabular benchmark (grid runs at two or more proxy
     /// seeds): regret at several budgets, paired with random search.
     Search(crate::bench_search::SearchBenchArgs),
+    /// Proxy variants judged by an experiment's trainings: Kendall and Spearman of each
+    /// variant's rewards against trained top-1, beside its cost per trial.
+    Fidelity(crate::bench_fidelity::FidelityBenchArgs),
 }
 
 /// Arguments of `autokd bench ops`.
@@ -287,6 +290,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         BenchWhat::Train(a) => train_bench(a, out),
         BenchWhat::Ops(a) => ops_bench(a, out),
         BenchWhat::Search(a) => crate::bench_search::run(a, out),
+        BenchWhat::Fidelity(a) => crate::bench_fidelity::run(a, out),
     }
 }
 

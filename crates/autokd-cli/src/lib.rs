@@ -2,6 +2,7 @@
 //! tests call [`run`] in-process.
 
 pub mod bench;
+pub mod bench_fidelity;
 pub mod bench_search;
 pub mod convert;
 pub mod device;
