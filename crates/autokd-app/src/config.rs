@@ -74,6 +74,9 @@ pub struct SearchConfig {
     /// After an MCTS, TPE or evolution search, run random search with the same budget and plot
     /// both.
     pub baseline: bool,
+    /// Named baselines (`vanilla`, `kd`, `dist`, …) scored by the proxy after the search,
+    /// outside its budget and its strategy, so that the report shows where they stand.
+    pub named_baselines: Vec<String>,
     /// Proxy trials evaluated at once (threads sharing the teacher cache).
     pub workers: usize,
     /// Where trials are kept.
@@ -91,6 +94,7 @@ impl SearchConfig {
             max_minutes: None,
             workers: 1,
             baseline: false,
+            named_baselines: Vec::new(),
             ..c.clone()
         };
         strip(self) == strip(other)
@@ -114,6 +118,7 @@ impl Default for SearchConfig {
             trials: 60,
             max_minutes: None,
             baseline: false,
+            named_baselines: vec!["vanilla".into(), "kd".into(), "dist".into()],
             workers: 1,
             store: StoreKind::Journal,
             store_path: None,

@@ -20,8 +20,8 @@ pub use experiment::{
     run_experiment,
 };
 pub use search::{
-    Observer, SearchEvent, SearchReport, SearchRequest, TeacherOrigin, TrialRecord, best_so_far,
-    plot_svg, report_markdown, run_search,
+    NamedBaseline, Observer, SearchEvent, SearchReport, SearchRequest, TeacherOrigin, TrialRecord,
+    best_so_far, plot_svg, report_markdown, run_search,
 };
 pub use table::{GridMap, load_table};
 

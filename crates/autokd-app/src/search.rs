@@ -45,6 +45,21 @@ pub struct TrialRecord {
     pub outcome: TrialOutcome,
 }
 
+/// A named baseline scored by the search's proxy (`baselines.json`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamedBaseline {
+    /// Its name (`kd`, …).
+    pub name: String,
+    /// Its loss, as printed.
+    pub distiller: String,
+    /// What the proxy measured.
+    pub outcome: TrialOutcome,
+    /// Where its reward would rank among the search's accepted trials (1: above all).
+    pub rank: Option<usize>,
+}
+
+const NAMED_BASELINES_FILE: &str = "baselines.json";
+
 /// Where the teacher came from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TeacherOrigin {
@@ -130,6 +145,11 @@ pub enum SearchEvent<'a> {
         /// Seconds to build the evaluators.
         seconds: f64,
     },
+    /// A named baseline was scored by the proxy, after the search.
+    NamedBaseline {
+        /// The baseline.
+        record: &'a NamedBaseline,
+    },
     /// A stream of trials starts (`label` is `""` for the strategy, `"random "` for the baseline).
     Stream {
         /// Label.
@@ -173,6 +193,8 @@ pub struct SearchReport {
     pub best: usize,
     /// Where the teacher came from (its weights file).
     pub teacher: TeacherOrigin,
+    /// The named baselines on the proxy (`named_baselines`).
+    pub named_baselines: Vec<NamedBaseline>,
     /// Wall time of the strategy's trials.
     pub seconds: f64,
     /// Files written into the run folder.
@@ -373,7 +395,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         }
         if !old.same_search(&cfg) {
             return Err(AppError::Invalid(format!(
-                "{} holds a different search (its config.toml differs in more than trials, max_minutes, workers and baseline); resume it with the same config and seed, or give a new --out",
+                "{} holds a different search (its config.toml differs in more than trials, max_minutes, workers, baseline and named_baselines); resume it with the same config and seed, or give a new --out",
                 dir.display()
             )));
         }
@@ -388,7 +410,27 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
     let terms = space
         .resolve_taps(cfg.student.as_str(), &s_info, cfg.teacher.as_str(), &t_info)
         .map_err(|e| AppError::Invalid(format!("the search space does not fit the models: {e}")))?;
-    let taps = autokd_distill::space::teacher_indices(&terms);
+    let mut taps = autokd_distill::space::teacher_indices(&terms);
+    // The named baselines, scored after the search; the teacher taps they read are cached too.
+    let named_specs = cfg
+        .named_baselines
+        .iter()
+        .map(|name| {
+            let spec = DistillerSpec::baseline(name)
+                .map_err(|e| AppError::Invalid(format!("named_baselines: {e}")))?;
+            let terms = spec
+                .resolve(cfg.student.as_str(), &s_info, cfg.teacher.as_str(), &t_info)
+                .map_err(|e| {
+                    AppError::Invalid(format!(
+                        "named_baselines: `{name}` does not fit the models: {e}"
+                    ))
+                })?;
+            taps.extend(autokd_distill::space::teacher_indices(&terms));
+            Ok((name.clone(), spec))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    taps.sort_unstable();
+    taps.dedup();
     // Candidates that compute the same loss at these taps are evaluated once.
     let effective = if recorded.deduplicate {
         // Measured at the first tap pair (of a group: its first member).
@@ -597,6 +639,28 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         &dir.join("best.toml"),
         best_record.spec.to_toml()?.as_bytes(),
     )?;
+    // The named baselines on the same proxy, outside the budget and the strategy.
+    let mut named = Vec::new();
+    for (name, spec) in &named_specs {
+        let outcome = evaluator.evaluate(spec)?;
+        let record = NamedBaseline {
+            name: name.clone(),
+            distiller: spec.to_string(),
+            rank: outcome.reward.map(|v| {
+                1 + records
+                    .iter()
+                    .filter(|r| r.trial.reward.is_some_and(|x| x > v))
+                    .count()
+            }),
+            outcome,
+        };
+        observe(SearchEvent::NamedBaseline { record: &record }).map_err(AppError::Output)?;
+        named.push(record);
+    }
+    write_atomic(
+        &dir.join(NAMED_BASELINES_FILE),
+        serde_json::to_string_pretty(&named)?.as_bytes(),
+    )?;
     write_atomic(
         &dir.join("rewards.svg"),
         plot_svg(&records, baseline.as_deref()).as_bytes(),
@@ -610,6 +674,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
             seconds,
             &dir,
             val_images,
+            &named,
         )
         .as_bytes(),
     )?;
@@ -627,9 +692,15 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         _ => {}
     }
     files.extend(
-        ["trials.jsonl", "best.toml", "report.md", "rewards.svg"]
-            .iter()
-            .map(|f| f.to_string()),
+        [
+            "trials.jsonl",
+            "best.toml",
+            NAMED_BASELINES_FILE,
+            "report.md",
+            "rewards.svg",
+        ]
+        .iter()
+        .map(|f| f.to_string()),
     );
     Ok(SearchReport {
         dir,
@@ -638,6 +709,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         baseline,
         best,
         teacher: origin,
+        named_baselines: named,
         seconds,
         files,
     })
@@ -867,6 +939,7 @@ pub fn report_markdown(
     seconds: f64,
     dir: &Path,
     val_images: usize,
+    named: &[NamedBaseline],
 ) -> String {
     let mut sorted: Vec<&TrialRecord> = records
         .iter()
@@ -916,6 +989,23 @@ pub fn report_markdown(
     }
     if let Some(note) = noise_note(&sorted, val_images) {
         s.push_str(&note);
+    }
+    if !named.is_empty() {
+        s.push_str("\n## Named baselines on the same proxy\n\n| baseline | reward | rank among the trials | val CE | top-1 | distiller |\n| --- | ---: | ---: | ---: | ---: | --- |\n");
+        for b in named {
+            let o = &b.outcome;
+            s.push_str(&format!(
+                "| {} | {} | {} | {:.3} | {:.1}% | `{}` |\n",
+                b.name,
+                o.reward
+                    .map_or("rejected".to_string(), |v| format!("{v:.4}")),
+                b.rank
+                    .map_or("—".to_string(), |r| format!("{r} of {}", sorted.len())),
+                o.val_ce,
+                100.0 * o.accuracy,
+                b.distiller
+            ));
+        }
     }
     if let Some(base) = baseline {
         let curve = |r: &[TrialRecord]| best_so_far(r);

@@ -69,6 +69,41 @@ fn a_search_returns_its_typed_report() {
     for f in &report.files {
         assert!(report.dir.join(f).is_file(), "{f} missing");
     }
+    // The named baselines on the same proxy, each ranked among the accepted trials.
+    let names: Vec<&str> = report
+        .named_baselines
+        .iter()
+        .map(|b| b.name.as_str())
+        .collect();
+    assert_eq!(names, vec!["vanilla", "kd", "dist"]);
+    for b in &report.named_baselines {
+        if let Some(v) = b.outcome.reward {
+            let above = report
+                .records
+                .iter()
+                .filter(|r| r.trial.reward.is_some_and(|x| x > v))
+                .count();
+            assert_eq!(b.rank, Some(above + 1), "{b:?}");
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.dir.join("baselines.json")).unwrap())
+            .unwrap();
+    assert_eq!(json[1]["name"], "kd");
+    let md = std::fs::read_to_string(report.dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("## Named baselines on the same proxy") && md.contains("| kd |"),
+        "{md}"
+    );
+    // An unknown baseline is refused before anything trains, with its name.
+    let mut bad = request.clone();
+    bad.config.named_baselines = vec!["kd2".into()];
+    bad.dir = dir.path().join("bad");
+    let err = run_search(&bad, &mut |_| Ok(())).unwrap_err().to_string();
+    assert!(
+        err.contains("named_baselines") && err.contains("kd2"),
+        "{err}"
+    );
     // A failed write of the caller's output stops the search with that error.
     let err = run_search(
         &SearchRequest {

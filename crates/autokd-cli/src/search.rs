@@ -292,6 +292,25 @@ pub(crate) fn print_event(
             }
             Ok(())
         }
+        SearchEvent::NamedBaseline { record } => {
+            let o = &record.outcome;
+            match (o.reward, record.rank) {
+                (Some(v), Some(rank)) => writeln!(
+                    out,
+                    "baseline {:<8} reward {v:>8.4} (top-1 {:5.1}%), would rank {rank} among the trials  {}",
+                    record.name,
+                    100.0 * o.accuracy,
+                    record.distiller
+                ),
+                _ => writeln!(
+                    out,
+                    "baseline {:<8} rejected: {}  {}",
+                    record.name,
+                    o.rejected.as_deref().unwrap_or("no reason recorded"),
+                    record.distiller
+                ),
+            }
+        }
     }
 }
 
