@@ -184,9 +184,10 @@ pub struct DistillerResult {
     pub distiller: String,
     /// The distiller.
     pub spec: DistillerSpec,
-    /// Its proxy reward (searched distillers).
+    /// Its proxy reward (a baseline's when the search scored it: `named_baselines`).
     pub proxy_reward: Option<f64>,
-    /// Its rank among the search's accepted trials (1: the best).
+    /// Its rank among the search's accepted distinct losses (1: the best); a baseline's, the
+    /// rank its reward would take among the search's accepted trials.
     pub proxy_rank: Option<usize>,
     /// The finished trainings, by seed.
     pub runs: Vec<RunResult>,
@@ -412,7 +413,13 @@ pub fn run_experiment(
         .recipe
         .clone()
         .unwrap_or_else(|| scfg.teacher_training.clone());
-    let distillers = plan(&report.records, cfg)?;
+    let mut distillers = plan(&report.records, cfg)?;
+    // The baselines' proxy rewards, from the search's own scoring of them.
+    for d in distillers.iter_mut().filter(|d| d.kind == "baseline") {
+        if let Some(b) = report.named_baselines.iter().find(|b| b.name == d.name) {
+            d.proxy = b.outcome.reward.zip(b.rank);
+        }
+    }
     on_event(ExperimentEvent::Planned {
         distillers: distillers.len(),
         seeds: cfg.seeds.len(),
@@ -558,6 +565,7 @@ fn fidelity(results: &[DistillerResult], seeds: usize) -> Option<Fidelity> {
     let full: Vec<&DistillerResult> = results.iter().filter(|r| r.runs.len() == seeds).collect();
     let searched: Vec<(f64, f64)> = full
         .iter()
+        .filter(|r| r.kind == "searched")
         .filter_map(|r| r.proxy_reward.map(|p| (p, r.top1.mean)))
         .collect();
     if searched.len() < 3 {

@@ -107,8 +107,8 @@ fn an_experiment_resumes_without_retraining_finished_runs() {
             "{d}"
         );
         assert_eq!(d["top1"]["mean"].as_f64().unwrap(), top1);
-        let searched = d["kind"] == "searched";
-        assert_eq!(d["proxy_reward"].is_f64(), searched, "{d}");
+        // Searched distillers and the baselines the search scored (vanilla, kd) have a reward.
+        assert!(d["proxy_reward"].is_f64(), "{d}");
         assert!(
             d["distiller"].as_str().unwrap().starts_with("L = task"),
             "{d}"
