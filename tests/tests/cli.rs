@@ -10,6 +10,16 @@ fn autokd(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out)?)
 }
 
+/// This crate's folder as cargo gives it to the running test: a test binary reused from a clone
+/// at another path (one shared target folder) would otherwise read that clone's files, baked in
+/// at compile time.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    )
+}
+
 #[test]
 fn info_lists_backends_devices_and_datasets() {
     let text = autokd(&["info"]).unwrap();
@@ -102,7 +112,7 @@ fn loader_bench_runs_and_writes_json() {
 
 #[test]
 fn convert_a_repdistiller_checkpoint() {
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures");
+    let fixtures = manifest_dir().join("../models/fixtures");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("teacher.bpk");
     let pth = fixtures.join("resnet8_cifar10.pth");
@@ -441,7 +451,7 @@ fn a_failed_log_write_stops_the_search() {
 fn shipped_configs_can_start() {
     use autokd_models::Backbone;
     use autokd_train::{TeacherPlan, TeacherSource};
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let root = manifest_dir().join("../configs");
     let device = burn::prelude::Device::flex();
     let mut n = 0;
     let mut paths: Vec<_> = std::fs::read_dir(&root)
@@ -453,8 +463,10 @@ fn shipped_configs_can_start() {
     paths.sort();
     for path in paths {
         let text = std::fs::read_to_string(&path).unwrap();
-        let cfg: Result<autokd_app::SearchConfig, _> = toml::from_str(&text);
-        let cfg = cfg.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // A search config, or an experiment's (a search config with `[experiment]`).
+        let cfg = autokd_app::ExperimentFile::from_text(&path, &text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .search;
         let space = cfg.space.validate().unwrap();
         let declared = cfg
             .dataset
@@ -827,7 +839,7 @@ fn bench_search_replays_strategies_on_a_table() {
 #[test]
 fn the_committed_table_replays() {
     let replay = |table: &str| {
-        let root = format!("{}/../benches/tables/{table}", env!("CARGO_MANIFEST_DIR"));
+        let root = format!("{}/../benches/tables/{table}", manifest_dir().display());
         autokd(&[
             "bench",
             "search",

@@ -56,6 +56,8 @@ pub struct NamedBaseline {
     pub outcome: TrialOutcome,
     /// Where its reward would rank among the search's accepted trials (1: above all).
     pub rank: Option<usize>,
+    /// The search's accepted trials.
+    pub accepted: usize,
 }
 
 const NAMED_BASELINES_FILE: &str = "baselines.json";
@@ -653,6 +655,7 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
                     .count()
             }),
             outcome,
+            accepted: records.iter().filter(|r| r.trial.reward.is_some()).count(),
         };
         observe(SearchEvent::NamedBaseline { record: &record }).map_err(AppError::Output)?;
         named.push(record);

@@ -297,9 +297,10 @@ pub(crate) fn print_event(
             match (o.reward, record.rank) {
                 (Some(v), Some(rank)) => writeln!(
                     out,
-                    "baseline {:<8} reward {v:>8.4} (top-1 {:5.1}%), would rank {rank} among the trials  {}",
+                    "baseline {:<8} reward {v:>8.4} (top-1 {:5.1}%), would rank {rank} of the {} accepted trials  {}",
                     record.name,
                     100.0 * o.accuracy,
+                    record.accepted,
                     record.distiller
                 ),
                 _ => writeln!(

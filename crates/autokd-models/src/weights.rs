@@ -307,8 +307,13 @@ mod tests {
     use burn::prelude::*;
     use std::path::PathBuf;
 
+    /// The fixtures folder, from the crate's folder as cargo gives it to the running test (a
+    /// test binary reused from a clone at another path would otherwise read that clone's
+    /// folder, baked in at compile time).
     fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/fixtures")
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+        dir.join("../../models/fixtures")
     }
 
     /// The input of `make_fixtures.py`: sin(0.37 i) + 0.5 cos(0.11 i) over the flat index.
