@@ -219,8 +219,13 @@ pub fn run(args: &FidelityBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> 
             precision_at_5: precision_at_5(&proxy, &truth),
         }
     };
-    for variant in &args.variants {
-        let cfg = variant_config(&base, variant)?;
+    for path in &args.variants {
+        let cfg = variant_config(&base, path)?;
+        // A variant file is named by its stem (`longer` for `…/longer.toml`).
+        let variant = std::path::Path::new(path)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or(path.as_str());
         let classes = cfg.dataset.load()?.info.num_classes;
         let per_epoch = (cfg.proxy.per_class * classes).div_ceil(cfg.proxy.recipe.batch_size);
         let steps = cfg.proxy.recipe.length.plan(per_epoch).1;
