@@ -218,6 +218,21 @@ pub struct Fidelity {
     pub seed_spearman: Option<f64>,
 }
 
+impl Fidelity {
+    /// `Kendall τ-b … [lo, hi], Spearman ρ … [lo, hi]`.
+    pub fn summary(&self) -> String {
+        format!(
+            "Kendall τ-b {:.3} [{:.3}, {:.3}], Spearman ρ {:.3} [{:.3}, {:.3}]",
+            self.kendall,
+            self.kendall_ci.0,
+            self.kendall_ci.1,
+            self.spearman,
+            self.spearman_ci.0,
+            self.spearman_ci.1
+        )
+    }
+}
+
 /// The result of an experiment.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExperimentReport {
@@ -305,17 +320,7 @@ struct Planned {
 /// The distillers to train: the search's `top_k` best distinct losses, `sample` more spread
 /// over the remaining accepted ones by rank, then the baselines.
 fn plan(records: &[crate::TrialRecord], cfg: &ExperimentConfig) -> Result<Vec<Planned>> {
-    let mut accepted: Vec<&crate::TrialRecord> = records
-        .iter()
-        .filter(|r| r.trial.reward.is_some())
-        .collect();
-    accepted.sort_by(|a, b| {
-        b.trial
-            .reward
-            .partial_cmp(&a.trial.reward)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.trial.index.cmp(&b.trial.index))
-    });
+    let mut accepted = crate::search::accepted_best_first(records);
     // One representative per printed loss, ranked by its best reward.
     let mut seen = std::collections::HashSet::new();
     accepted.retain(|r| seen.insert(r.spec.to_string()));
@@ -645,14 +650,9 @@ pub fn results_markdown(r: &ExperimentReport) -> String {
     }
     if let Some(f) = &r.fidelity {
         s.push_str(&format!(
-            "\n## Proxy fidelity\n\nOver {} searched distillers, proxy reward against mean top-1: Kendall τ-b {:.3} [95% bootstrap {:.3}, {:.3}], Spearman ρ {:.3} [{:.3}, {:.3}]",
+            "\n## Proxy fidelity\n\nOver {} searched distillers, proxy reward against mean top-1 (95% bootstrap intervals): {}",
             f.distillers,
-            f.kendall,
-            f.kendall_ci.0,
-            f.kendall_ci.1,
-            f.spearman,
-            f.spearman_ci.0,
-            f.spearman_ci.1
+            f.summary()
         ));
         if let Some(p) = f.precision_at_5 {
             s.push_str(&format!("; precision at top-5 {p:.2}"));

@@ -944,16 +944,7 @@ pub fn report_markdown(
     val_images: usize,
     named: &[NamedBaseline],
 ) -> String {
-    let mut sorted: Vec<&TrialRecord> = records
-        .iter()
-        .filter(|r| r.trial.reward.is_some())
-        .collect();
-    sorted.sort_by(|a, b| {
-        b.trial
-            .reward
-            .partial_cmp(&a.trial.reward)
-            .unwrap_or(std::cmp::Ordering::Equal)
-    });
+    let sorted = accepted_best_first(records);
     let rejected = records.len() - sorted.len();
     let mut s = format!(
         "# autokd search\n\n{} → {} on `{}`, strategy {:?}, {} trials ({} rejected) in {:.1} s.\nReward: {:?} (β = {}) on {} validation images ({}).\nRun folder: `{}`.\n\n## Top 10\n\n| rank | trial | reward | val CE | gap | top-1 | distiller |\n| ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
@@ -1030,6 +1021,21 @@ pub fn report_markdown(
     }
     s.push_str("\n![reward against trial](rewards.svg)\n");
     s
+}
+
+/// The accepted trials, best reward first (ties in the order given).
+pub(crate) fn accepted_best_first(records: &[TrialRecord]) -> Vec<&TrialRecord> {
+    let mut sorted: Vec<&TrialRecord> = records
+        .iter()
+        .filter(|r| r.trial.reward.is_some())
+        .collect();
+    sorted.sort_by(|a, b| {
+        b.trial
+            .reward
+            .partial_cmp(&a.trial.reward)
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    sorted
 }
 
 /// How noisy the validation CE is on this sample, against how far the top trials lie apart:

@@ -57,14 +57,9 @@ pub fn run(args: &ExperimentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(f) = &report.fidelity {
         writeln!(
             out,
-            "fidelity over {} searched distillers: Kendall {:.3} [{:.3}, {:.3}], Spearman {:.3} [{:.3}, {:.3}]",
+            "fidelity over {} searched distillers (95% bootstrap intervals): {}",
             f.distillers,
-            f.kendall,
-            f.kendall_ci.0,
-            f.kendall_ci.1,
-            f.spearman,
-            f.spearman_ci.0,
-            f.spearman_ci.1
+            f.summary()
         )?;
     }
     writeln!(
