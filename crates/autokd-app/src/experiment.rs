@@ -161,7 +161,8 @@ pub struct MeanStd {
 }
 
 impl MeanStd {
-    fn of(xs: &[f64]) -> Self {
+    /// Of `xs` (mean 0 and std 0 when empty).
+    pub fn of(xs: &[f64]) -> Self {
         let n = xs.len().max(1) as f64;
         let mean = xs.iter().sum::<f64>() / n;
         let std = if xs.len() > 1 {
@@ -487,8 +488,7 @@ pub fn run_experiment(
             })
             .map_err(AppError::Output)?;
             let clock = Instant::now();
-            let distils = !(spec.features.is_empty() && spec.logits.is_none());
-            let setup = distils.then_some(TeacherSetup {
+            let setup = spec.uses_teacher().then_some(TeacherSetup {
                 model: &teacher,
                 name: scfg.teacher.as_str(),
                 spec,

@@ -93,17 +93,6 @@ struct SeedResult {
     last_top1: f64,
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len().max(1) as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
-}
-
 /// Trains.
 pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let (device, devices) = select_devices(&args.device)?;
@@ -179,7 +168,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         (None, None) => DistillerSpec::baseline("vanilla")?,
     };
     anyhow::ensure!(
-        teacher.is_some() || (distiller.features.is_empty() && distiller.logits.is_none()),
+        teacher.is_some() || !distiller.uses_teacher(),
         "distiller {distiller} needs --teacher and --teacher-weights"
     );
     writeln!(
@@ -311,8 +300,12 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             last_top1: summary.last_top1,
         });
     }
-    let (bm, bs) = mean_std(&results.iter().map(|r| r.best_top1).collect::<Vec<_>>());
-    let (lm, ls) = mean_std(&results.iter().map(|r| r.last_top1).collect::<Vec<_>>());
+    let of = |f: fn(&SeedResult) -> f64| {
+        let m = autokd_app::experiment::MeanStd::of(&results.iter().map(f).collect::<Vec<_>>());
+        (m.mean, m.std)
+    };
+    let (bm, bs) = of(|r| r.best_top1);
+    let (lm, ls) = of(|r| r.last_top1);
     writeln!(
         out,
         "top-1 over {} seed(s): best {:.2} ± {:.2}%, last {:.2} ± {:.2}%",

@@ -163,6 +163,11 @@ pub struct ResolvedTerm {
 }
 
 impl DistillerSpec {
+    /// Whether the loss reads the teacher at all (anything but `L = task`).
+    pub fn uses_teacher(&self) -> bool {
+        !(self.features.is_empty() && self.logits.is_none())
+    }
+
     /// A named baseline recipe (see [`BASELINES`]).
     pub fn baseline(name: &str) -> Result<Self> {
         let feature = |global, relation, distance, temperature: f64, weight: f64| FeatureTerm {
