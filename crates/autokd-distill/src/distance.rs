@@ -7,6 +7,11 @@
 //! the corresponding norms of the row difference (summed over the row, like L2), so all three
 //! "norm" distances scale alike. KL is scaled by `T²` as in Eq. 2 and Eq. 4; rows that are not
 //! yet distributions are turned into `softmax(x / T)` first (ours, ARCHITECTURE §4).
+//!
+//! Two more distances are outside the paper's space and serve the published baselines, whose
+//! reference code reduces squared differences in its own ways: MSE, the mean over every value
+//! (`F.mse_loss`; AT, SP and FitNet), and L2², the per-row sum of squares averaged over rows
+//! (ICKD's `Σ(G_s − G_t)² / (C·B)` over `B·C` rows).
 
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
@@ -36,6 +41,10 @@ pub enum Distance {
     Pearson,
     /// `T² · Σ q log(q/p)` per row, on distributions.
     Kl,
+    /// `mean (p−q)²` over every value (PyTorch's `F.mse_loss`); a published baseline's.
+    Mse,
+    /// `Σ(p−q)²` per row (the square of L2); a published baseline's.
+    SquaredL2,
 }
 
 impl Distance {
@@ -49,6 +58,10 @@ impl Distance {
         Distance::Kl,
     ];
 
+    /// The distances only the published baselines use (not in the default search space; a
+    /// space's `distance` list may still name them).
+    pub const PUBLISHED: [Distance; 2] = [Distance::Mse, Distance::SquaredL2];
+
     /// Short name used in formulas.
     pub fn symbol(self) -> &'static str {
         match self {
@@ -58,6 +71,8 @@ impl Distance {
             Distance::Cosine => "Cos",
             Distance::Pearson => "Pearson",
             Distance::Kl => "KL",
+            Distance::Mse => "MSE",
+            Distance::SquaredL2 => "L2²",
         }
     }
 
@@ -87,6 +102,8 @@ impl Distance {
             Distance::SmoothL1 => smooth_l1(s, t),
             Distance::Cosine => cosine(s, t),
             Distance::Pearson => pearson(s, t),
+            Distance::Mse => (s - t).powi_scalar(2).mean(),
+            Distance::SquaredL2 => (s - t).powi_scalar(2).sum_dim(1).mean(),
             Distance::Kl => {
                 if distributions {
                     kl_probs(s, t).mul_scalar(temperature * temperature)
@@ -199,6 +216,8 @@ pub(crate) mod tests {
                         if x < 1.0 { 0.5 * x * x } else { x - 0.5 }
                     })
                     .sum(),
+                Distance::Mse => p.iter().zip(q).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / n,
+                Distance::SquaredL2 => p.iter().zip(q).map(|(a, b)| (a - b).powi(2)).sum(),
                 Distance::Cosine => {
                     let dot: f64 = p.iter().zip(q).map(|(a, b)| a * b).sum();
                     let np = p.iter().map(|a| a * a).sum::<f64>().sqrt();
@@ -236,7 +255,7 @@ pub(crate) mod tests {
     fn each_distance_matches_its_f64_reference() {
         let device = Device::flex();
         let (s, t) = (f64_rows(3, 7, 1), f64_rows(3, 7, 2));
-        for d in Distance::ALL {
+        for d in Distance::ALL.into_iter().chain(Distance::PUBLISHED) {
             for temp in [1.0, 4.0] {
                 let got: f32 = d
                     .apply(rows(&s, &device), rows(&t, &device), temp, false)
@@ -255,7 +274,7 @@ pub(crate) mod tests {
     fn zero_when_equal_and_shape_errors() {
         let device = Device::flex();
         let s = f64_rows(4, 5, 3);
-        for d in Distance::ALL {
+        for d in Distance::ALL.into_iter().chain(Distance::PUBLISHED) {
             let v: f32 = d
                 .apply(rows(&s, &device), rows(&s, &device), 4.0, false)
                 .unwrap()
@@ -344,7 +363,7 @@ pub(crate) mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        for d in Distance::ALL {
+        for d in Distance::ALL.into_iter().chain(Distance::PUBLISHED) {
             grad_check(&format!("{d:?}"), [3, 5], |s, t| {
                 d.apply(s, t, 4.0, false).unwrap()
             });

@@ -7,7 +7,8 @@
 //! comes as a [`GroundTruth`].
 //!
 //! Per feature term: tokens `[B, N, C]` become maps `[B, C, √N, √N]` (or `[B, C, N, 1]`); a
-//! connector (1×1 conv + BN) maps student channels to teacher channels when they differ; maps of
+//! connector (1×1 conv + BN) maps student channels to teacher channels when they differ (or
+//! always, with a ReLU for FitNet's regressor, or never: [`ConnectorKind`]); maps of
 //! different spatial sizes are average-pooled to the smaller; then global transform, intra-spatial
 //! transform, relation and distance, times the weight. The teacher side is never differentiated.
 
@@ -19,20 +20,24 @@ use burn::prelude::*;
 use burn::tensor::module::adaptive_avg_pool2d;
 
 use crate::error::{DistillError, Result};
-use crate::spec::{DistillerSpec, FeatureTerm, ResolvedTerm};
+use crate::spec::{ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, ResolvedTerm};
 use crate::transform::{GlobalTransform, MaskGenerator, MaskRng};
 
-/// 1×1 convolution + batch norm from student to teacher channels (FitNet's regressor).
+/// 1×1 convolution + batch norm from student to teacher channels, with a ReLU after for
+/// FitNet's regressor.
 #[derive(Module, Debug)]
 pub struct Connector {
     conv: Conv2d,
     bn: BatchNorm,
+    #[module(skip)]
+    relu: bool,
 }
 
 impl Connector {
     /// A connector from `from` to `to` channels, its convolution drawn from `rng` (PyTorch's
-    /// default: uniform in `±1/√from`).
-    pub fn new(from: usize, to: usize, rng: &mut InitRng, device: &Device) -> Self {
+    /// default: uniform in `±1/√from`; no bias, which the batch norm after it would cancel),
+    /// with a ReLU at the end when `relu`.
+    pub fn new(from: usize, to: usize, relu: bool, rng: &mut InitRng, device: &Device) -> Self {
         let shape = ConvShape {
             in_ch: from,
             out_ch: to,
@@ -45,6 +50,7 @@ impl Connector {
         Self {
             conv: init::conv2d(shape, ConvInit::TorchDefault, rng, device),
             bn: init::batch_norm(to, device),
+            relu,
         }
     }
 
@@ -52,7 +58,12 @@ impl Connector {
     /// - `x`: `[B, C_s, H, W]` → `[B, C_t, H, W]`
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = autokd_models::common::conv2d(&self.conv, x);
-        autokd_models::common::batch_norm(&self.bn, y)
+        let y = autokd_models::common::batch_norm(&self.bn, y);
+        if self.relu {
+            burn::tensor::activation::relu(y)
+        } else {
+            y
+        }
     }
 }
 
@@ -164,10 +175,22 @@ impl Distiller {
                 .iter()
                 .flat_map(|r| r.pairs.iter().map(move |p| (r, p)))
         };
+        for (r, p) in pairs() {
+            let (cs, ct) = (p.student.channels, p.teacher.channels);
+            if cs != ct && !r.term.connector.builds(cs, ct) && !r.term.channel_free() {
+                return Err(DistillError::Spec(format!(
+                    "the term `{}` has no connector, but {student_model}'s {} has {cs} channels and {teacher_model}'s {} has {ct}; without a connector only spatial attention or a sample correlation compares different channel counts",
+                    r.term, p.student.name, p.teacher.name
+                )));
+            }
+        }
         let connectors = pairs()
-            .map(|(_, p)| {
-                (p.student.channels != p.teacher.channels)
-                    .then(|| Connector::new(p.student.channels, p.teacher.channels, rng, device))
+            .map(|(r, p)| {
+                let (cs, ct) = (p.student.channels, p.teacher.channels);
+                r.term.connector.builds(cs, ct).then(|| {
+                    let relu = r.term.connector == ConnectorKind::ConvBnRelu;
+                    Connector::new(cs, ct, relu, rng, device)
+                })
             })
             .collect();
         let generators = pairs()
@@ -216,6 +239,20 @@ impl Distiller {
         }
     }
 
+    /// The 1×1 convolution weights `[C_t, C_s]` of the connectors, in pair order (for tests
+    /// against reference formulas).
+    #[cfg(test)]
+    pub(crate) fn connector_weights(&self) -> Vec<Tensor<2>> {
+        self.connectors
+            .iter()
+            .flatten()
+            .map(|c| {
+                let [o, i, _, _] = c.conv.weight.val().dims();
+                c.conv.weight.val().reshape([o, i])
+            })
+            .collect()
+    }
+
     /// The spec it was built from.
     pub fn spec(&self) -> &DistillerSpec {
         &self.spec
@@ -246,7 +283,7 @@ impl Distiller {
             s = c.forward(s);
         }
         let ([bs, cs, hs, ws], [bt, ct, ht, wt]) = (s.dims(), t.dims());
-        if bs != bt || cs != ct {
+        if bs != bt || (cs != ct && !term.channel_free()) {
             return Err(DistillError::ShapeMismatch {
                 op: "feature term",
                 student: vec![bs, cs, hs, ws],
@@ -295,7 +332,7 @@ impl Distiller {
                 k += 1;
             }
             let Some(mut v) = sum else { continue };
-            if r.pairs.len() > 1 {
+            if r.pairs.len() > 1 && r.term.group == GroupReduction::Mean {
                 v = v.div_scalar(r.pairs.len() as f64);
             }
             terms.push((format!("feat{i}"), v.mul_scalar(r.term.weight.get())));
@@ -348,6 +385,15 @@ mod tests {
     use crate::testing::tensor;
     use autokd_models::{Prediction, TapInfo, TapKind, trainable_params};
 
+    /// An L2 term on the last taps, weight 1.
+    fn l2_term() -> DistillerSpec {
+        DistillerSpec {
+            name: None,
+            features: vec![FeatureTerm::plain(crate::Distance::L2, 1.0)],
+            logits: None,
+        }
+    }
+
     fn info(name: &str, channels: usize) -> Vec<TapInfo> {
         vec![TapInfo {
             name: name.into(),
@@ -396,11 +442,14 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        specs.extend(
-            BASELINES
-                .iter()
-                .map(|b| DistillerSpec::baseline(b).unwrap()),
-        );
+        // The baselines on this test's one tap (FitNet's and AT's taps retargeted to it).
+        specs.extend(BASELINES.iter().map(|b| {
+            let mut spec = DistillerSpec::baseline(b).unwrap();
+            for f in &mut spec.features {
+                (f.student_tap, f.teacher_tap) = (None, None);
+            }
+            spec
+        }));
         for (k, spec) in specs.iter().enumerate() {
             let d = build(
                 spec,
@@ -512,7 +561,7 @@ mod tests {
     #[test]
     fn connector_and_generator_are_trainable_parameters() {
         let device = Device::flex();
-        let mut spec = DistillerSpec::baseline("fitnet").unwrap();
+        let mut spec = l2_term();
         let d = build(&spec, "s", &info("x", 8), "t", &info("x", 16), &device).unwrap();
         // 1×1 conv 8→16 without bias (128) + BN affine (32).
         assert_eq!(trainable_params(&d), 160);
@@ -529,15 +578,7 @@ mod tests {
     #[test]
     fn mismatched_outputs_are_errors() {
         let device = Device::flex();
-        let d = build(
-            &DistillerSpec::baseline("fitnet").unwrap(),
-            "s",
-            &info("x", 8),
-            "t",
-            &info("x", 8),
-            &device,
-        )
-        .unwrap();
+        let d = build(&l2_term(), "s", &info("x", 8), "t", &info("x", 8), &device).unwrap();
         let none = GroundTruth::default();
         let s = outputs(
             Feature::Map(tensor([2, 8, 4, 4], 1, &device)),
@@ -580,14 +621,14 @@ mod tests {
     }
 
     /// A term on a tap group is the mean of the term on each member pair, pinned against the
-    /// members computed one at a time: FitNet's L2 on `fpn.p3`, `fpn.p4` (the student's p4 needs
-    /// a connector, the teacher's p3 is larger and is pooled).
+    /// members computed one at a time: L2 on `fpn.p3`, `fpn.p4` (the student's p4 needs a
+    /// connector, the teacher's p3 is larger and is pooled).
     #[test]
     fn a_group_term_is_the_mean_over_its_members() {
         let device = Device::flex();
         let student = taps(&[("backbone.stage3", 4), ("fpn.p3", 8), ("fpn.p4", 8)]);
         let teacher = taps(&[("backbone.stage3", 8), ("fpn.p3", 8), ("fpn.p4", 8)]);
-        let mut spec = DistillerSpec::baseline("fitnet").unwrap();
+        let mut spec = l2_term();
         spec.features[0].student_tap = Some("fpn".into());
         spec.features[0].teacher_tap = Some("fpn".into());
         spec.features[0].weight = crate::Real(3.0);

@@ -6,6 +6,8 @@ pub mod distiller;
 pub mod effective;
 pub mod error;
 pub mod logits;
+#[cfg(test)]
+mod published;
 pub mod real;
 pub mod space;
 pub mod spec;
@@ -21,5 +23,8 @@ pub use error::{DistillError, Result};
 pub use logits::LogitsDistance;
 pub use real::Real;
 pub use space::{Draft, LEVELS, Level, LevelDef, Part, SearchSpace, SearchSpaceConfig};
-pub use spec::{BASELINES, DistillerSpec, FeatureTerm, LogitsTerm, ResolvedTerm, TapPair};
+pub use spec::{
+    BASELINES, ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, LogitsTerm, ResolvedTerm,
+    TapPair,
+};
 pub use transform::{GlobalTransform, IntraSpatial, Relation};

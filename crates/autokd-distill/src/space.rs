@@ -14,7 +14,9 @@ use crate::distance::Distance;
 use crate::error::{DistillError, Result};
 use crate::logits::LogitsDistance;
 use crate::real::Real;
-use crate::spec::{DistillerSpec, FeatureTerm, LogitsTerm, ResolvedTerm};
+use crate::spec::{
+    ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, LogitsTerm, ResolvedTerm,
+};
 use crate::transform::{GlobalTransform, IntraSpatial, Relation};
 
 /// Which part of the distiller a level decides.
@@ -277,6 +279,8 @@ impl SearchSpace {
                 distance: self.distance.first().copied().unwrap_or(Distance::L2),
                 temperature: first(&self.temperature),
                 weight: first(&self.feature_weight),
+                connector: ConnectorKind::Auto,
+                group: GroupReduction::Mean,
             },
             logits: LogitsTerm {
                 distance: self

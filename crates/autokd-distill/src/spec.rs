@@ -43,6 +43,78 @@ pub struct FeatureTerm {
     pub temperature: Real,
     /// Weight of the term.
     pub weight: Real,
+    /// What maps the student's feature to the teacher's channels (default: a 1×1 conv + BN
+    /// where the channels differ).
+    #[serde(default, skip_serializing_if = "ConnectorKind::is_auto")]
+    pub connector: ConnectorKind,
+    /// How a term on a tap group combines its members (default: their mean).
+    #[serde(default, skip_serializing_if = "GroupReduction::is_mean")]
+    pub group: GroupReduction,
+}
+
+/// The learnable map from the student's feature to the teacher's channels, applied before
+/// everything else in a feature term.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectorKind {
+    /// A 1×1 convolution + batch norm where the channels differ, none where they agree (the
+    /// search space's convention).
+    #[default]
+    Auto,
+    /// None: the student's feature as it is. Only for terms whose value does not depend on the
+    /// channel count (spatial attention, sample correlation), as AT and SP are published.
+    None,
+    /// Always a 1×1 convolution + batch norm (ICKD's `Embed`).
+    ConvBn,
+    /// Always a 1×1 convolution + batch norm + ReLU (FitNet's regressor, RepDistiller's
+    /// `ConvReg` for maps of the same size).
+    ConvBnRelu,
+}
+
+impl ConnectorKind {
+    fn is_auto(&self) -> bool {
+        *self == ConnectorKind::Auto
+    }
+
+    /// Whether a pair with `student` and `teacher` channels gets a connector.
+    pub fn builds(self, student: usize, teacher: usize) -> bool {
+        match self {
+            ConnectorKind::Auto => student != teacher,
+            ConnectorKind::None => false,
+            ConnectorKind::ConvBn | ConnectorKind::ConvBnRelu => true,
+        }
+    }
+
+    /// Name used in formulas (empty for the default and for none).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            ConnectorKind::Auto | ConnectorKind::None => "",
+            ConnectorKind::ConvBn => "embed",
+            ConnectorKind::ConvBnRelu => "regress",
+        }
+    }
+}
+
+/// How a feature term on a tap group combines the values of its member pairs.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupReduction {
+    /// The mean over the members (the search space's convention: a group's weight does not
+    /// grow with its size).
+    #[default]
+    Mean,
+    /// The sum over the members (AT's published loss sums its stages).
+    Sum,
+}
+
+impl GroupReduction {
+    fn is_mean(&self) -> bool {
+        *self == GroupReduction::Mean
+    }
 }
 
 /// The prediction term (written `logits` in specs): a distance between the student's and the
@@ -88,7 +160,21 @@ impl FeatureTerm {
             distance,
             temperature: Real(1.0),
             weight: Real(weight),
+            connector: ConnectorKind::Auto,
+            group: GroupReduction::Mean,
         }
+    }
+
+    /// Whether the term's value is defined for student and teacher features with different
+    /// channel counts without a connector: spatial attention leaves one channel, and a sample
+    /// correlation compares `B × B` matrices whatever the channels.
+    pub fn channel_free(&self) -> bool {
+        self.global == GlobalTransform::SpatialAttention
+            || (self.global == GlobalTransform::None
+                && matches!(
+                    self.relation,
+                    Relation::SampleCorrelation | Relation::SampleCorrelationRowNorm
+                ))
     }
 
     /// Whether anything in the term applies a softmax, so that the temperature matters.
@@ -168,7 +254,26 @@ impl DistillerSpec {
         !(self.features.is_empty() && self.logits.is_none())
     }
 
-    /// A named baseline recipe (see [`BASELINES`]).
+    /// A named baseline recipe (see [`BASELINES`]): each the published loss at its published
+    /// weight, as its reference code computes it (RepDistiller's `distiller_zoo`, mdistiller,
+    /// the ICKD and DIST authors' code), with the task's loss at weight 1:
+    ///
+    /// - `kd`: `T² · KL(softmax(t/T) ‖ softmax(s/T))`, T = 4, weight 1.
+    /// - `dist`: `T² · (inter + intra)`, DIST's Pearson distances between class probabilities
+    ///   across classes and across the batch, T = 4, β = γ = 1.
+    /// - `at`: `Σ_stages mean((a_s − a_t)²)` with `a = normalize(mean_c(x²))`, weight 1000, on
+    ///   every stage output (`stage*`), no connector.
+    /// - `sp`: `Σ(G_s − G_t)² / B²` with `G = normalize_rows(Ã Ãᵀ)`, weight 3000, last stage,
+    ///   no connector.
+    /// - `ickd`: `Σ(G_s − G_t)² / (C·B)` with `G = normalize_rows(F Fᵀ)` per sample, weight
+    ///   2.5, last stage, the student through a 1×1 conv + BN (`Embed`).
+    /// - `fitnet`: `mean((r(s) − t)²)`, r a 1×1 conv + BN + ReLU (`ConvReg`), weight 100, on the
+    ///   second stage (RepDistiller's `hint_layer = 2`).
+    /// - `cwd`: `T² / C · Σ_c KL(softmax(t_c/T) ‖ softmax(s_c/T))` over each channel's `H·W`,
+    ///   averaged over the batch, T = 4, weight 25, last stage.
+    ///
+    /// Where the reference differs in a detail the spec cannot express it is documented in
+    /// ARCHITECTURE §4 (maps of different sizes are average-pooled to the smaller first).
     pub fn baseline(name: &str) -> Result<Self> {
         let feature = |global, relation, distance, temperature: f64, weight: f64| FeatureTerm {
             global,
@@ -188,33 +293,45 @@ impl DistillerSpec {
                 }),
             ),
             "at" => (
-                vec![feature(
-                    GlobalTransform::SpatialAttention,
-                    Relation::None,
-                    Distance::L2,
-                    1.0,
-                    50.0,
-                )],
+                vec![FeatureTerm {
+                    student_tap: Some("stage*".into()),
+                    teacher_tap: Some("stage*".into()),
+                    connector: ConnectorKind::None,
+                    group: GroupReduction::Sum,
+                    ..feature(
+                        GlobalTransform::SpatialAttention,
+                        Relation::None,
+                        Distance::Mse,
+                        1.0,
+                        1000.0,
+                    )
+                }],
                 None,
             ),
             "sp" => (
-                vec![feature(
-                    GlobalTransform::None,
-                    Relation::SampleCorrelation,
-                    Distance::L2,
-                    1.0,
-                    50.0,
-                )],
+                vec![FeatureTerm {
+                    connector: ConnectorKind::None,
+                    ..feature(
+                        GlobalTransform::None,
+                        Relation::SampleCorrelationRowNorm,
+                        Distance::Mse,
+                        1.0,
+                        3000.0,
+                    )
+                }],
                 None,
             ),
             "ickd" => (
-                vec![feature(
-                    GlobalTransform::None,
-                    Relation::ChannelCorrelation,
-                    Distance::L2,
-                    1.0,
-                    25.0,
-                )],
+                vec![FeatureTerm {
+                    connector: ConnectorKind::ConvBn,
+                    ..feature(
+                        GlobalTransform::None,
+                        Relation::ChannelCorrelationRowNorm,
+                        Distance::SquaredL2,
+                        1.0,
+                        2.5,
+                    )
+                }],
                 None,
             ),
             "cwd" => (
@@ -236,13 +353,18 @@ impl DistillerSpec {
                 }),
             ),
             "fitnet" => (
-                vec![feature(
-                    GlobalTransform::None,
-                    Relation::None,
-                    Distance::L2,
-                    1.0,
-                    1.0,
-                )],
+                vec![FeatureTerm {
+                    student_tap: Some("stage2".into()),
+                    teacher_tap: Some("stage2".into()),
+                    connector: ConnectorKind::ConvBnRelu,
+                    ..feature(
+                        GlobalTransform::None,
+                        Relation::None,
+                        Distance::Mse,
+                        1.0,
+                        100.0,
+                    )
+                }],
                 None,
             ),
             other => {
@@ -348,10 +470,17 @@ fn wrap(op: String, inner: String) -> String {
 }
 
 impl fmt::Display for FeatureTerm {
-    /// `25·KL_T4(channel_softmax(s.stage3), channel_softmax(t.stage3))`.
+    /// `25·KL_T4(channel_softmax(s.stage3), channel_softmax(t.stage3))`; a student side through
+    /// an always-on connector reads `embed(s.…)` or `regress(s.…)`, and a group summed over its
+    /// members `Σ` before the distance.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let side = |prefix: &str, tap: &Option<String>| {
             let x = format!("{prefix}.{}", tap.as_deref().unwrap_or("last"));
+            let x = if prefix == "s" {
+                wrap(self.connector.symbol().to_string(), x)
+            } else {
+                x
+            };
             let x = wrap(self.global.symbol(), x);
             let x = wrap(self.intra.symbol(), x);
             wrap(self.relation.symbol().to_string(), x)
@@ -361,9 +490,13 @@ impl fmt::Display for FeatureTerm {
         } else {
             String::new()
         };
+        let sum = match self.group {
+            GroupReduction::Mean => "",
+            GroupReduction::Sum => "Σ",
+        };
         write!(
             f,
-            "{}·{}{t}({}, {})",
+            "{}·{sum}{}{t}({}, {})",
             self.weight,
             self.distance.symbol(),
             side("s", &self.student_tap),
@@ -429,7 +562,17 @@ mod tests {
         let at = DistillerSpec::baseline("at").unwrap();
         assert_eq!(
             at.to_string(),
-            "L = task + 50·L2(spatial_att(s.last), spatial_att(t.last))"
+            "L = task + 1000·ΣMSE(spatial_att(s.stage*), spatial_att(t.stage*))"
+        );
+        let fitnet = DistillerSpec::baseline("fitnet").unwrap();
+        assert_eq!(
+            fitnet.to_string(),
+            "L = task + 100·MSE(regress(s.stage2), t.stage2)"
+        );
+        let ickd = DistillerSpec::baseline("ickd").unwrap();
+        assert_eq!(
+            ickd.to_string(),
+            "L = task + 2.5·L2²(channel_corr_rownorm(embed(s.last)), channel_corr_rownorm(t.last))"
         );
         assert_eq!(
             DistillerSpec::baseline("vanilla").unwrap().to_string(),
@@ -506,13 +649,28 @@ mod tests {
             (r[0].pairs[0].student_index, r[0].pairs[0].teacher_index),
             (3, 3)
         );
-        let r = DistillerSpec::baseline("at")
+        let r = DistillerSpec::baseline("sp")
             .unwrap()
             .resolve("a", &s, "b", &t)
             .unwrap();
         assert_eq!(
             (r[0].pairs[0].student_index, r[0].pairs[0].teacher_index),
             (3, 4)
+        );
+        // AT pairs every stage output, stem excluded; four teacher stages against three
+        // student stages are refused.
+        let at = DistillerSpec::baseline("at").unwrap();
+        let r = at.resolve("a", &s, "b", &s).unwrap();
+        let pairs: Vec<(usize, usize)> = r[0]
+            .pairs
+            .iter()
+            .map(|p| (p.student_index, p.teacher_index))
+            .collect();
+        assert_eq!(pairs, vec![(1, 1), (2, 2), (3, 3)]);
+        let msg = at.resolve("a", &s, "b", &t).unwrap_err().to_string();
+        assert!(
+            msg.contains("3 student taps") && msg.contains("4 teacher taps"),
+            "{msg}"
         );
         let mut bad = cwd_kd();
         bad.features[0].student_tap = Some("stage9".into());

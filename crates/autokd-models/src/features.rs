@@ -6,7 +6,8 @@
 //! `backbone.stage3`, `backbone.block11` for the classifiers; a segmenter adds `aspp`, a detector
 //! `fpn.p3` … `fpn.p7`. A name is found by its full path or, when no other tap ends the same way,
 //! by its last part (`stage3`); a path that is a prefix of several taps (`fpn`, `backbone`) names
-//! their group ([`TapRequest::resolve`]). A tap's `stride` is its spatial step in input pixels,
+//! their group, and a pattern with `*` (`stage*`, `fpn.p*`) names every tap whose full name, or
+//! a dotted tail of it, it matches ([`TapRequest::resolve`]). A tap's `stride` is its spatial step in input pixels,
 //! so an `H × W` input (square or not) gives `⌈H / stride⌉ × ⌈W / stride⌉` maps.
 
 use burn::prelude::*;
@@ -50,9 +51,24 @@ impl TapInfo {
     }
 }
 
-/// Where a tap name (full path, unique last part, or group prefix) points in `info`: the indices
-/// of its members in forward order, or `None` when nothing matches.
+/// Where a tap name (full path, unique last part, group prefix, or a pattern with `*`) points in
+/// `info`: the indices of its members in forward order, or `None` when nothing matches.
+///
+/// A pattern matches a tap when it matches its full name or a tail of it after a `.`:
+/// `stage*` finds `backbone.stage1` … `backbone.stage3` and not `backbone.stem`.
 pub fn find_taps(info: &[TapInfo], name: &str) -> Option<Vec<usize>> {
+    if name.contains('*') {
+        let matched: Vec<usize> = (0..info.len())
+            .filter(|&i| {
+                let full = info[i].name.as_str();
+                glob(name, full)
+                    || full
+                        .match_indices('.')
+                        .any(|(dot, _)| glob(name, &full[dot + 1..]))
+            })
+            .collect();
+        return (!matched.is_empty()).then_some(matched);
+    }
     if let Some(i) = info.iter().position(|t| t.name == name) {
         return Some(vec![i]);
     }
@@ -68,6 +84,28 @@ pub fn find_taps(info: &[TapInfo], name: &str) -> Option<Vec<usize>> {
         .filter(|&i| info[i].name.starts_with(&prefix))
         .collect();
     (!group.is_empty()).then_some(group)
+}
+
+/// Whether `text` matches `pattern`, where `*` stands for any run of characters (none included).
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return text.is_empty();
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty(); // no `*`: the whole text was the prefix
+    };
+    for middle in parts {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 /// A model's class scores, as rows or as a map.
@@ -334,5 +372,32 @@ pub trait Backbone {
         self.forward_intermediates(x, &TapRequest::none())
             .logits
             .rows()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn taps(names: &[&str]) -> Vec<TapInfo> {
+        names.iter().map(|n| TapInfo::backbone(n, 8, 1)).collect()
+    }
+
+    #[test]
+    fn patterns_find_groups_of_taps() {
+        let info = taps(&["stem", "stage1", "stage2", "stage3"]);
+        assert_eq!(find_taps(&info, "stage*"), Some(vec![1, 2, 3]));
+        assert_eq!(find_taps(&info, "backbone.stage*"), Some(vec![1, 2, 3]));
+        assert_eq!(find_taps(&info, "s*"), Some(vec![0, 1, 2, 3]));
+        assert_eq!(find_taps(&info, "*2"), Some(vec![2]));
+        assert_eq!(find_taps(&info, "st*e*"), Some(vec![0, 1, 2, 3])); // stem: st·e·m
+        assert_eq!(find_taps(&info, "sta*e*"), Some(vec![1, 2, 3]));
+        assert_eq!(find_taps(&info, "head*"), None);
+        // Without `*`: full path, unique last part, group prefix.
+        assert_eq!(find_taps(&info, "backbone.stage2"), Some(vec![2]));
+        assert_eq!(find_taps(&info, "stem"), Some(vec![0]));
+        assert_eq!(find_taps(&info, "backbone"), Some(vec![0, 1, 2, 3]));
+        assert!(glob("a*b*c", "axxbyyc") && !glob("a*b*c", "axxbyy") && glob("*", ""));
+        assert!(!glob("ab*ab", "ab") && glob("a*a", "aa"));
     }
 }

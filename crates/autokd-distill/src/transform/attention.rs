@@ -78,7 +78,14 @@ impl GlobalTransform {
         temperature: f64,
         generator: Option<&MaskGenerator>,
     ) -> Result<(Tensor<4>, Tensor<4>)> {
-        same_shape("global transform", &s, &t)?;
+        // The feature as it is and spatial attention accept different channel counts (the
+        // relation or distance after them checks what they need); the others pair channels.
+        if !matches!(
+            self,
+            GlobalTransform::None | GlobalTransform::SpatialAttention
+        ) {
+            same_shape("global transform", &s, &t)?;
+        }
         Ok(match self {
             GlobalTransform::None => (s, t),
             GlobalTransform::SpatialAttention => (spatial_attention(s), spatial_attention(t)),

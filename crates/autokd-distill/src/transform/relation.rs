@@ -11,6 +11,11 @@
 //! - sample-wise / channel-wise L2 normalization: `Ã / ‖Ã‖` per sample → `[B, CHW]`;
 //!   `F / ‖F‖` per channel → `[B·C, HW]`.
 //! - none: `[B, CHW]`.
+//!
+//! Two more, outside the paper's space, are the relations as the published code writes them,
+//! for the named baselines: SP's similarity (`F.normalize(Ã Ãᵀ)`: each row of the `B × B` Gram
+//! matrix scaled to unit norm) and ICKD's inter-channel correlation (`F.normalize(F Fᵀ, dim=2)`:
+//! each row of each sample's `C × C` Gram matrix scaled to unit norm).
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -37,6 +42,11 @@ pub enum Relation {
     SampleL2Norm,
     /// Each channel's `H·W` vector scaled to unit L2 norm.
     ChannelL2Norm,
+    /// SP's code: the `B × B` Gram matrix of the samples, each row scaled to unit L2 norm.
+    SampleCorrelationRowNorm,
+    /// ICKD's code: each sample's `C × C` Gram matrix of the channels, each row scaled to unit
+    /// L2 norm.
+    ChannelCorrelationRowNorm,
 }
 
 impl Relation {
@@ -51,6 +61,13 @@ impl Relation {
         Relation::ChannelL2Norm,
     ];
 
+    /// The relations only the published baselines use (not in the default search space; a
+    /// space's `relation` list may still name them).
+    pub const PUBLISHED: [Relation; 2] = [
+        Relation::SampleCorrelationRowNorm,
+        Relation::ChannelCorrelationRowNorm,
+    ];
+
     /// Name used in formulas.
     pub fn symbol(self) -> &'static str {
         match self {
@@ -61,6 +78,8 @@ impl Relation {
             Relation::ChannelSoftmax => "channel_softmax",
             Relation::SampleL2Norm => "sample_l2norm",
             Relation::ChannelL2Norm => "channel_l2norm",
+            Relation::SampleCorrelationRowNorm => "sample_corr_rownorm",
+            Relation::ChannelCorrelationRowNorm => "channel_corr_rownorm",
         }
     }
 
@@ -106,6 +125,15 @@ impl Relation {
             }
             Relation::SampleL2Norm => row_normalized(x.reshape([b, c * h * w])),
             Relation::ChannelL2Norm => row_normalized(x.reshape([b * c, h * w])),
+            Relation::SampleCorrelationRowNorm => {
+                let a = x.reshape([b, c * h * w]);
+                row_normalized(a.clone().matmul(a.transpose())) // [B, B]
+            }
+            Relation::ChannelCorrelationRowNorm => {
+                let f = x.reshape([b, c, h * w]);
+                let g = f.clone().matmul(f.swap_dims(1, 2)); // [B, C, C]
+                row_normalized(g.reshape([b * c, c]))
+            }
         }
     }
 }
@@ -169,16 +197,22 @@ mod tests {
                         .collect()
                 })
                 .collect();
+            g
+        };
+        let frobenius = |g: Vec<Vec<f64>>| {
             let n = g.iter().flatten().map(|v: &f64| v * v).sum::<f64>().sqrt();
             g.into_iter()
                 .map(|r| r.into_iter().map(|v| v / n).collect())
                 .collect::<Vec<Vec<f64>>>()
         };
+        let by_row = |g: Vec<Vec<f64>>| g.iter().map(|r| unit(r)).collect::<Vec<_>>();
         match rel {
             Relation::None => flat,
-            Relation::SampleCorrelation => gram(&flat),
+            Relation::SampleCorrelation => frobenius(gram(&flat)),
+            Relation::SampleCorrelationRowNorm => by_row(gram(&flat)),
+            Relation::ChannelCorrelationRowNorm => x.iter().flat_map(|s| by_row(gram(s))).collect(),
             Relation::SampleSoftmax => flat.iter().map(|v| softmax(v)).collect(),
-            Relation::ChannelCorrelation => x.iter().flat_map(|s| gram(s)).collect(),
+            Relation::ChannelCorrelation => x.iter().flat_map(|s| frobenius(gram(s))).collect(),
             Relation::ChannelSoftmax => x
                 .iter()
                 .flat_map(|s| s.iter().map(|c| softmax(c)))
@@ -208,7 +242,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        for rel in Relation::ALL {
+        for rel in Relation::ALL.into_iter().chain(Relation::PUBLISHED) {
             let (dims, got) = values(rel.apply(x.clone(), 4.0));
             let want = reference(rel, &nested, 4.0);
             assert_eq!(dims, vec![want.len(), want[0].len()], "{rel:?}");
@@ -250,7 +284,7 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        for rel in Relation::ALL {
+        for rel in Relation::ALL.into_iter().chain(Relation::PUBLISHED) {
             grad_check(&format!("{rel:?}"), [2, 3, 2, 2], |s, t| {
                 Distance::L2
                     .apply(rel.apply(s, 4.0), rel.apply(t, 4.0), 4.0, false)
