@@ -561,6 +561,13 @@ pub fn run_experiment(
         &dir.join("results.json"),
         serde_json::to_string_pretty(&out)?.as_bytes(),
     )?;
+    write_atomic(
+        &dir.join("top1.svg"),
+        crate::plots::top1_svg(&out)?.as_bytes(),
+    )?;
+    if let Some(chart) = crate::plots::fidelity_svg(&out)? {
+        write_atomic(&dir.join("fidelity.svg"), chart.as_bytes())?;
+    }
     write_atomic(&dir.join("results.md"), results_markdown(&out).as_bytes())?;
     Ok(out)
 }
@@ -647,6 +654,10 @@ pub fn results_markdown(r: &ExperimentReport) -> String {
             seconds,
             d.distiller
         ));
+    }
+    s.push_str("\n![test top-1 per distiller](top1.svg)\n");
+    if crate::plots::fidelity_points(r).len() >= 2 {
+        s.push_str("\n![proxy reward against test top-1](fidelity.svg)\n");
     }
     if let Some(f) = &r.fidelity {
         s.push_str(&format!(

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod experiment;
+pub mod plots;
 pub mod rescore;
 pub mod search;
 pub mod table;
@@ -21,7 +22,7 @@ pub use experiment::{
 };
 pub use search::{
     NamedBaseline, Observer, SearchEvent, SearchReport, SearchRequest, TeacherOrigin, TrialRecord,
-    best_so_far, plot_svg, report_markdown, run_search,
+    best_so_far, report_markdown, run_search,
 };
 pub use table::{GridMap, load_table};
 

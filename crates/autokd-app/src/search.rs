@@ -664,10 +664,22 @@ pub fn run_search(request: &SearchRequest, observe: &mut Observer<'_>) -> Result
         &dir.join(NAMED_BASELINES_FILE),
         serde_json::to_string_pretty(&named)?.as_bytes(),
     )?;
-    write_atomic(
-        &dir.join("rewards.svg"),
-        plot_svg(&records, baseline.as_deref()).as_bytes(),
+    let label = format!("{:?}", cfg.strategy).to_lowercase();
+    let chart = crate::plots::rewards_svg(
+        &crate::plots::RewardSeries {
+            label: &label,
+            records: &records,
+        },
+        baseline
+            .as_deref()
+            .map(|records| crate::plots::RewardSeries {
+                label: "random search",
+                records,
+            })
+            .as_ref(),
+        &named,
     )?;
+    write_atomic(&dir.join("rewards.svg"), chart.as_bytes())?;
     write_atomic(
         &dir.join("report.md"),
         report_markdown(
@@ -1079,75 +1091,6 @@ pub fn best_so_far(records: &[TrialRecord]) -> Vec<Option<f64>> {
             best
         })
         .collect()
-}
-
-/// An SVG plot of each trial's reward (dots) and the best so far (line), with the random
-/// baseline's best so far when it ran. The reward axis is clipped at the 10th percentile so
-/// that a few disastrous candidates do not flatten the curve.
-pub fn plot_svg(records: &[TrialRecord], baseline: Option<&[TrialRecord]>) -> String {
-    let (w, h, m) = (640.0, 360.0, 50.0);
-    let rewards: Vec<Option<f64>> = records.iter().map(|r| r.trial.reward).collect();
-    let mut vals: Vec<f64> = rewards.iter().flatten().copied().collect();
-    if let Some(b) = baseline {
-        vals.extend(b.iter().filter_map(|r| r.trial.reward));
-    }
-    vals.sort_by(f64::total_cmp);
-    let hi = vals.last().copied().unwrap_or(1.0);
-    let lo = vals.get(vals.len() / 10).copied().unwrap_or(0.0);
-    let (lo, hi) = if lo < hi {
-        (lo, hi)
-    } else {
-        (lo - 1.0, hi + 1.0)
-    };
-    let n = records
-        .len()
-        .max(baseline.map_or(0, <[TrialRecord]>::len))
-        .max(2) as f64;
-    let x = |i: usize| m + (w - 2.0 * m) * i as f64 / (n - 1.0);
-    let y = |v: f64| h - m - (h - 2.0 * m) * (v.max(lo) - lo) / (hi - lo);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    );
-    svg.push_str(&format!("<line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n", h - m, w - m, h - m, h - m));
-    svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">trial</text>\n<text x=\"12\" y=\"{}\" transform=\"rotate(-90 12 {})\" text-anchor=\"middle\">reward</text>\n", w / 2.0, h - 12.0, h / 2.0, h / 2.0));
-    svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{hi:.3}</text>\n<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{lo:.3}</text>\n", m - 4.0, m + 4.0, m - 4.0, h - m));
-    for (i, r) in rewards.iter().enumerate() {
-        match r {
-            Some(v) => svg.push_str(&format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"#4477aa\"/>\n",
-                x(i),
-                y(*v)
-            )),
-            None => svg.push_str(&format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#cc3311\" text-anchor=\"middle\">×</text>\n",
-                x(i),
-                h - m - 4.0
-            )),
-        }
-    }
-    let line = |curve: Vec<Option<f64>>, colour: &str, label: &str, row: f64| {
-        let pts: String = curve
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| v.map(|v| format!("{:.1},{:.1} ", x(i), y(v))))
-            .collect();
-        format!(
-            "<polyline points=\"{pts}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>\n<text x=\"{}\" y=\"{}\" fill=\"{colour}\">{label}</text>\n",
-            w - m - 150.0,
-            m - 30.0 + 14.0 * row
-        )
-    };
-    svg.push_str(&line(best_so_far(records), "#ee6677", "best so far", 0.0));
-    if let Some(b) = baseline {
-        svg.push_str(&line(
-            best_so_far(b),
-            "#228833",
-            "random search, best so far",
-            1.0,
-        ));
-    }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 #[cfg(test)]
