@@ -248,16 +248,28 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                         .iter()
                         .map(|(k, v)| format!("{k} {v:.4}"))
                         .collect();
+                    // With a validation part, the test set is evaluated only after epochs that
+                    // improve the validation top-1, and after the last.
+                    let pct = |k: &str| {
+                        m.metrics
+                            .get(k)
+                            .map_or("—".to_string(), |v| format!("{:.2}%", 100.0 * v))
+                    };
+                    let val = if m.metrics.contains_key("val_top1") {
+                        format!("val top-1 {}  ", pct("val_top1"))
+                    } else {
+                        String::new()
+                    };
                     let written = bar.suspend(|| {
                         writeln!(
                             out,
-                            "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s",
+                            "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  {val}top-1 {}  top-5 {}  {:.0} img/s",
                             m.epoch,
                             total_epochs,
                             m.lr,
                             losses.join("  "),
-                            100.0 * m.metric("top1"),
-                            100.0 * m.metric("top5"),
+                            pct("top1"),
+                            pct("top5"),
                             m.images_per_s
                         )
                     });

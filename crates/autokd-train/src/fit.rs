@@ -181,8 +181,14 @@ pub struct Fit<'a> {
     /// [`TrainError::Diverged`] (a proxy trial is then rejected); `None`: a non-finite loss is
     /// [`TrainError::NonFinite`].
     pub explode_factor: Option<f64>,
-    /// The split evaluated after each epoch, if any.
+    /// The split evaluated after each epoch, if any (see `eval_each_epoch`).
     pub eval: Option<EvalSet<'a>>,
+    /// Whether `eval` runs after every epoch. `false` with a selection split: only after the
+    /// epochs whose selection score improves (the candidates for the best epoch) and after the
+    /// last, which is all that the outcome reads (the test set of a training that holds out a
+    /// validation part is mostly read for nothing otherwise). Without a selection split `eval`
+    /// chooses the best epoch and runs after every epoch regardless.
+    pub eval_each_epoch: bool,
     /// The split that chooses the best epoch (a validation part of the training split, never
     /// the test set), evaluated after each epoch with its metrics written as `val_<name>` and
     /// its loss as `val_loss`. Without it the best epoch is the one with the best `eval` score.
@@ -359,12 +365,17 @@ impl Fit<'_> {
                 )
             };
             let selection = self.select.as_ref().map(evaluate).transpose()?;
-            let mut metrics = match &self.eval {
+            let selection_improved = selection
+                .as_ref()
+                .map(|v| v.metric(self.task.score_metric()) > best_select);
+            let needed =
+                self.eval_each_epoch || selection_improved != Some(false) || epoch + 1 == epochs;
+            let mut metrics = match self.eval.as_ref().filter(|_| needed) {
                 Some(eval) => {
                     let evaluation = evaluate(eval)?;
                     let score = evaluation.metric(self.task.score_metric());
-                    let improved = match &selection {
-                        Some(v) => v.metric(self.task.score_metric()) > best_select,
+                    let improved = match selection_improved {
+                        Some(improved) => improved,
                         // A checkpoint from before the best epoch was recorded keeps its best.
                         None => score > best || (best_epoch == 0 && score >= best),
                     };

@@ -613,6 +613,8 @@ pub fn train(
             transform: &test_transform,
             options: TEST_EVAL,
         }),
+        // With a validation part, the test set is read only where the outcome needs it.
+        eval_each_epoch: validation.is_none(),
         select: validation.map(|split| EvalSet {
             split,
             transform: &test_transform,
@@ -1004,7 +1006,8 @@ mod tests {
 
     /// With a validation part, the best epoch is the one with the best validation top-1 (the
     /// first of ties), and the reported top-1 is the test split's at that epoch, also across a
-    /// kill and resume; `metrics.jsonl` holds both splits' metrics.
+    /// kill and resume; `metrics.jsonl` holds the validation metrics of every epoch and the
+    /// test split's exactly after the epochs that improved the validation top-1 and the last.
     #[test]
     fn the_validation_part_chooses_the_best_epoch() {
         let device = Device::flex();
@@ -1013,7 +1016,7 @@ mod tests {
         ds.train = autokd_data::stratified_subset(&rest, 10, 20, 0).unwrap();
         let spec = crate::testing::digits_spec(ModelName::Resnet8);
         let recipe = Recipe {
-            length: Length::Epochs(4),
+            length: Length::Epochs(8),
             ..Recipe::preset("digits").unwrap()
         };
         let dir = tempfile::tempdir().unwrap();
@@ -1034,26 +1037,35 @@ mod tests {
             .unwrap()
             .1
         };
-        let first = run(false, Some(2));
-        assert_eq!(first.epochs_run, 2);
+        let first = run(false, Some(3));
+        assert_eq!(first.epochs_run, 3);
         let s = run(true, None);
-        assert_eq!(s.epochs_run, 2);
+        assert_eq!(s.epochs_run, 5);
         let lines: Vec<EpochMetrics> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.len(), 8);
         let mut best = 0;
         for (i, m) in lines.iter().enumerate() {
-            assert!(m.metrics.contains_key("val_loss") && m.metrics.contains_key("top1"));
-            if m.metric("val_top1") > lines[best].metric("val_top1") {
+            let improved = i == 0 || m.metric("val_top1") > lines[best].metric("val_top1");
+            assert!(m.metrics.contains_key("val_loss"));
+            assert_eq!(
+                m.metrics.contains_key("top1"),
+                improved || i == 7,
+                "epoch {}: {lines:?}",
+                i + 1
+            );
+            if improved {
                 best = i;
             }
         }
+        // This seeded run has an epoch that did not improve: the test split was skipped there.
+        assert!(lines.iter().any(|m| !m.metrics.contains_key("top1")));
         assert_eq!(s.best_epoch, best + 1, "{lines:?}");
         assert_eq!(s.best_top1, lines[best].metric("top1"));
-        assert_eq!(s.last_top1, lines[3].metric("top1"));
+        assert_eq!(s.last_top1, lines[7].metric("top1"));
         // The validation images are not trained on: 287 held out, 200 trained.
         assert_eq!((val.len(), ds.train.len()), (287, 200));
     }

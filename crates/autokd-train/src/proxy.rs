@@ -535,6 +535,7 @@ impl ProxyEvaluator {
             devices: std::slice::from_ref(&self.device),
             explode_factor: Some(self.config.explode_factor),
             eval: None,
+            eval_each_epoch: true,
             select: None,
             run_dir: None,
             stop_after: None,
