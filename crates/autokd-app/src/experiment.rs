@@ -134,6 +134,9 @@ pub struct ExperimentRequest {
     /// Start at most this many trainings in this call, then return with the experiment
     /// incomplete (as a kill would; tests). `None`: all.
     pub max_runs: Option<usize>,
+    /// Trainings at once (at least 1), each on the next of the search's devices in turn. Each
+    /// training is seeded on its own, so the results do not depend on this.
+    pub workers: usize,
 }
 
 /// One finished training (`result.json`).
@@ -306,6 +309,87 @@ pub enum ExperimentEvent<'a> {
 const RESULT_FILE: &str = "result.json";
 const CONFIG_FILE: &str = "experiment.toml";
 
+/// One training still to run.
+#[derive(Debug, Clone)]
+struct Job {
+    /// Index of its distiller in the plan.
+    distiller: usize,
+    /// Index of its seed among the experiment's seeds.
+    slot: usize,
+    seed: u64,
+    /// Position among all trainings (from 1).
+    index: usize,
+    run_dir: PathBuf,
+    /// Whether it continues from a checkpoint.
+    resuming: bool,
+}
+
+/// What every training of an experiment shares.
+struct RunContext<'a> {
+    student: &'a autokd_models::ModelSpec,
+    teacher_name: autokd_models::ModelName,
+    teacher_path: &'a Path,
+    info: &'a autokd_data::DatasetInfo,
+    dataset: &'a autokd_data::Dataset,
+    validation: &'a Split,
+    recipe: &'a Recipe,
+}
+
+impl RunContext<'_> {
+    /// The teacher on `device` (each worker loads its own).
+    fn teacher(&self, device: &burn::prelude::Device) -> Result<autokd_models::Model> {
+        Ok(load_weights(
+            model_spec(self.teacher_name, self.info).init(device)?,
+            self.teacher_name,
+            self.teacher_path,
+        )?)
+    }
+
+    /// Trains one job to its `result.json`.
+    fn run(
+        &self,
+        job: &Job,
+        spec: &DistillerSpec,
+        teacher: &autokd_models::Model,
+        device: &burn::prelude::Device,
+    ) -> Result<RunResult> {
+        let clock = Instant::now();
+        let setup = spec.uses_teacher().then_some(TeacherSetup {
+            model: teacher,
+            name: self.teacher_name.as_str(),
+            spec,
+        });
+        let (_, summary) = autokd_train::train(
+            self.student,
+            setup,
+            self.dataset,
+            Some(self.validation),
+            &Recipe {
+                seed: job.seed,
+                ..self.recipe.clone()
+            },
+            1,
+            &job.run_dir,
+            job.resuming,
+            None,
+            std::slice::from_ref(device),
+            |_| {},
+        )?;
+        let result = RunResult {
+            seed: job.seed,
+            top1: summary.best_top1,
+            best_epoch: summary.best_epoch,
+            last_top1: summary.last_top1,
+            seconds: clock.elapsed().as_secs_f64(),
+        };
+        write_atomic(
+            &job.run_dir.join(RESULT_FILE),
+            serde_json::to_string_pretty(&result)?.as_bytes(),
+        )?;
+        Ok(result)
+    }
+}
+
 /// A distiller the experiment trains.
 #[derive(Debug, Clone, PartialEq)]
 struct Planned {
@@ -436,21 +520,20 @@ pub fn run_experiment(
     .map_err(AppError::Output)?;
     let student = model_spec(scfg.student, &info);
     let total = distillers.len() * cfg.seeds.len();
-    let (mut index, mut started, mut complete) = (0usize, 0usize, true);
-    let mut results = Vec::new();
-    for Planned {
-        name,
-        kind,
-        spec,
-        proxy,
-    } in &distillers
-    {
-        let folder = dir.join("runs").join(name);
+    // Finished trainings are read back; the others become jobs, in plan order.
+    let mut finished: Vec<Vec<Option<RunResult>>> =
+        vec![vec![None; cfg.seeds.len()]; distillers.len()];
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut complete = true;
+    for (d, planned) in distillers.iter().enumerate() {
+        let folder = dir.join("runs").join(&planned.name);
         std::fs::create_dir_all(&folder).map_err(|e| AppError::io(&folder, e))?;
-        write_atomic(&folder.join("distiller.toml"), spec.to_toml()?.as_bytes())?;
-        let mut runs = Vec::new();
-        for &seed in &cfg.seeds {
-            index += 1;
+        write_atomic(
+            &folder.join("distiller.toml"),
+            planned.spec.to_toml()?.as_bytes(),
+        )?;
+        for (k, &seed) in cfg.seeds.iter().enumerate() {
+            let index = d * cfg.seeds.len() + k + 1;
             let run_dir = folder.join(format!("seed{seed}"));
             let result_path = run_dir.join(RESULT_FILE);
             if result_path.is_file() {
@@ -462,74 +545,153 @@ pub fn run_experiment(
                         message: format!("not a training's result: {e}"),
                     })?;
                 on_event(ExperimentEvent::Trained {
-                    name,
+                    name: &planned.name,
                     index,
                     total,
                     result: &result,
                     reused: true,
                 })
                 .map_err(AppError::Output)?;
-                runs.push(result);
-                continue;
-            }
-            if request.max_runs.is_some_and(|m| started >= m) {
+                finished[d][k] = Some(result);
+            } else if request.max_runs.is_some_and(|m| jobs.len() >= m) {
                 complete = false;
-                continue;
-            }
-            started += 1;
-            let resuming = autokd_train::find_checkpoint(&run_dir).is_some();
-            on_event(ExperimentEvent::Training {
-                name,
-                spec,
-                seed,
-                index,
-                total,
-                resuming,
-            })
-            .map_err(AppError::Output)?;
-            let clock = Instant::now();
-            let setup = spec.uses_teacher().then_some(TeacherSetup {
-                model: &teacher,
-                name: scfg.teacher.as_str(),
-                spec,
-            });
-            let (_, summary) = autokd_train::train(
-                &student,
-                setup,
-                &dataset,
-                Some(&validation),
-                &Recipe {
+            } else {
+                jobs.push(Job {
+                    distiller: d,
+                    slot: k,
                     seed,
-                    ..recipe.clone()
-                },
-                1,
-                &run_dir,
-                resuming,
-                None,
-                std::slice::from_ref(&device),
-                |_| {},
-            )?;
-            let result = RunResult {
-                seed,
-                top1: summary.best_top1,
-                best_epoch: summary.best_epoch,
-                last_top1: summary.last_top1,
-                seconds: clock.elapsed().as_secs_f64(),
-            };
-            write_atomic(
-                &result_path,
-                serde_json::to_string_pretty(&result)?.as_bytes(),
-            )?;
+                    index,
+                    resuming: autokd_train::find_checkpoint(&run_dir).is_some(),
+                    run_dir,
+                });
+            }
+        }
+    }
+    let context = RunContext {
+        student: &student,
+        teacher_name: scfg.teacher,
+        teacher_path: &teacher_path,
+        info: &info,
+        dataset: &dataset,
+        validation: &validation,
+        recipe: &recipe,
+    };
+    let devices = &search.devices;
+    let workers = request.workers.clamp(1, jobs.len().max(1));
+    let trained =
+        |job: &Job,
+         result: &RunResult,
+         on_event: &mut dyn FnMut(ExperimentEvent<'_>) -> std::io::Result<()>| {
             on_event(ExperimentEvent::Trained {
-                name,
-                index,
+                name: &distillers[job.distiller].name,
+                index: job.index,
                 total,
-                result: &result,
+                result,
                 reused: false,
             })
+            .map_err(AppError::Output)
+        };
+    if workers == 1 {
+        let teacher_here = &teacher;
+        for job in &jobs {
+            let planned = &distillers[job.distiller];
+            on_event(ExperimentEvent::Training {
+                name: &planned.name,
+                spec: &planned.spec,
+                seed: job.seed,
+                index: job.index,
+                total,
+                resuming: job.resuming,
+            })
             .map_err(AppError::Output)?;
-            runs.push(result);
+            let result = context.run(job, &planned.spec, teacher_here, &device)?;
+            trained(job, &result, on_event)?;
+            finished[job.distiller][job.slot] = Some(result);
         }
+    } else {
+        // Workers take jobs in plan order; this thread reports their progress and stops
+        // handing out jobs after the first error (trainings already running finish).
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<Result<RunResult>>)>();
+        let mut first_error: Option<AppError> = None;
+        std::thread::scope(|scope| {
+            for w in 0..workers {
+                let tx = tx.clone();
+                let (jobs, distillers, context, next, stop) =
+                    (&jobs, &distillers, &context, &next, &stop);
+                let device = devices[w % devices.len()].clone();
+                scope.spawn(move || {
+                    let teacher = match context.teacher(&device) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                            let _ = tx.send((usize::MAX, Some(Err(e))));
+                            return;
+                        }
+                    };
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let j = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(job) = jobs.get(j) else { break };
+                        if tx.send((j, None)).is_err() {
+                            break;
+                        }
+                        let spec = &distillers[job.distiller].spec;
+                        let result = context.run(job, spec, &teacher, &device);
+                        if result.is_err() {
+                            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        if tx.send((j, Some(result))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            for (j, message) in rx {
+                let outcome = match (jobs.get(j), message) {
+                    (Some(job), None) => {
+                        let planned = &distillers[job.distiller];
+                        on_event(ExperimentEvent::Training {
+                            name: &planned.name,
+                            spec: &planned.spec,
+                            seed: job.seed,
+                            index: job.index,
+                            total,
+                            resuming: job.resuming,
+                        })
+                        .map_err(AppError::Output)
+                    }
+                    (Some(job), Some(Ok(result))) => {
+                        let reported = trained(job, &result, on_event);
+                        finished[job.distiller][job.slot] = Some(result);
+                        reported
+                    }
+                    (_, Some(Err(e))) => Err(e),
+                    (None, _) => Ok(()),
+                };
+                if let Err(e) = outcome {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    first_error.get_or_insert(e);
+                }
+            }
+        });
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+    }
+    let mut results = Vec::new();
+    for (
+        Planned {
+            name,
+            kind,
+            spec,
+            proxy,
+        },
+        slots,
+    ) in distillers.iter().zip(finished)
+    {
+        let runs: Vec<RunResult> = slots.into_iter().flatten().collect();
         let top1: Vec<f64> = runs.iter().map(|r| r.top1).collect();
         let last: Vec<f64> = runs.iter().map(|r| r.last_top1).collect();
         results.push(DistillerResult {

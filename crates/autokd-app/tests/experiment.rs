@@ -1,6 +1,7 @@
 //! `autokd experiment` as a library, end to end on the embedded digits at a tiny size: a search,
 //! one searched distiller and two baselines trained for two epochs at one seed, killed after its
-//! first training and resumed without retraining it.
+//! first training and resumed without retraining it; and trained two at a time with the same
+//! results.
 
 #![allow(clippy::unwrap_used)]
 
@@ -30,6 +31,7 @@ fn request(dir: &std::path::Path, max_runs: Option<usize>, top_k: usize) -> Expe
         experiment,
         dir: dir.join("exp"),
         max_runs,
+        workers: 1,
     }
 }
 
@@ -123,4 +125,46 @@ fn an_experiment_resumes_without_retraining_finished_runs() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("another experiment"), "{err}");
+}
+
+/// Two trainings at a time give the same results as one after another: every training is
+/// seeded on its own (the workers share the teacher cache, not the run folders).
+#[test]
+fn parallel_trainings_give_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, workers: usize| {
+        let mut r = request(dir.path(), None, 1);
+        r.dir = dir.path().join(name);
+        r.workers = workers;
+        let mut started = 0;
+        let report = run_experiment(&r, &mut |_| Ok(()), &mut |e| {
+            if let ExperimentEvent::Training { .. } = e {
+                started += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert!(report.complete);
+        assert_eq!(started, 3);
+        report
+            .distillers
+            .iter()
+            .map(|d| (d.name.clone(), d.runs.clone()))
+            .collect::<Vec<_>>()
+    };
+    let one = run("one", 1);
+    let two = run("two", 2);
+    assert_eq!(one.len(), 3);
+    let strip = |v: Vec<(String, Vec<autokd_app::experiment::RunResult>)>| {
+        v.into_iter()
+            .map(|(n, runs)| {
+                let runs: Vec<(u64, f64, usize, f64)> = runs
+                    .into_iter()
+                    .map(|r| (r.seed, r.top1, r.best_epoch, r.last_top1))
+                    .collect();
+                (n, runs)
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(one), strip(two));
 }

@@ -18,12 +18,16 @@ pub struct ExperimentArgs {
     /// Run folder (resumed when it holds the same experiment).
     #[arg(long)]
     pub out: PathBuf,
-    /// Device (the search's proxy trials and every training run on the first).
+    /// Devices (the search's proxy trials use them as the search does; the trainings take them
+    /// in turn, one per worker).
     #[arg(long, value_delimiter = ',', default_value = "flex")]
     pub device: Vec<DeviceSpec>,
     /// Folder of trained teachers; default `$XDG_CACHE_HOME/autokd` or `~/.cache/autokd`.
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Trainings at once, each on the next device in turn (the results do not depend on it).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub workers: u64,
 }
 
 /// Runs the experiment.
@@ -44,6 +48,7 @@ pub fn run(args: &ExperimentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         experiment: file.experiment,
         dir: args.out.clone(),
         max_runs: None,
+        workers: usize::try_from(args.workers)?,
     };
     let mut bar: Option<indicatif::ProgressBar> = None;
     // Both observers write to `out`; the search's is done before the first training event.
