@@ -20,7 +20,9 @@ use burn::prelude::*;
 use burn::tensor::module::adaptive_avg_pool2d;
 
 use crate::error::{DistillError, Result};
-use crate::spec::{ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, ResolvedTerm};
+use crate::spec::{
+    ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, Region, ResolvedTerm,
+};
 use crate::transform::{GlobalTransform, MaskGenerator, MaskRng};
 
 /// 1×1 convolution + batch norm from student to teacher channels, with a ReLU after for
@@ -85,13 +87,82 @@ impl LossTerms {
     }
 }
 
-/// Ground truth a feature term may read, batch-aligned with the taps. No term of the current
-/// space reads it; foreground/background weighting (FGD, DetKDS) will.
+/// What the task tells the distiller about a batch, batch-aligned with the taps: where the
+/// objects are (for terms restricted to a [`Region`]) and which prediction rows count.
+/// Classification gives neither.
 #[derive(Debug, Clone, Default)]
 pub struct GroundTruth {
     /// Foreground weight per input pixel `[B, H, W]` (1 inside an object's box or mask, 0
-    /// elsewhere), resampled to each tap's size by the term that uses it.
+    /// elsewhere), average-pooled to each term's map size (the share of each cell that is
+    /// foreground).
     pub foreground: Option<Tensor<3>>,
+    /// Which prediction rows count `[R]` (1 or 0: a segmenter's ignored pixels, a detector's
+    /// ignored anchors); the prediction term is averaged over the counted rows only. `None`:
+    /// every row.
+    pub valid_rows: Option<Tensor<1>>,
+}
+
+impl GroundTruth {
+    /// The region weight `[B, 1, h, w]` of `region` at a map of `h × w`, or `None` for the
+    /// whole map.
+    fn region_weight(
+        &self,
+        region: Region,
+        b: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Option<Tensor<4>>> {
+        if region == Region::All {
+            return Ok(None);
+        }
+        let Some(fg) = &self.foreground else {
+            return Err(DistillError::Spec(format!(
+                "a term on the {} reads the ground truth's foreground, which this task does not give",
+                match region {
+                    Region::Background => "background",
+                    _ => "foreground",
+                }
+            )));
+        };
+        let [fb, fh, fw] = fg.dims();
+        if fb != b {
+            return Err(DistillError::Spec(format!(
+                "the ground truth's foreground holds {fb} images, the batch {b}"
+            )));
+        }
+        let share = adaptive_avg_pool2d(fg.clone().reshape([fb, 1, fh, fw]), [h, w]).detach();
+        Ok(Some(match region {
+            Region::Background => share.neg().add_scalar(1.0),
+            _ => share,
+        }))
+    }
+
+    /// Indices of the counted rows among `r`, or `None` when all count.
+    fn counted_rows(&self, r: usize) -> Result<Option<Vec<i64>>> {
+        let Some(mask) = &self.valid_rows else {
+            return Ok(None);
+        };
+        let [n] = mask.dims();
+        if n != r {
+            return Err(DistillError::Spec(format!(
+                "the ground truth marks {n} prediction rows, the predictions have {r}"
+            )));
+        }
+        let values = mask
+            .clone()
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| DistillError::Spec(format!("the valid-row mask: {e:?}")))?;
+        Ok(Some(
+            values
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0.5)
+                .map(|(i, _)| i as i64)
+                .collect(),
+        ))
+    }
 }
 
 /// The unweighted value of a feature term between aligned maps (after the connector and the
@@ -276,6 +347,7 @@ impl Distiller {
         k: usize,
         s: &Feature,
         t: &Feature,
+        truth: &GroundTruth,
     ) -> Result<Tensor<1>> {
         let mut s = as_map(s);
         let mut t = as_map(t).without_autodiff();
@@ -297,20 +369,25 @@ impl Distiller {
         if (ht, wt) != (h, w) {
             t = adaptive_avg_pool2d(t, [h, w]);
         }
+        if let Some(m) = truth.region_weight(term.region, bs, h, w)? {
+            let m = m.to_device(&s.device());
+            s = s * m.clone();
+            t = t * m.without_autodiff();
+        }
         term_value(term, s, t, self.generators.get(k).and_then(Option::as_ref))
     }
 
     /// The distiller's terms of one step. `student` and `teacher` hold the taps of
     /// [`Distiller::tap_requests`] in order; the teacher's outputs are constants. For a student
     /// with a distillation head (DeiT), the prediction term trains that head (and the task's loss
-    /// the class head). `truth` is for terms that weight by ground truth (none yet).
+    /// the class head). `truth` restricts region terms to the foreground or background and the
+    /// prediction term to the rows that count.
     pub fn loss(
         &self,
         student: &Intermediates,
         teacher: &Intermediates,
         truth: &GroundTruth,
     ) -> Result<LossTerms> {
-        let _ = truth;
         let n: usize = self.terms.iter().map(|r| r.pairs.len()).sum();
         if student.features.len() != n || teacher.features.len() != n {
             return Err(DistillError::Spec(format!(
@@ -324,7 +401,13 @@ impl Distiller {
         for (i, r) in self.terms.iter().enumerate() {
             let mut sum: Option<Tensor<1>> = None;
             for _ in &r.pairs {
-                let v = self.pair_value(&r.term, k, &student.features[k], &teacher.features[k])?;
+                let v = self.pair_value(
+                    &r.term,
+                    k,
+                    &student.features[k],
+                    &teacher.features[k],
+                    truth,
+                )?;
                 sum = Some(match sum {
                     Some(acc) => acc + v,
                     None => v,
@@ -338,18 +421,27 @@ impl Distiller {
             terms.push((format!("feat{i}"), v.mul_scalar(r.term.weight.get())));
         }
         if let Some(l) = &self.spec.logits {
-            let s = student
+            let mut s = student
                 .dist_logits
                 .as_ref()
                 .unwrap_or(&student.logits)
                 .rows();
+            let mut t = teacher.logits.rows().without_autodiff();
+            if let Some(rows) = truth.counted_rows(s.dims()[0])? {
+                if rows.is_empty() {
+                    // No row counts in this batch: the term is zero (and sends no gradient).
+                    terms.push(("logits".to_string(), s.sum().mul_scalar(0.0)));
+                    return Ok(LossTerms { terms });
+                }
+                let n = rows.len();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(rows, [n]), &s.device());
+                let t_device = t.device();
+                s = s.select(0, idx.clone());
+                t = t.select(0, idx.to_device(&t_device));
+            }
             let v = l
                 .distance
-                .apply(
-                    s,
-                    teacher.logits.rows().without_autodiff(),
-                    l.temperature.get(),
-                )?
+                .apply(s, t, l.temperature.get())?
                 .mul_scalar(l.weight.get());
             terms.push(("logits".to_string(), v));
         }
@@ -381,7 +473,7 @@ mod tests {
         )
     }
     use crate::space::SearchSpace;
-    use crate::spec::BASELINES;
+    use crate::spec::{BASELINES, Region};
     use crate::testing::tensor;
     use autokd_models::{Prediction, TapInfo, TapKind, trainable_params};
 
@@ -708,6 +800,247 @@ mod tests {
         let d = build(&spec, "s", &student, "t", &teacher, &device).unwrap();
         let (s_req, t_req) = d.tap_requests();
         assert_eq!((s_req.indices, t_req.indices), (vec![2], vec![0]));
+    }
+
+    /// A segmenter's prediction term counts only the pixels the ground truth keeps (ignored
+    /// pixels, label 255): KD over a `[2, 3, 2, 4]` map's 16 pixel rows with 5 rows ignored is
+    /// pinned to an f64 reference over the 11 others; DIST equals DIST on those rows given as
+    /// rows; no counted row gives 0; a mask of another length is an error.
+    #[test]
+    fn the_prediction_term_counts_only_the_valid_rows() {
+        let device = Device::flex();
+        let (s, t) = (
+            tensor([2, 3, 2, 4], 1, &device),
+            tensor([2, 3, 2, 4], 2, &device),
+        );
+        let out = |p: Prediction| Intermediates {
+            features: vec![],
+            embedding: tensor([2, 1], 0, &device),
+            logits: p,
+            dist_logits: None,
+        };
+        let ignored = [1usize, 4, 6, 9, 15];
+        let mask: Vec<f32> = (0..16)
+            .map(|r| if ignored.contains(&r) { 0.0 } else { 1.0 })
+            .collect();
+        let truth = GroundTruth {
+            valid_rows: Some(Tensor::from_data(TensorData::new(mask, [16]), &device)),
+            ..GroundTruth::default()
+        };
+        // Pixel (b, y, x) is row b·8 + y·4 + x, its scores at [b, k, y, x].
+        let rows64 = |m: &Tensor<4>| -> Vec<Vec<f64>> {
+            let v = m.clone().into_data().try_to_vec::<f32>().unwrap();
+            (0..16)
+                .map(|r| {
+                    let (b, p) = (r / 8, r % 8);
+                    (0..3).map(|k| f64::from(v[b * 24 + k * 8 + p])).collect()
+                })
+                .collect()
+        };
+        let (sr, tr) = (rows64(&s), rows64(&t));
+        let kd = build(
+            &DistillerSpec::baseline("kd").unwrap(),
+            "s",
+            &[],
+            "t",
+            &[],
+            &device,
+        )
+        .unwrap();
+        let got: f32 = kd
+            .loss(
+                &out(Prediction::Map(s.clone())),
+                &out(Prediction::Map(t.clone())),
+                &truth,
+            )
+            .unwrap()
+            .terms[0]
+            .1
+            .clone()
+            .into_scalar();
+        let softmax = |v: &[f64]| {
+            let e: Vec<f64> = v.iter().map(|x| (x / 4.0).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|x| x / z).collect::<Vec<_>>()
+        };
+        let kept: Vec<usize> = (0..16).filter(|r| !ignored.contains(r)).collect();
+        let want = kept
+            .iter()
+            .map(|&r| {
+                let (p, q) = (softmax(&sr[r]), softmax(&tr[r]));
+                16.0 * q.iter().zip(&p).map(|(a, b)| a * (a / b).ln()).sum::<f64>()
+            })
+            .sum::<f64>()
+            / kept.len() as f64;
+        assert!(
+            (f64::from(got) - want).abs() < 1e-5 * want.max(1.0),
+            "{got} vs {want}"
+        );
+        // DIST (whose intra-class part spans the rows) on the kept rows, given as rows.
+        let dist = build(
+            &DistillerSpec::baseline("dist").unwrap(),
+            "s",
+            &[],
+            "t",
+            &[],
+            &device,
+        )
+        .unwrap();
+        let as_rows = |v: &[Vec<f64>]| {
+            let flat: Vec<f32> = kept
+                .iter()
+                .flat_map(|&r| v[r].iter().map(|&x| x as f32))
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(flat, [kept.len(), 3]), &device)
+        };
+        let masked: f32 = dist
+            .loss(
+                &out(Prediction::Map(s.clone())),
+                &out(Prediction::Map(t.clone())),
+                &truth,
+            )
+            .unwrap()
+            .terms[0]
+            .1
+            .clone()
+            .into_scalar();
+        let direct: f32 = dist
+            .loss(
+                &out(Prediction::Rows(as_rows(&sr))),
+                &out(Prediction::Rows(as_rows(&tr))),
+                &GroundTruth::default(),
+            )
+            .unwrap()
+            .terms[0]
+            .1
+            .clone()
+            .into_scalar();
+        assert!((masked - direct).abs() < 1e-6, "{masked} vs {direct}");
+        let nothing = GroundTruth {
+            valid_rows: Some(Tensor::zeros([16], &device)),
+            ..GroundTruth::default()
+        };
+        let zero: f32 = kd
+            .loss(
+                &out(Prediction::Map(s.clone())),
+                &out(Prediction::Map(t.clone())),
+                &nothing,
+            )
+            .unwrap()
+            .terms[0]
+            .1
+            .clone()
+            .into_scalar();
+        assert_eq!(zero, 0.0);
+        let wrong = GroundTruth {
+            valid_rows: Some(Tensor::ones([15], &device)),
+            ..GroundTruth::default()
+        };
+        let msg = kd
+            .loss(&out(Prediction::Map(s)), &out(Prediction::Map(t)), &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("15 prediction rows") && msg.contains("16"),
+            "{msg}"
+        );
+    }
+
+    /// A term on the foreground compares the maps weighted by the share of each cell that the
+    /// ground truth marks (the 8×8 input mask average-pooled to the 4×4 maps), the background
+    /// by its complement: pinned to f64 references of `mean((m·(s − t))²)`; without a
+    /// foreground the term is refused.
+    #[test]
+    fn region_terms_read_the_foreground() {
+        let device = Device::flex().autodiff();
+        let (s, t) = (
+            tensor([2, 3, 4, 4], 5, &device),
+            tensor([2, 3, 4, 4], 6, &device),
+        );
+        // Image 0: the left half is foreground; image 1: one pixel (2, 3), a quarter of cell
+        // (1, 1).
+        let mut fg = vec![0.0f32; 2 * 64];
+        for y in 0..8 {
+            for x in 0..4 {
+                fg[y * 8 + x] = 1.0;
+            }
+        }
+        fg[64 + 2 * 8 + 3] = 1.0;
+        let share = |b: usize, y: usize, x: usize| -> f64 {
+            (0..4)
+                .map(|k| f64::from(fg[b * 64 + (2 * y + k / 2) * 8 + 2 * x + k % 2]))
+                .sum::<f64>()
+                / 4.0
+        };
+        let truth = GroundTruth {
+            foreground: Some(Tensor::from_data(
+                TensorData::new(fg.clone(), [2, 8, 8]),
+                &device,
+            )),
+            ..GroundTruth::default()
+        };
+        let (sv, tv) = (
+            s.clone()
+                .into_data()
+                .convert::<f64>()
+                .try_to_vec::<f64>()
+                .unwrap(),
+            t.clone()
+                .into_data()
+                .convert::<f64>()
+                .try_to_vec::<f64>()
+                .unwrap(),
+        );
+        for region in [Region::Foreground, Region::Background] {
+            let spec = DistillerSpec {
+                name: None,
+                features: vec![FeatureTerm {
+                    region,
+                    ..FeatureTerm::plain(crate::Distance::Mse, 2.0)
+                }],
+                logits: None,
+            };
+            let d = build(&spec, "s", &info("x", 3), "t", &info("x", 3), &device).unwrap();
+            let got: f32 = d
+                .loss(
+                    &outputs(Feature::Map(s.clone()), tensor([2, 5], 1, &device)),
+                    &outputs(Feature::Map(t.clone()), tensor([2, 5], 2, &device)),
+                    &truth,
+                )
+                .unwrap()
+                .terms[0]
+                .1
+                .clone()
+                .into_scalar();
+            let mut sum = 0.0;
+            for i in 0..2 * 3 * 16 {
+                let (b, y, x) = (i / 48, (i % 16) / 4, i % 4);
+                let m = match region {
+                    Region::Foreground => share(b, y, x),
+                    _ => 1.0 - share(b, y, x),
+                };
+                sum += (m * (sv[i] - tv[i])).powi(2);
+            }
+            let want = 2.0 * sum / 96.0;
+            assert!(
+                (f64::from(got) - want).abs() < 1e-5 * want,
+                "{region:?}: {got} vs {want}"
+            );
+            assert!(
+                spec.to_string()
+                    .contains(&format!("{}(s.last)", region.symbol())),
+                "{spec}"
+            );
+            let msg = d
+                .loss(
+                    &outputs(Feature::Map(s.clone()), tensor([2, 5], 1, &device)),
+                    &outputs(Feature::Map(t.clone()), tensor([2, 5], 2, &device)),
+                    &GroundTruth::default(),
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("does not give"), "{msg}");
+        }
     }
 
     /// The prediction term compares rows: a segmenter's `[B, K, H, W]` map is the `[B·H·W, K]`

@@ -24,7 +24,7 @@ pub use logits::LogitsDistance;
 pub use real::Real;
 pub use space::{Draft, LEVELS, Level, LevelDef, Part, SearchSpace, SearchSpaceConfig};
 pub use spec::{
-    BASELINES, ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, LogitsTerm, ResolvedTerm,
-    TapPair,
+    BASELINES, ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, LogitsTerm, Region,
+    ResolvedTerm, TapPair,
 };
 pub use transform::{GlobalTransform, IntraSpatial, Relation};

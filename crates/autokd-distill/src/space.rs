@@ -15,7 +15,7 @@ use crate::error::{DistillError, Result};
 use crate::logits::LogitsDistance;
 use crate::real::Real;
 use crate::spec::{
-    ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, LogitsTerm, ResolvedTerm,
+    ConnectorKind, DistillerSpec, FeatureTerm, GroupReduction, LogitsTerm, Region, ResolvedTerm,
 };
 use crate::transform::{GlobalTransform, IntraSpatial, Relation};
 
@@ -281,6 +281,7 @@ impl SearchSpace {
                 weight: first(&self.feature_weight),
                 connector: ConnectorKind::Auto,
                 group: GroupReduction::Mean,
+                region: Region::All,
             },
             logits: LogitsTerm {
                 distance: self

@@ -50,6 +50,44 @@ pub struct FeatureTerm {
     /// How a term on a tap group combines its members (default: their mean).
     #[serde(default, skip_serializing_if = "GroupReduction::is_mean")]
     pub group: GroupReduction,
+    /// Where on the maps the term looks (default: everywhere); the foreground comes from the
+    /// task's ground truth.
+    #[serde(default, skip_serializing_if = "Region::is_all")]
+    pub region: Region,
+}
+
+/// The part of the feature maps a term compares: both maps are multiplied by the share of each
+/// cell that the ground truth marks as foreground (or by its complement), after the connector
+/// and the pooling to a common size. Two terms, one per region with their own weights, give
+/// FGD's and DetKDS's foreground/background split (FGD also normalizes by the region's area
+/// and adds attention weights; those are other terms of the space here).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Region {
+    /// The whole map.
+    #[default]
+    All,
+    /// Where the ground truth has objects (boxes or masks).
+    Foreground,
+    /// Elsewhere.
+    Background,
+}
+
+impl Region {
+    fn is_all(&self) -> bool {
+        *self == Region::All
+    }
+
+    /// Name used in formulas (empty for the whole map).
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Region::All => "",
+            Region::Foreground => "fg",
+            Region::Background => "bg",
+        }
+    }
 }
 
 /// The learnable map from the student's feature to the teacher's channels, applied before
@@ -162,6 +200,7 @@ impl FeatureTerm {
             weight: Real(weight),
             connector: ConnectorKind::Auto,
             group: GroupReduction::Mean,
+            region: Region::All,
         }
     }
 
@@ -481,6 +520,7 @@ impl fmt::Display for FeatureTerm {
             } else {
                 x
             };
+            let x = wrap(self.region.symbol().to_string(), x);
             let x = wrap(self.global.symbol(), x);
             let x = wrap(self.intra.symbol(), x);
             wrap(self.relation.symbol().to_string(), x)
