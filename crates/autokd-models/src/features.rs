@@ -7,8 +7,9 @@
 //! `fpn.p3` … `fpn.p7`. A name is found by its full path or, when no other tap ends the same way,
 //! by its last part (`stage3`); a path that is a prefix of several taps (`fpn`, `backbone`) names
 //! their group, and a pattern with `*` (`stage*`, `fpn.p*`) names every tap whose full name, or
-//! a dotted tail of it, it matches ([`TapRequest::resolve`]). A tap's `stride` is its spatial step in input pixels,
-//! so an `H × W` input (square or not) gives `⌈H / stride⌉ × ⌈W / stride⌉` maps.
+//! a dotted tail of it, it matches ([`TapRequest::resolve`]). A tap's `stride` is its spatial
+//! step in input pixels, so an `H × W` input (square or not) gives `⌈H / stride⌉ × ⌈W / stride⌉`
+//! maps (`⌊·⌋` for VGG, whose 2×2 max-pools round down, as in PyTorch).
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -363,7 +364,7 @@ pub trait Backbone {
     ///
     /// # Shapes
     /// - `x`: `[B, C_in, H, W]`
-    /// - taps: `[B, C, ⌈H/s⌉, ⌈W/s⌉]` (maps, `s` the tap's stride) or `[B, N, C]` (tokens)
+    /// - taps: `[B, C, ⌈H/s⌉, ⌈W/s⌉]` (maps, `s` the tap's stride; `⌊·⌋` for VGG) or `[B, N, C]` (tokens)
     /// - embedding `[B, D]`, logits `[B, num_classes]` (a classifier) or `[B, K, H', W']`
     fn forward_intermediates(&self, x: Tensor<4>, request: &TapRequest) -> Intermediates;
 
