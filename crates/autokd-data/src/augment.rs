@@ -279,7 +279,7 @@ fn resize_center_crop(img: &Image, out_h: usize, out_w: usize) -> Result<Image> 
 
 /// Resizes the box `(y, x, ch, cw)` of `img` to `out_h × out_w` with a triangle (bilinear,
 /// antialiased when shrinking) filter, per channel.
-fn crop_resize(
+pub(crate) fn crop_resize(
     img: &Image,
     y: usize,
     x: usize,

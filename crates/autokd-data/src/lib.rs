@@ -6,6 +6,7 @@
 //! through a [`Transform`]. Nothing here downloads anything; bad input is a [`DataError`] that
 //! names the file.
 
+pub mod annotation;
 pub mod augment;
 pub mod cifar;
 pub mod dataset;
@@ -19,6 +20,10 @@ pub mod loader;
 pub mod spec;
 pub mod split;
 
+pub use annotation::{
+    Annotated, Annotation, BoxAnnotation, ClassMask, IGNORE, MaskValues, PaddedBatch,
+    keep_ratio_size, pad_batch,
+};
 pub use augment::{Augment, Transform};
 pub use dataset::{Dataset, DatasetInfo, Split};
 pub use error::{DataError, Result};
