@@ -578,6 +578,19 @@ pub fn run_experiment(
     };
     let devices = &search.devices;
     let workers = request.workers.clamp(1, jobs.len().max(1));
+    let starting =
+        |job: &Job, on_event: &mut dyn FnMut(ExperimentEvent<'_>) -> std::io::Result<()>| {
+            let planned = &distillers[job.distiller];
+            on_event(ExperimentEvent::Training {
+                name: &planned.name,
+                spec: &planned.spec,
+                seed: job.seed,
+                index: job.index,
+                total,
+                resuming: job.resuming,
+            })
+            .map_err(AppError::Output)
+        };
     let trained =
         |job: &Job,
          result: &RunResult,
@@ -594,17 +607,9 @@ pub fn run_experiment(
     if workers == 1 {
         let teacher_here = &teacher;
         for job in &jobs {
-            let planned = &distillers[job.distiller];
-            on_event(ExperimentEvent::Training {
-                name: &planned.name,
-                spec: &planned.spec,
-                seed: job.seed,
-                index: job.index,
-                total,
-                resuming: job.resuming,
-            })
-            .map_err(AppError::Output)?;
-            let result = context.run(job, &planned.spec, teacher_here, &device)?;
+            starting(job, on_event)?;
+            let spec = &distillers[job.distiller].spec;
+            let result = context.run(job, spec, teacher_here, &device)?;
             trained(job, &result, on_event)?;
             finished[job.distiller][job.slot] = Some(result);
         }
@@ -650,18 +655,7 @@ pub fn run_experiment(
             drop(tx);
             for (j, message) in rx {
                 let outcome = match (jobs.get(j), message) {
-                    (Some(job), None) => {
-                        let planned = &distillers[job.distiller];
-                        on_event(ExperimentEvent::Training {
-                            name: &planned.name,
-                            spec: &planned.spec,
-                            seed: job.seed,
-                            index: job.index,
-                            total,
-                            resuming: job.resuming,
-                        })
-                        .map_err(AppError::Output)
-                    }
+                    (Some(job), None) => starting(job, on_event),
                     (Some(job), Some(Ok(result))) => {
                         let reported = trained(job, &result, on_event);
                         finished[job.distiller][job.slot] = Some(result);
