@@ -56,9 +56,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| AppError::io(dir, e))?;
+    let mut builder = tempfile::Builder::new();
+    // Readable by others like any file the user writes (a temporary file is created 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
+    }
+    let mut tmp = builder.tempfile_in(dir).map_err(|e| AppError::io(dir, e))?;
     tmp.write_all(bytes)
+        .map_err(|e| AppError::io(tmp.path(), e))?;
+    // On disk before the rename, so that a crash leaves the old file or the new one.
+    tmp.as_file()
+        .sync_all()
         .map_err(|e| AppError::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| AppError::io(path, e.error))?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    /// An atomic write replaces the file whole and leaves it readable by others (0644), as a
+    /// plain write would; nothing else is left in the folder.
+    #[test]
+    fn atomic_writes_replace_the_file_readable_by_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.md");
+        super::write_atomic(&path, b"old").unwrap();
+        super::write_atomic(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 }

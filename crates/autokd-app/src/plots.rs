@@ -295,7 +295,9 @@ pub fn top1_svg(report: &ExperimentReport) -> Result<String> {
         (high + 0.1 * span).min(100.0),
     );
     let names: Vec<String> = rows.iter().map(|d| d.name.clone()).collect();
-    let width = (60 * n as u32 + 120).max(480);
+    let width = (70 * n as u32 + 120).max(480);
+    // Names fit under their bars up to 14 bars; more are written downwards.
+    let rotate = n > 14;
     let mut legend: Vec<(Mark, String)> = Vec::new();
     let mut svg = String::new();
     {
@@ -307,12 +309,15 @@ pub fn top1_svg(report: &ExperimentReport) -> Result<String> {
             .caption(
                 format!(
                     "{} → {} on {}: test top-1, mean ± std over seeds",
-                    report.teacher, report.student, report.dataset
+                    report.teacher,
+                    report.student,
+                    // The dataset's name without its path (`fashion-mnist:/usr/share/…`).
+                    report.dataset.split(':').next().unwrap_or_default()
                 ),
                 ("sans-serif", 15),
             )
             .margin(12)
-            .x_label_area_size(if n > 8 { 90 } else { 40 })
+            .x_label_area_size(if rotate { 90 } else { 40 })
             .y_label_area_size(56)
             .build_cartesian_2d((0u32..n as u32 - 1).into_segmented(), y0..y1)
             .map_err(plot_error)?;
@@ -327,7 +332,7 @@ pub fn top1_svg(report: &ExperimentReport) -> Result<String> {
             .y_desc("test top-1 (%)")
             .light_line_style(WHITE.mix(0.0))
             .disable_x_mesh();
-        if n > 8 {
+        if rotate {
             mesh.x_label_style(
                 ("sans-serif", 11)
                     .into_font()
