@@ -959,13 +959,14 @@ pub fn report_markdown(
     let sorted = accepted_best_first(records);
     let rejected = records.len() - sorted.len();
     let mut s = format!(
-        "# autokd search\n\n{} → {} on `{}`, strategy {:?}, {} trials ({} rejected) in {:.1} s.\nReward: {:?} (β = {}) on {} validation images ({}).\nRun folder: `{}`.\n\n## Top 10\n\n| rank | trial | reward | val CE | gap | top-1 | distiller |\n| ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        "# autokd search\n\n{} → {} on `{}`, strategy {:?}, {} trials ({} rejected), {:.1} s of evaluation in all ({:.1} s in the call that wrote this report).\nReward: {:?} (β = {}) on {} validation images ({}).\nRun folder: `{}`.\n\n## Top 10\n\n| rank | trial | reward | val CE | gap | top-1 | distiller |\n| ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
         cfg.teacher,
         cfg.student,
         cfg.dataset,
         cfg.strategy,
         records.len(),
         rejected,
+        records.iter().map(|r| r.outcome.seconds).sum::<f64>(),
         seconds,
         cfg.proxy.reward,
         cfg.proxy.beta,
@@ -1142,6 +1143,14 @@ mod tests {
             })
             .collect();
         assert_eq!(noise_note(&old.iter().collect::<Vec<_>>(), 100), None);
+        // The header counts the trials' own evaluation time (0.1 s each), whatever call wrote
+        // it: a resumed search that ran no trial does not read "in 0.0 s".
+        let cfg: SearchConfig = toml::from_str("").unwrap();
+        let md = report_markdown(&cfg, &records, None, 0.0, Path::new("run"), 100, &[]);
+        assert!(
+            md.contains("3 trials (0 rejected), 0.3 s of evaluation in all (0.0 s in the call"),
+            "{md}"
+        );
     }
 
     /// A run resumes over the space recorded in its folder, whatever the configured (or
