@@ -335,14 +335,24 @@ struct RunContext<'a> {
     recipe: &'a Recipe,
 }
 
+/// The teacher `name` with the weights at `path`, on `device`.
+fn load_teacher(
+    name: autokd_models::ModelName,
+    info: &autokd_data::DatasetInfo,
+    path: &Path,
+    device: &burn::prelude::Device,
+) -> Result<autokd_models::Model> {
+    Ok(load_weights(
+        model_spec(name, info).init(device)?,
+        name,
+        path,
+    )?)
+}
+
 impl RunContext<'_> {
     /// The teacher on `device` (each worker loads its own).
     fn teacher(&self, device: &burn::prelude::Device) -> Result<autokd_models::Model> {
-        Ok(load_weights(
-            model_spec(self.teacher_name, self.info).init(device)?,
-            self.teacher_name,
-            self.teacher_path,
-        )?)
+        load_teacher(self.teacher_name, self.info, self.teacher_path, device)
     }
 
     /// Trains one job to its `result.json`.
@@ -493,11 +503,7 @@ pub fn run_experiment(
     let images = (dataset.train.len(), validation.len(), dataset.test.len());
     let info = dataset.info.clone();
     let teacher_path = report.teacher.path().to_path_buf();
-    let teacher = load_weights(
-        model_spec(scfg.teacher, &info).init(&device)?,
-        scfg.teacher,
-        &teacher_path,
-    )?;
+    let teacher = load_teacher(scfg.teacher, &info, &teacher_path, &device)?;
     let teacher_top1 = autokd_train::accuracy(&teacher, &dataset, &device)?;
     let recipe = cfg
         .recipe
@@ -605,11 +611,10 @@ pub fn run_experiment(
             .map_err(AppError::Output)
         };
     if workers == 1 {
-        let teacher_here = &teacher;
         for job in &jobs {
             starting(job, on_event)?;
             let spec = &distillers[job.distiller].spec;
-            let result = context.run(job, spec, teacher_here, &device)?;
+            let result = context.run(job, spec, &teacher, &device)?;
             trained(job, &result, on_event)?;
             finished[job.distiller][job.slot] = Some(result);
         }

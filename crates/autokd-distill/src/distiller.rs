@@ -477,6 +477,19 @@ mod tests {
     use crate::testing::tensor;
     use autokd_models::{Prediction, TapInfo, TapKind, trainable_params};
 
+    /// The value of the first term of `d`'s loss.
+    fn first_term(
+        d: &Distiller,
+        student: &Intermediates,
+        teacher: &Intermediates,
+        truth: &GroundTruth,
+    ) -> f32 {
+        d.loss(student, teacher, truth).unwrap().terms[0]
+            .1
+            .clone()
+            .into_scalar()
+    }
+
     /// An L2 term on the last taps, weight 1.
     fn l2_term() -> DistillerSpec {
         DistillerSpec {
@@ -847,17 +860,12 @@ mod tests {
             &device,
         )
         .unwrap();
-        let got: f32 = kd
-            .loss(
-                &out(Prediction::Map(s.clone())),
-                &out(Prediction::Map(t.clone())),
-                &truth,
-            )
-            .unwrap()
-            .terms[0]
-            .1
-            .clone()
-            .into_scalar();
+        let got: f32 = first_term(
+            &kd,
+            &out(Prediction::Map(s.clone())),
+            &out(Prediction::Map(t.clone())),
+            &truth,
+        );
         let softmax = |v: &[f64]| {
             let e: Vec<f64> = v.iter().map(|x| (x / 4.0).exp()).collect();
             let z: f64 = e.iter().sum();
@@ -893,44 +901,29 @@ mod tests {
                 .collect();
             Tensor::<2>::from_data(TensorData::new(flat, [kept.len(), 3]), &device)
         };
-        let masked: f32 = dist
-            .loss(
-                &out(Prediction::Map(s.clone())),
-                &out(Prediction::Map(t.clone())),
-                &truth,
-            )
-            .unwrap()
-            .terms[0]
-            .1
-            .clone()
-            .into_scalar();
-        let direct: f32 = dist
-            .loss(
-                &out(Prediction::Rows(as_rows(&sr))),
-                &out(Prediction::Rows(as_rows(&tr))),
-                &GroundTruth::default(),
-            )
-            .unwrap()
-            .terms[0]
-            .1
-            .clone()
-            .into_scalar();
+        let masked: f32 = first_term(
+            &dist,
+            &out(Prediction::Map(s.clone())),
+            &out(Prediction::Map(t.clone())),
+            &truth,
+        );
+        let direct: f32 = first_term(
+            &dist,
+            &out(Prediction::Rows(as_rows(&sr))),
+            &out(Prediction::Rows(as_rows(&tr))),
+            &GroundTruth::default(),
+        );
         assert!((masked - direct).abs() < 1e-6, "{masked} vs {direct}");
         let nothing = GroundTruth {
             valid_rows: Some(Tensor::zeros([16], &device)),
             ..GroundTruth::default()
         };
-        let zero: f32 = kd
-            .loss(
-                &out(Prediction::Map(s.clone())),
-                &out(Prediction::Map(t.clone())),
-                &nothing,
-            )
-            .unwrap()
-            .terms[0]
-            .1
-            .clone()
-            .into_scalar();
+        let zero: f32 = first_term(
+            &kd,
+            &out(Prediction::Map(s.clone())),
+            &out(Prediction::Map(t.clone())),
+            &nothing,
+        );
         assert_eq!(zero, 0.0);
         let wrong = GroundTruth {
             valid_rows: Some(Tensor::ones([15], &device)),
@@ -1001,17 +994,12 @@ mod tests {
                 logits: None,
             };
             let d = build(&spec, "s", &info("x", 3), "t", &info("x", 3), &device).unwrap();
-            let got: f32 = d
-                .loss(
-                    &outputs(Feature::Map(s.clone()), tensor([2, 5], 1, &device)),
-                    &outputs(Feature::Map(t.clone()), tensor([2, 5], 2, &device)),
-                    &truth,
-                )
-                .unwrap()
-                .terms[0]
-                .1
-                .clone()
-                .into_scalar();
+            let got: f32 = first_term(
+                &d,
+                &outputs(Feature::Map(s.clone()), tensor([2, 5], 1, &device)),
+                &outputs(Feature::Map(t.clone()), tensor([2, 5], 2, &device)),
+                &truth,
+            );
             let mut sum = 0.0;
             for i in 0..2 * 3 * 16 {
                 let (b, y, x) = (i / 48, (i % 16) / 4, i % 4);
