@@ -183,11 +183,12 @@ pub struct Fit<'a> {
     pub explode_factor: Option<f64>,
     /// The split evaluated after each epoch, if any (see `eval_each_epoch`).
     pub eval: Option<EvalSet<'a>>,
-    /// Whether `eval` runs after every epoch. `false` with a selection split: only after the
-    /// epochs whose selection score improves (the candidates for the best epoch) and after the
-    /// last, which is all that the outcome reads (the test set of a training that holds out a
-    /// validation part is mostly read for nothing otherwise). Without a selection split `eval`
-    /// chooses the best epoch and runs after every epoch regardless.
+    /// Whether `eval` runs after every epoch. `false` with a selection split: `eval` runs once,
+    /// after the last epoch, on the last weights and on the weights of the best epoch (kept
+    /// from that epoch on, and in each checkpoint as `best.bpk`), which is all that the outcome
+    /// reads: the last line of `metrics.jsonl` holds both, the best epoch's as
+    /// `best_epoch_<metric>`. Without a selection split `eval` chooses the best epoch and runs
+    /// after every epoch regardless.
     pub eval_each_epoch: bool,
     /// The split that chooses the best epoch (a validation part of the training split, never
     /// the test set), evaluated after each epoch with its metrics written as `val_<name>` and
@@ -213,12 +214,18 @@ impl Fit<'_> {
         let ad = device.clone().autodiff();
         let (mut start, mut best, mut last) = (0usize, 0.0f64, 0.0f64);
         let (mut best_epoch, mut best_select) = (0usize, f64::NEG_INFINITY);
+        // Evaluate `eval` only at the end, on the last and the best epoch's weights.
+        let deferred = !self.eval_each_epoch && self.select.is_some() && self.eval.is_some();
+        let mut best_weights: Option<N> = None;
         if let Some(dir) = &self.run_dir {
             std::fs::create_dir_all(dir.path).map_err(|e| io(dir.path, e))?;
             let metrics_path = dir.path.join("metrics.jsonl");
             if dir.resume {
                 let state;
                 (net, optim, state) = resume(dir.path, net, optim)?;
+                if deferred {
+                    best_weights = resume_best(dir.path, &net.student)?;
+                }
                 (start, best) = (state.epoch, state.best_top1);
                 best_epoch = state.best_epoch.unwrap_or(0);
                 best_select = state.best_select.unwrap_or(f64::NEG_INFINITY);
@@ -368,9 +375,60 @@ impl Fit<'_> {
             let selection_improved = selection
                 .as_ref()
                 .map(|v| v.metric(self.task.score_metric()) > best_select);
-            let needed =
-                self.eval_each_epoch || selection_improved != Some(false) || epoch + 1 == epochs;
-            let mut metrics = match self.eval.as_ref().filter(|_| needed) {
+            let needed = !deferred
+                && (self.eval_each_epoch
+                    || selection_improved != Some(false)
+                    || epoch + 1 == epochs);
+            let mut metrics = BTreeMap::new();
+            if deferred && selection_improved == Some(true) {
+                best_epoch = epoch + 1;
+                if let Some(v) = &selection {
+                    best_select = v.metric(self.task.score_metric());
+                }
+                best_weights = Some(net.student.valid());
+            }
+            if let Some(eval) = self
+                .eval
+                .as_ref()
+                .filter(|_| deferred && epoch + 1 == epochs)
+            {
+                let evaluation = evaluate(eval)?;
+                let metric = self.task.score_metric();
+                last = evaluation.metric(metric);
+                best = match &best_weights {
+                    Some(w) if best_epoch < epoch + 1 => {
+                        let at_best = self.task.evaluate(
+                            w,
+                            eval.split,
+                            eval.transform,
+                            eval.options,
+                            device,
+                        )?;
+                        metrics.extend(
+                            at_best
+                                .metrics
+                                .iter()
+                                .map(|(k, x)| (format!("best_epoch_{k}"), *x)),
+                        );
+                        at_best.metric(metric)
+                    }
+                    // The best epoch is the last; or a checkpoint of an earlier version, which
+                    // kept no weights, already holds the best epoch's score.
+                    Some(_) => last,
+                    None if best_epoch == epoch + 1 => last,
+                    None => best,
+                };
+                if best_epoch == epoch + 1 {
+                    metrics.extend(
+                        evaluation
+                            .metrics
+                            .iter()
+                            .map(|(k, x)| (format!("best_epoch_{k}"), *x)),
+                    );
+                }
+                metrics.extend(evaluation.metrics);
+            }
+            let eval_metrics = match self.eval.as_ref().filter(|_| needed) {
                 Some(eval) => {
                     let evaluation = evaluate(eval)?;
                     let score = evaluation.metric(self.task.score_metric());
@@ -390,6 +448,7 @@ impl Fit<'_> {
                 }
                 None => BTreeMap::new(),
             };
+            metrics.extend(eval_metrics);
             if let Some(v) = selection {
                 metrics.extend(v.metrics.into_iter().map(|(k, x)| (format!("val_{k}"), x)));
                 metrics.insert("val_loss".into(), v.loss);
@@ -414,6 +473,7 @@ impl Fit<'_> {
                 write_checkpoint(
                     &dir.path.join("checkpoint"),
                     &net,
+                    best_weights.as_ref(),
                     &optim,
                     &CheckpointState {
                         epoch: epoch + 1,
@@ -437,6 +497,29 @@ impl Fit<'_> {
         ))
     }
 }
+
+/// The best epoch's student weights of the newest checkpoint of `run_dir` (`best.bpk`, written
+/// by a run that evaluates its `eval` split only at the end), if it holds them.
+fn resume_best<N: Net>(run_dir: &Path, student: &N) -> Result<Option<N>> {
+    let Some(path) = find_checkpoint(run_dir)
+        .map(|d| d.join(BEST_FILE))
+        .filter(|p| p.is_file())
+    else {
+        return Ok(None);
+    };
+    let mut w = student.valid();
+    let mut store = BurnpackStore::from_file(&path);
+    w.load_from(&mut store).map_err(|e| {
+        io(
+            &path,
+            format!("the best epoch's weights do not fit this run's student ({e})"),
+        )
+    })?;
+    Ok(Some(w))
+}
+
+/// The best epoch's student weights in a checkpoint folder.
+const BEST_FILE: &str = "best.bpk";
 
 /// Loads the newest checkpoint of `run_dir` into `net` and `optim`.
 fn resume<N: Net>(
@@ -491,6 +574,7 @@ fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 fn write_checkpoint<N: Net>(
     dir: &Path,
     net: &DistillStudent<N>,
+    best: Option<&N>,
     optim: &ModuleOptimizer,
     state: &CheckpointState,
 ) -> Result<()> {
@@ -499,6 +583,10 @@ fn write_checkpoint<N: Net>(
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     let mut store = BurnpackStore::from_file(tmp.join("model.bpk")).overwrite(true);
     net.save_into(&mut store).map_err(|e| io(&tmp, e))?;
+    if let Some(best) = best {
+        let mut store = BurnpackStore::from_file(tmp.join(BEST_FILE)).overwrite(true);
+        best.save_into(&mut store).map_err(|e| io(&tmp, e))?;
+    }
     optim
         .save(tmp.join("optim.bpk"))
         .map_err(|e| io(&tmp, format!("{e:?}")))?;
