@@ -488,6 +488,7 @@ fn distill(args: &DistillArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         images: images.clone().autodiff(),
         targets: targets.clone(),
         positions: (0..b).collect(),
+        dense: None,
     };
     for round in 0..args.steps + 2 {
         for (_, _, model, optim, cached, times) in variants.iter_mut() {
@@ -609,6 +610,7 @@ fn step_once(
         images: images.clone().autodiff(),
         targets: targets.clone(),
         positions: (0..images.dims()[0]).collect(),
+        dense: None,
     };
     let (m, _) = distill_step(m, optim, 0.01, &Classification, &batch, teacher)?;
     *net = Some(m);

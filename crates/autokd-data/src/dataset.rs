@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::annotation::Annotated;
 use crate::error::{DataError, Result};
 use crate::image::{Image, ImageSource};
 
@@ -103,6 +104,12 @@ impl Split {
             ))
         })?;
         self.source.image(index)
+    }
+
+    /// The image at `position` with its annotation, decoded.
+    pub fn annotated(&self, position: usize) -> Result<Annotated> {
+        let image = self.image(position)?;
+        Annotated::new(image, self.source.annotation(self.indices[position])?)
     }
 
     /// Positions in the source of this split's images.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::annotation::Annotation;
 use crate::error::{DataError, Result};
 
 /// One decoded image: `channels × height × width` bytes, channel-major (CHW), as the models take
@@ -56,6 +57,14 @@ pub trait ImageSource: Send + Sync + std::fmt::Debug {
     fn label(&self, index: usize) -> usize;
     /// Image `index`, decoded. Errors name the file for sources backed by files.
     fn image(&self, index: usize) -> Result<Image>;
+    /// What image `index` is annotated with: its class unless the source holds more (a mask,
+    /// boxes). Errors name the file for sources backed by files.
+    fn annotation(&self, index: usize) -> Result<Annotation> {
+        let label = self.label(index);
+        u16::try_from(label)
+            .map(Annotation::Class)
+            .map_err(|_| DataError::Config(format!("class {label} of image {index} exceeds 65535")))
+    }
 }
 
 /// Images of one fixed shape kept in memory as bytes.

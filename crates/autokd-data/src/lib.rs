@@ -10,6 +10,7 @@ pub mod annotation;
 pub mod augment;
 pub mod cifar;
 pub mod dataset;
+pub mod dense;
 pub mod digits;
 pub mod error;
 pub mod fashion_mnist;
@@ -26,8 +27,9 @@ pub use annotation::{
 };
 pub use augment::{Augment, Transform};
 pub use dataset::{Dataset, DatasetInfo, Split};
+pub use dense::{DensePipeline, DenseStep, DenseTransform, PhotometricDistortion};
 pub use error::{DataError, Result};
 pub use image::{Image, ImageSource, InMemory};
-pub use loader::{Batch, DataLoader, HostBatch, LoaderConfig};
+pub use loader::{Batch, DataLoader, DenseBatch, DenseTargets, HostBatch, LoaderConfig};
 pub use spec::{DATASET_FORMS, DatasetSpec, DeclaredSize};
 pub use split::{stratified_split, stratified_subset};

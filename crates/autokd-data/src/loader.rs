@@ -4,6 +4,10 @@
 //! identical for any number of workers (burn's multi-threaded loader hands batches over in the
 //! order they finish, which is not reproducible). The order of an epoch is a seeded shuffle of
 //! `(seed, epoch)`, and each sample's augmentation RNG is seeded by `(seed, epoch, position)`.
+//!
+//! A loader has one of two pipelines: a [`Transform`] to the dataset's fixed input size
+//! (classification: every image of a batch has one size), or a [`DenseTransform`] whose items
+//! keep their annotation and any size, padded per batch to a common one ([`DenseTargets`]).
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -15,8 +19,10 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::annotation::{Annotation, BoxAnnotation};
 use crate::augment::Transform;
 use crate::dataset::Split;
+use crate::dense::DenseTransform;
 use crate::error::{DataError, Result};
 
 /// How batches are drawn.
@@ -57,10 +63,23 @@ pub struct HostBatch {
     pub images: Vec<f32>,
     /// `[B, C, H, W]`.
     pub shape: [usize; 4],
-    /// Class of each image.
+    /// Class of each image (the source's label; a dense source's image-level class).
     pub targets: Vec<i64>,
     /// Position in the split of each image (for teacher caches keyed by sample).
     pub positions: Vec<usize>,
+    /// A dense pipeline's annotations and padding; `None` for a fixed-size pipeline.
+    pub dense: Option<DenseTargets>,
+}
+
+/// What a batch of a dense pipeline carries besides its images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseTargets {
+    /// `[B, H, W]`: 1 where a pixel belongs to its image, 0 in the padding.
+    pub valid: Vec<u8>,
+    /// Each image's `(height, width)` after the pipeline, before padding.
+    pub sizes: Vec<(usize, usize)>,
+    /// Each image's annotation after the pipeline (masks padded with [`crate::IGNORE`]).
+    pub annotations: Vec<Annotation>,
 }
 
 /// One batch on a device.
@@ -72,6 +91,80 @@ pub struct Batch {
     pub targets: Tensor<1, Int>,
     /// Position in the split of each image.
     pub positions: Vec<usize>,
+    /// A dense pipeline's annotations and padding; `None` for a fixed-size pipeline.
+    pub dense: Option<DenseBatch>,
+}
+
+/// The dense part of a [`Batch`].
+#[derive(Debug, Clone)]
+pub struct DenseBatch {
+    /// `[B, H, W]`: 1.0 on each image's pixels, 0.0 in the padding.
+    pub valid: Tensor<3>,
+    /// `[B, H, W]` classes when every image of the batch has a mask ([`crate::IGNORE`] in
+    /// the padding and on ignored pixels).
+    pub masks: Option<Tensor<3, Int>>,
+    /// Each image's `(height, width)` before padding.
+    pub sizes: Vec<(usize, usize)>,
+    /// Each image's boxes (empty for images without boxes), in the padded frame's pixels.
+    pub boxes: Vec<Vec<BoxAnnotation>>,
+}
+
+impl DenseTargets {
+    /// Moves the targets onto `device`.
+    pub fn to_device(self, [b, _, h, w]: [usize; 4], device: &Device) -> DenseBatch {
+        let valid: Vec<f32> = self.valid.iter().map(|&v| f32::from(v)).collect();
+        let valid = Tensor::<3>::from_data(TensorData::new(valid, [b, h, w]), device);
+        let masks: Option<Vec<i64>> = self
+            .annotations
+            .iter()
+            .map(|a| match a {
+                Annotation::Mask(m) => Some(
+                    (0..m.height * m.width)
+                        .map(|i| i64::from(m.at(i / m.width, i % m.width)))
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat());
+        let masks =
+            masks.map(|m| Tensor::<3, Int>::from_data(TensorData::new(m, [b, h, w]), device));
+        let boxes = self
+            .annotations
+            .into_iter()
+            .map(|a| match a {
+                Annotation::Boxes(b) => b,
+                _ => Vec::new(),
+            })
+            .collect();
+        DenseBatch {
+            valid,
+            masks,
+            sizes: self.sizes,
+            boxes,
+        }
+    }
+}
+
+impl Batch {
+    /// Images `start..start + len` of the batch with their targets, on `device` (a shard of
+    /// data-parallel training).
+    pub fn narrow(&self, start: usize, len: usize, device: &Device) -> Batch {
+        Batch {
+            images: self.images.clone().narrow(0, start, len).to_device(device),
+            targets: self.targets.clone().narrow(0, start, len).to_device(device),
+            positions: self.positions[start..start + len].to_vec(),
+            dense: self.dense.as_ref().map(|d| DenseBatch {
+                valid: d.valid.clone().narrow(0, start, len).to_device(device),
+                masks: d
+                    .masks
+                    .as_ref()
+                    .map(|m| m.clone().narrow(0, start, len).to_device(device)),
+                sizes: d.sizes[start..start + len].to_vec(),
+                boxes: d.boxes[start..start + len].to_vec(),
+            }),
+        }
+    }
 }
 
 impl HostBatch {
@@ -84,15 +177,25 @@ impl HostBatch {
             images,
             targets,
             positions: self.positions,
+            dense: self.dense.map(|d| d.to_device(self.shape, device)),
         }
     }
+}
+
+/// What turns a split's items into a batch.
+#[derive(Debug, Clone)]
+enum Pipeline {
+    /// To the dataset's input size (classification).
+    Fixed(Arc<Transform>),
+    /// Annotated items of any size, padded per batch.
+    Dense(Arc<DenseTransform>),
 }
 
 /// Draws batches of a [`Split`] through a [`Transform`].
 #[derive(Debug, Clone)]
 pub struct DataLoader {
     split: Split,
-    transform: Arc<Transform>,
+    pipeline: Pipeline,
     config: LoaderConfig,
 }
 
@@ -111,6 +214,16 @@ fn derive(seed: u64, epoch: u64, position: u64) -> u64 {
 impl DataLoader {
     /// A loader over `split`. Fails on a zero batch size or an empty split.
     pub fn new(split: Split, transform: Transform, config: LoaderConfig) -> Result<Self> {
+        Self::with_pipeline(split, Pipeline::Fixed(Arc::new(transform)), config)
+    }
+
+    /// A loader of annotated items through a dense pipeline: each batch is padded to a common
+    /// size and carries [`DenseTargets`]. Fails on a zero batch size or an empty split.
+    pub fn dense(split: Split, transform: DenseTransform, config: LoaderConfig) -> Result<Self> {
+        Self::with_pipeline(split, Pipeline::Dense(Arc::new(transform)), config)
+    }
+
+    fn with_pipeline(split: Split, pipeline: Pipeline, config: LoaderConfig) -> Result<Self> {
         if config.batch_size == 0 {
             return Err(DataError::Config("batch_size must be at least 1".into()));
         }
@@ -121,7 +234,7 @@ impl DataLoader {
         }
         Ok(Self {
             split,
-            transform: Arc::new(transform),
+            pipeline,
             config,
         })
     }
@@ -163,6 +276,54 @@ impl DataLoader {
     /// Builds one batch from split positions (the `k`-th batch of `epoch`).
     fn build(
         split: &Split,
+        pipeline: &Pipeline,
+        seed: u64,
+        epoch: u64,
+        positions: Vec<usize>,
+    ) -> Result<HostBatch> {
+        match pipeline {
+            Pipeline::Fixed(t) => Self::build_fixed(split, t, seed, epoch, positions),
+            Pipeline::Dense(t) => Self::build_dense(split, t, seed, epoch, positions),
+        }
+    }
+
+    /// A batch of a dense pipeline: each item through the steps with its own RNG, then padded.
+    fn build_dense(
+        split: &Split,
+        transform: &DenseTransform,
+        seed: u64,
+        epoch: u64,
+        positions: Vec<usize>,
+    ) -> Result<HostBatch> {
+        let mut items = Vec::with_capacity(positions.len());
+        let mut targets = Vec::with_capacity(positions.len());
+        for &pos in &positions {
+            let mut rng = ChaCha8Rng::seed_from_u64(derive(seed, epoch, pos as u64));
+            items.push(transform.apply(split.annotated(pos)?, &mut rng)?);
+            targets.push(split.label(pos) as i64);
+        }
+        let (images, padded) = transform.collate(&items)?;
+        Ok(HostBatch {
+            images,
+            shape: [
+                positions.len(),
+                padded.channels,
+                padded.padded.0,
+                padded.padded.1,
+            ],
+            targets,
+            positions,
+            dense: Some(DenseTargets {
+                valid: padded.valid,
+                sizes: padded.sizes,
+                annotations: padded.annotations,
+            }),
+        })
+    }
+
+    /// A batch of a fixed-size pipeline.
+    fn build_fixed(
+        split: &Split,
         transform: &Transform,
         seed: u64,
         epoch: u64,
@@ -183,6 +344,7 @@ impl DataLoader {
             shape: [positions.len(), c, h, w],
             targets,
             positions,
+            dense: None,
         })
     }
 
@@ -212,11 +374,11 @@ impl DataLoader {
             let (tx, rx): (SyncSender<Result<HostBatch>>, Receiver<_>) =
                 sync_channel(self.config.prefetch.max(1));
             let split = self.split.clone();
-            let transform = Arc::clone(&self.transform);
+            let pipeline = self.pipeline.clone();
             let seed = self.config.seed;
             handles.push(std::thread::spawn(move || {
                 for positions in mine {
-                    let batch = Self::build(&split, &transform, seed, epoch, positions);
+                    let batch = Self::build(&split, &pipeline, seed, epoch, positions);
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         return;
@@ -279,7 +441,7 @@ impl Iterator for HostBatches {
                 let positions = batches.next()?;
                 DataLoader::build(
                     &loader.split,
-                    &loader.transform,
+                    &loader.pipeline,
                     loader.config.seed,
                     *epoch,
                     positions,
@@ -315,9 +477,11 @@ impl Drop for HostBatches {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::annotation::{ClassMask, IGNORE, MaskValues};
     use crate::augment::Augment;
     use crate::dataset::DatasetInfo;
-    use crate::image::InMemory;
+    use crate::dense::{DensePipeline, DenseStep};
+    use crate::image::{Image, ImageSource, InMemory};
 
     fn toy(n: usize) -> (Split, DatasetInfo) {
         let pixels: Vec<u8> = (0..n * 4).map(|v| (v * 7 % 256) as u8).collect();
@@ -378,6 +542,119 @@ mod tests {
         // Another epoch, another order.
         let l = DataLoader::new(split, t, cfg(2)).unwrap();
         assert_ne!(collect(&l, 3)[0].positions, base[0].positions);
+    }
+
+    /// A source of images of different sizes with masks (image `i` is `(4 + i) × (10 − i)`,
+    /// grey value `10·i`, its mask class `i mod 3` everywhere).
+    #[derive(Debug)]
+    struct Masks(usize);
+
+    impl ImageSource for Masks {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn label(&self, index: usize) -> usize {
+            index % 3
+        }
+        fn image(&self, i: usize) -> Result<Image> {
+            let (h, w) = (4 + i, 10 - i);
+            Image::new(1, h, w, vec![(10 * i) as u8; h * w])
+        }
+        fn annotation(&self, i: usize) -> Result<Annotation> {
+            let (h, w) = (4 + i, 10 - i);
+            Ok(Annotation::Mask(ClassMask::new(
+                h,
+                w,
+                MaskValues::U8(vec![(i % 3) as u8; h * w]),
+            )?))
+        }
+    }
+
+    /// Dense batches: each image keeps its size inside a batch padded to a multiple of 8, the
+    /// valid mask and the masks' IGNORE padding match the sizes, values are normalized by
+    /// hand, the batches are the same for any number of workers, and they reach the device
+    /// with their masks.
+    #[test]
+    fn dense_batches_pad_and_stay_deterministic() {
+        let (_, info) = toy(1);
+        let src: Arc<dyn ImageSource> = Arc::new(Masks(5));
+        let pipeline = DensePipeline {
+            steps: vec![DenseStep::Flip { p: 0.5 }],
+            pad_multiple: 8,
+        };
+        let cfg = |workers| LoaderConfig {
+            batch_size: 2,
+            seed: 5,
+            workers,
+            ..LoaderConfig::default()
+        };
+        let load = |workers| {
+            let t = DenseTransform::new(&info, pipeline.clone()).unwrap();
+            collect(
+                &DataLoader::dense(Split::all(Arc::clone(&src)), t, cfg(workers)).unwrap(),
+                1,
+            )
+        };
+        let base = load(0);
+        assert_eq!(base.len(), 3);
+        for w in [1, 2] {
+            assert_eq!(load(w), base, "workers = {w}");
+        }
+        for b in &base {
+            let d = b.dense.as_ref().unwrap();
+            let [n, c, h, w] = b.shape;
+            let want_h = b
+                .positions
+                .iter()
+                .map(|&i| 4 + i)
+                .max()
+                .unwrap()
+                .div_ceil(8)
+                * 8;
+            let want_w = b
+                .positions
+                .iter()
+                .map(|&i| 10 - i)
+                .max()
+                .unwrap()
+                .div_ceil(8)
+                * 8;
+            assert_eq!((n, c, h, w), (b.positions.len(), 1, want_h, want_w));
+            for (k, &i) in b.positions.iter().enumerate() {
+                let (ih, iw) = (4 + i, 10 - i);
+                assert_eq!(d.sizes[k], (ih, iw));
+                let Annotation::Mask(m) = &d.annotations[k] else {
+                    panic!("not a mask")
+                };
+                for y in 0..h {
+                    for x in 0..w {
+                        let inside = y < ih && x < iw;
+                        assert_eq!(d.valid[(k * h + y) * w + x], u8::from(inside));
+                        assert_eq!(m.at(y, x), if inside { (i % 3) as u16 } else { IGNORE });
+                        // mean 0, std 1: v / 255 inside, 0 outside.
+                        let want = if inside { (10 * i) as f32 / 255.0 } else { 0.0 };
+                        assert!((b.images[(k * h + y) * w + x] - want).abs() < 1e-6);
+                    }
+                }
+            }
+        }
+        let device = Device::flex();
+        let batch = base[0].clone().to_device(&device);
+        let d = batch.dense.unwrap();
+        let masks = d.masks.unwrap();
+        assert_eq!(masks.dims(), [2, base[0].shape[2], base[0].shape[3]]);
+        let valid: f32 = d.valid.sum().into_scalar();
+        let sizes: usize = d.sizes.iter().map(|(h, w)| h * w).sum();
+        assert_eq!(valid as usize, sizes);
+    }
+
+    /// A fixed-size source read as annotated items: each image with its class.
+    #[test]
+    fn a_classification_source_annotates_its_classes() {
+        let (split, _) = toy(4);
+        let a = split.annotated(2).unwrap();
+        assert_eq!(a.annotation, Annotation::Class(2));
+        assert_eq!(a.image, split.image(2).unwrap());
     }
 
     #[test]

@@ -81,19 +81,6 @@ pub fn distill_step<N: Net>(
     Ok((model, StepLosses { total, terms }))
 }
 
-/// Images `start..start + len` of a batch, on `device`.
-fn shard(batch: &Batch, start: usize, len: usize, device: &Device) -> Batch {
-    Batch {
-        images: batch.images.clone().narrow(0, start, len).to_device(device),
-        targets: batch
-            .targets
-            .clone()
-            .narrow(0, start, len)
-            .to_device(device),
-        positions: batch.positions[start..start + len].to_vec(),
-    }
-}
-
 /// One shard's gradients (on the first device), weighted loss terms and total.
 type ShardResult = (GradientsParams, Vec<(String, f64)>, f64);
 
@@ -121,7 +108,7 @@ pub fn data_parallel_step<N: Net>(
     };
     let b = batch.positions.len();
     if devices.len() == 1 {
-        let batch = shard(batch, 0, b, &main.clone().autodiff());
+        let batch = batch.narrow(0, b, &main.clone().autodiff());
         return distill_step(model, optim, lr, task, &batch, teacher);
     }
     let n = devices.len().min(b.max(1));
@@ -154,7 +141,7 @@ pub fn data_parallel_step<N: Net>(
                             r
                         }
                     };
-                    let part = shard(batch, start, len, &ad);
+                    let part = batch.narrow(start, len, &ad);
                     let t = teacher.map_tensors(
                         |x| x.narrow(0, start, len).to_device(device),
                         |x| x.narrow(0, start, len).to_device(device),
@@ -213,6 +200,7 @@ mod tests {
             images,
             targets,
             positions: (0..b).collect(),
+            dense: None,
         }
     }
     use burn::optim::SgdConfig;
