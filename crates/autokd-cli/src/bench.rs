@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use autokd_data::{
-    Augment, DataLoader, Dataset, DatasetInfo, DatasetSpec, InMemory, LoaderConfig, Split,
-    Transform,
+    Annotation, Augment, ClassMask, DataLoader, Dataset, DatasetInfo, DatasetSpec, DensePipeline,
+    DenseTransform, Image, ImageSource, InMemory, LoaderConfig, MaskValues, Split, Transform,
 };
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -237,9 +237,74 @@ pub struct LoaderArgs {
     /// Device the batches are copied to.
     #[arg(long, default_value = "flex")]
     pub device: DeviceSpec,
+    /// Measure the dense (segmentation) pipeline instead, at this base size `HxW` (e.g.
+    /// `512x1024`): synthetic colour images with class masks, each of a size drawn in
+    /// `[H/2, H] × [W/2, W]`, through mmseg's Cityscapes training steps scaled to short side
+    /// `H` (random rescale 0.5 … 2, crop `H/2 × H` with `cat_max_ratio` 0.75, flip,
+    /// photometric distortion), padded per batch to a multiple of 32.
+    #[arg(long, value_parser = parse_size)]
+    pub dense: Option<(usize, usize)>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (h, w) = s
+        .split_once('x')
+        .ok_or_else(|| format!("`{s}`: expected HxW, e.g. 512x1024"))?;
+    let side = |v: &str| match v.trim().parse::<usize>() {
+        Ok(n) if n >= 2 => Ok(n),
+        _ => Err(format!("`{s}`: sides must be integers of at least 2")),
+    };
+    Ok((side(h)?, side(w)?))
+}
+
+/// Synthetic colour images of varying sizes with vertical-stripe class masks, kept in memory.
+#[derive(Debug)]
+struct SyntheticScenes {
+    images: Vec<Image>,
+    classes: usize,
+}
+
+impl SyntheticScenes {
+    fn new(n: usize, (h, w): (usize, usize), classes: usize) -> anyhow::Result<Self> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let images = (0..n)
+            .map(|_| {
+                let ih = rng.random_range(h / 2..=h);
+                let iw = rng.random_range(w / 2..=w);
+                let mut data = vec![0u8; 3 * ih * iw];
+                rng.fill(data.as_mut_slice());
+                Ok(Image::new(3, ih, iw, data)?)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Self { images, classes })
+    }
+}
+
+impl ImageSource for SyntheticScenes {
+    fn len(&self) -> usize {
+        self.images.len()
+    }
+    fn label(&self, _: usize) -> usize {
+        0
+    }
+    fn image(&self, index: usize) -> autokd_data::Result<Image> {
+        Ok(self.images[index].clone())
+    }
+    fn annotation(&self, index: usize) -> autokd_data::Result<Annotation> {
+        let img = &self.images[index];
+        let stripe = img.width.div_ceil(self.classes);
+        let values = (0..img.height * img.width)
+            .map(|i| ((i % img.width) / stripe) as u8)
+            .collect();
+        Ok(Annotation::Mask(ClassMask::new(
+            img.height,
+            img.width,
+            MaskValues::U8(values),
+        )?))
+    }
 }
 
 /// One measured setting.
@@ -302,18 +367,49 @@ fn loader(args: &LoaderArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         None => synthetic_cifar(args.images)?,
     };
     let transform = Transform::train(&ds.info, Augment::for_dataset(&ds.info))?;
-    writeln!(
-        out,
-        "loader: {} ({} images, {}x{}x{}), batch {}, augment {:?}, device {}",
-        ds.info.name,
-        ds.train.len(),
-        ds.info.channels,
-        ds.info.height,
-        ds.info.width,
-        args.batch_size,
-        Augment::for_dataset(&ds.info),
-        args.device
-    )?;
+    let dense = match args.dense {
+        Some((h, w)) => {
+            let scenes = SyntheticScenes::new(args.images, (h, w), 19)?;
+            let pipeline = DensePipeline::segmentation_train(h, (h / 2, h));
+            writeln!(
+                out,
+                "loader: synthetic scenes ({} colour images of {}..={} × {}..={} with 19-class masks), batch {}, {:?}, device {}",
+                args.images,
+                h / 2,
+                h,
+                w / 2,
+                w,
+                args.batch_size,
+                pipeline.steps,
+                args.device
+            )?;
+            let info = DatasetInfo {
+                name: "synthetic-scenes".into(),
+                height: h,
+                width: w,
+                ..ds.info.clone()
+            };
+            Some((
+                Split::all(std::sync::Arc::new(scenes)),
+                DenseTransform::new(&info, pipeline)?,
+            ))
+        }
+        None => {
+            writeln!(
+                out,
+                "loader: {} ({} images, {}x{}x{}), batch {}, augment {:?}, device {}",
+                ds.info.name,
+                ds.train.len(),
+                ds.info.channels,
+                ds.info.height,
+                ds.info.width,
+                args.batch_size,
+                Augment::for_dataset(&ds.info),
+                args.device
+            )?;
+            None
+        }
+    };
     writeln!(
         out,
         "{:>8} {:>12} {:>12}",
@@ -326,7 +422,10 @@ fn loader(args: &LoaderArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             workers,
             ..LoaderConfig::default()
         };
-        let loader = DataLoader::new(ds.train.clone(), transform.clone(), cfg)?;
+        let loader = match &dense {
+            Some((split, t)) => DataLoader::dense(split.clone(), t.clone(), cfg)?,
+            None => DataLoader::new(ds.train.clone(), transform.clone(), cfg)?,
+        };
         let mut rates = Vec::new();
         for epoch in 0..=args.repeats {
             let start = Instant::now();

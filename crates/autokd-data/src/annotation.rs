@@ -6,7 +6,7 @@
 //! 255 for pixels that count for nothing), or boxes (`xyxy` in absolute pixels, with a class, a
 //! crowd flag and an area). The geometric transforms move the annotation with the pixels:
 //! masks are resampled nearest-neighbour and padded with [`IGNORE`]; boxes are scaled, shifted,
-//! flipped and clipped. Photometric transforms touch pixels only and stay in [`crate::augment`].
+//! flipped and clipped. Photometric distortion touches pixels only ([`crate::dense`]).
 //!
 //! Conventions, and where they come from:
 //! - **Resize** keeps the ratio as mmcv's `rescale_size` does: the scale is the largest that

@@ -3,8 +3,9 @@
 //! A dataset is named by a [`DatasetSpec`] string (`digits`, `fashion-mnist[:DIR]`,
 //! `cifar10:DIR`, `cifar100:DIR`, `imagefolder:DIR`), read into a [`Dataset`] of
 //! [`Split`]s, split with [`stratified_split`], and batched onto a device by a [`DataLoader`]
-//! through a [`Transform`]. Nothing here downloads anything; bad input is a [`DataError`] that
-//! names the file.
+//! through a [`Transform`]; annotated items (masks, boxes) of any size go through a
+//! [`DenseTransform`] into padded batches ([`DataLoader::dense`]). Nothing here downloads
+//! anything; bad input is a [`DataError`] that names the file.
 
 pub mod annotation;
 pub mod augment;
