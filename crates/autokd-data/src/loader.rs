@@ -477,7 +477,7 @@ impl Drop for HostBatches {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotation::{ClassMask, IGNORE, MaskValues};
+    use crate::annotation::{BoxAnnotation, ClassMask, IGNORE, MaskValues};
     use crate::augment::Augment;
     use crate::dataset::DatasetInfo;
     use crate::dense::{DensePipeline, DenseStep};
@@ -646,6 +646,42 @@ mod tests {
         let valid: f32 = d.valid.sum().into_scalar();
         let sizes: usize = d.sizes.iter().map(|(h, w)| h * w).sum();
         assert_eq!(valid as usize, sizes);
+    }
+
+    /// Boxes reach the device per image, in order, with no mask tensor; a shard of the batch
+    /// keeps its images' boxes, sizes and valid rows.
+    #[test]
+    fn boxes_travel_with_their_images() {
+        let b = |x: f32, label| BoxAnnotation {
+            xyxy: [x, 1.0, x + 2.0, 3.0],
+            label,
+            crowd: false,
+            area: 4.0,
+        };
+        let host = HostBatch {
+            images: vec![0.0; 2 * 3 * 4],
+            shape: [2, 1, 3, 4],
+            targets: vec![0, 0],
+            positions: vec![7, 9],
+            dense: Some(DenseTargets {
+                valid: [[1u8; 12], [1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]].concat(),
+                sizes: vec![(3, 4), (2, 2)],
+                annotations: vec![
+                    Annotation::Boxes(vec![b(0.0, 1), b(1.0, 2)]),
+                    Annotation::Boxes(vec![]),
+                ],
+            }),
+        };
+        let device = Device::flex();
+        let batch = host.to_device(&device);
+        let d = batch.dense.as_ref().unwrap();
+        assert!(d.masks.is_none());
+        assert_eq!(d.boxes, vec![vec![b(0.0, 1), b(1.0, 2)], vec![]]);
+        let second = batch.narrow(1, 1, &device);
+        let d2 = second.dense.unwrap();
+        assert_eq!((second.positions, d2.sizes), (vec![9], vec![(2, 2)]));
+        assert!(d2.boxes[0].is_empty());
+        assert_eq!(d2.valid.sum().into_scalar::<f32>(), 4.0);
     }
 
     /// A fixed-size source read as annotated items: each image with its class.
