@@ -9,7 +9,8 @@ buffers), linear weight + bias. Each function walks the layer shapes of the refe
 DeiT `models.py`), written from those definitions without PyTorch; no reference code is imported.
 Calibration against published numbers: resnet20 278,324; resnet32x4 7,433,860; wrn_40_2
 2,255,156; torchvision ResNet-18 11,689,512, ResNet-34 21,797,672, ResNet-50 25,557,032; DeiT-Tiny
-distilled 5,910,800.
+distilled 5,910,800; torchvision deeplabv3_resnet50 (21 classes, aux head) 42,004,074,
+deeplabv3_resnet101 60,996,202.
 
 Usage: python3 models/param_counts.py
 """
@@ -153,6 +154,21 @@ def deit(img=224, patch=16, dim=192, depth=12, mlp=4, classes=1000, distilled=Tr
     return p
 
 
+def deeplabv3(blocks, bottleneck, classes=21, aux=True, cin=3, c=256, rates=3):
+    """torchvision's DeepLabV3: the ResNet without its fc, ASPP (1×1, `rates` 3×3 branches,
+    image pooling, 1×1 projection; conv + BN each), DeepLabHead's 3×3 conv + BN and 1×1
+    classifier with bias, and FCNHead on stage 3 (3×3 to a quarter + BN, 1×1 with bias)."""
+    exp = 4 if bottleneck else 1
+    c4, c3 = 512 * exp, 256 * exp
+    p = resnet(blocks, bottleneck, 7, 1000, cin) - linear(c4, 1000)
+    p += conv(c4, c, 1) + bn(c) + rates * (conv(c4, c, 3) + bn(c)) + conv(c4, c, 1) + bn(c)
+    p += conv((rates + 2) * c, c, 1) + bn(c)
+    p += conv(c, c, 3) + bn(c) + conv(c, classes, 1, bias=True)
+    if aux:
+        p += conv(c3, c3 // 4, 3) + bn(c3 // 4) + conv(c3 // 4, classes, 1, bias=True)
+    return p
+
+
 COUNTS = {
     "resnet8": cifar_resnet(8, [16, 16, 32, 64]),
     "resnet14": cifar_resnet(14, [16, 16, 32, 64]),
@@ -178,11 +194,15 @@ COUNTS = {
     "mobilenet_v1": mobilenet_v1(),
     "deit_tiny": deit(),
     "deit_tiny_p4": deit(img=32, patch=4, classes=100),
+    "deeplabv3_resnet18": deeplabv3([2, 2, 2, 2], False),
+    "deeplabv3_resnet50": deeplabv3([3, 4, 6, 3], True),
+    "deeplabv3_resnet101": deeplabv3([3, 4, 23, 3], True),
 }
 
 CALIBRATION = {
     "resnet20": 278_324, "resnet32x4": 7_433_860, "wrn_40_2": 2_255_156,
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "deit_tiny": 5_910_800,
+    "deeplabv3_resnet50": 42_004_074, "deeplabv3_resnet101": 60_996_202,
 }
 
 if __name__ == "__main__":

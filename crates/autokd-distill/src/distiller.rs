@@ -514,6 +514,7 @@ mod tests {
             embedding: logits.clone(),
             logits: Prediction::Rows(logits),
             dist_logits: None,
+            aux_logits: None,
         }
     }
 
@@ -831,6 +832,7 @@ mod tests {
             embedding: tensor([2, 1], 0, &device),
             logits: p,
             dist_logits: None,
+            aux_logits: None,
         };
         let ignored = [1usize, 4, 6, 9, 15];
         let mask: Vec<f32> = (0..16)
@@ -1054,6 +1056,7 @@ mod tests {
             embedding: tensor([2, 1], 0, &device),
             logits: p,
             dist_logits: None,
+            aux_logits: None,
         };
         let rows = |m: &Tensor<4>| {
             // Pixel (b, y, x) is row b·8 + y·4 + x: its 3 class scores.

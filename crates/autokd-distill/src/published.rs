@@ -233,6 +233,7 @@ fn autokd_value(
         embedding: Tensor::zeros([2, 1], &device),
         logits: Prediction::Rows(Tensor::zeros([2, 3], &device)),
         dist_logits: None,
+        aux_logits: None,
     };
     let out = d
         .loss(

@@ -41,6 +41,16 @@ pub struct TapInfo {
 }
 
 impl TapInfo {
+    /// A feature map outside the backbone (a neck's or a head's), named `name`.
+    pub(crate) fn map(name: &str, channels: usize, stride: usize) -> Self {
+        Self {
+            name: name.into(),
+            channels,
+            stride,
+            kind: TapKind::FeatureMap,
+        }
+    }
+
     /// A feature map of a classifier's backbone, named `backbone.<name>`.
     pub(crate) fn backbone(name: &str, channels: usize, stride: usize) -> Self {
         Self {
@@ -238,6 +248,9 @@ pub struct Intermediates {
     pub logits: Prediction,
     /// Scores of a distillation-token head (DeiT), trained against the teacher.
     pub dist_logits: Option<Prediction>,
+    /// Scores of an auxiliary head (DeepLabV3's FCN head on stage 3), which the task trains
+    /// with its own loss at a lower weight; inference ignores it.
+    pub aux_logits: Option<Prediction>,
 }
 
 impl Intermediates {
@@ -249,6 +262,7 @@ impl Intermediates {
             embedding: Tensor::zeros([batch, 1], device),
             logits: Prediction::Rows(Tensor::zeros([batch, classes], device)),
             dist_logits: None,
+            aux_logits: None,
         }
     }
 
@@ -281,6 +295,7 @@ impl Intermediates {
             embedding: f2(self.embedding.clone()),
             logits: self.logits.map_tensor(&f2, &f4),
             dist_logits: self.dist_logits.as_ref().map(|d| d.map_tensor(&f2, &f4)),
+            aux_logits: self.aux_logits.as_ref().map(|d| d.map_tensor(&f2, &f4)),
         }
     }
 }
@@ -351,6 +366,18 @@ impl<'a> Collector<'a> {
             embedding,
             logits: Prediction::Rows(logits),
             dist_logits: None,
+            aux_logits: None,
+        }
+    }
+
+    /// The outputs of a dense model: its prediction is a `[B, K, H, W]` map.
+    pub(crate) fn finish_map(self, embedding: Tensor<2>, logits: Tensor<4>) -> Intermediates {
+        Intermediates {
+            features: self.slots.into_iter().flatten().collect(),
+            embedding,
+            logits: Prediction::Map(logits),
+            dist_logits: None,
+            aux_logits: None,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! channels, classes, input size) builds a [`Model`] on any device.
 
 pub mod common;
+pub mod deeplab;
 pub mod deit;
 pub mod error;
 pub mod features;

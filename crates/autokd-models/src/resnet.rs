@@ -22,23 +22,23 @@ use crate::params::linear_fwd;
 /// The basic block: two 3×3 convolutions and an identity or projection shortcut.
 #[derive(Module, Debug)]
 pub struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    downsample: Option<ConvBn>,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) conv2: Conv2d,
+    pub(crate) bn2: BatchNorm,
+    pub(crate) downsample: Option<ConvBn>,
 }
 
 /// The bottleneck block: 1×1, 3×3 (with the stride), 1×1 expanding ×4.
 #[derive(Module, Debug)]
 pub struct Bottleneck {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    conv3: Conv2d,
-    bn3: BatchNorm,
-    downsample: Option<ConvBn>,
+    pub(crate) conv1: Conv2d,
+    pub(crate) bn1: BatchNorm,
+    pub(crate) conv2: Conv2d,
+    pub(crate) bn2: BatchNorm,
+    pub(crate) conv3: Conv2d,
+    pub(crate) bn3: BatchNorm,
+    pub(crate) downsample: Option<ConvBn>,
 }
 
 /// A residual block of either kind.
@@ -61,6 +61,26 @@ impl Block {
         rng: &mut InitRng,
         device: &Device,
     ) -> Self {
+        Self::dilated(bottleneck, inplanes, planes, stride, 1, rng, device)
+    }
+
+    /// A block whose 3×3 convolutions have `dilation` (and as much padding): the bottleneck's
+    /// one, as torchvision's; both of a basic block's (torchvision refuses dilated basic
+    /// blocks; dilated ResNet-18s of segmentation code dilate both).
+    pub(crate) fn dilated(
+        bottleneck: bool,
+        inplanes: usize,
+        planes: usize,
+        stride: usize,
+        dilation: usize,
+        rng: &mut InitRng,
+        device: &Device,
+    ) -> Self {
+        let d = dilation.max(1);
+        let dilate = |mut c: Conv2d| {
+            c.dilation = [d, d];
+            c
+        };
         let expansion = if bottleneck { 4 } else { 1 };
         let downsample = (stride != 1 || inplanes != planes * expansion)
             .then(|| ConvBn::new(inplanes, planes * expansion, 1, stride, 0, 1, rng, device));
@@ -68,7 +88,7 @@ impl Block {
             Block::Bottleneck(Bottleneck {
                 conv1: conv(inplanes, planes, 1, 1, 0, 1, false, rng, device),
                 bn1: bn(planes, device),
-                conv2: conv(planes, planes, 3, stride, 1, 1, false, rng, device),
+                conv2: dilate(conv(planes, planes, 3, stride, d, 1, false, rng, device)),
                 bn2: bn(planes, device),
                 conv3: conv(planes, planes * 4, 1, 1, 0, 1, false, rng, device),
                 bn3: bn(planes * 4, device),
@@ -76,9 +96,9 @@ impl Block {
             })
         } else {
             Block::Basic(BasicBlock {
-                conv1: conv(inplanes, planes, 3, stride, 1, 1, false, rng, device),
+                conv1: dilate(conv(inplanes, planes, 3, stride, d, 1, false, rng, device)),
                 bn1: bn(planes, device),
-                conv2: conv(planes, planes, 3, 1, 1, 1, false, rng, device),
+                conv2: dilate(conv(planes, planes, 3, 1, d, 1, false, rng, device)),
                 bn2: bn(planes, device),
                 downsample,
             })
@@ -86,7 +106,7 @@ impl Block {
     }
 
     /// Returns `(relu(out), out)`: the block output and its pre-activation.
-    fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    pub(crate) fn forward(&self, x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
         let (out, shortcut) = match self {
             Block::Basic(b) => {
                 let out = relu(conv_bn(&b.conv1, &b.bn1, x.clone()));

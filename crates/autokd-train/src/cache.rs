@@ -253,6 +253,7 @@ impl TeacherCache {
                 .logits
                 .map_tensor(|t| t.select(0, idx.clone()), |t| t.select(0, idx.clone())),
             dist_logits: None,
+            aux_logits: None,
         })
     }
 }

@@ -230,6 +230,7 @@ mod tests {
                 embedding: logits.clone(),
                 logits: Prediction::Rows(logits),
                 dist_logits: None,
+                aux_logits: None,
             }
         }
     }

@@ -1,0 +1,349 @@
+//! DeepLabV3 as torchvision defines it (`deeplabv3_resnet50`, `deeplabv3_resnet101`), and on a
+//! dilated ResNet-18:
+//! - the backbone is an ImageNet ResNet whose stages 3 and 4 trade their stride for dilation
+//!   (`replace_stride_with_dilation = [False, True, True]`: output stride 8; the first block of
+//!   a dilated stage keeps the previous dilation, the others take the new one: 1, 2 in stage 3
+//!   and 2, 4 in stage 4), without its classifier;
+//! - ASPP on stage 4: a 1×1 branch, three 3×3 branches dilated by 12, 24 and 36, and an
+//!   image-pooling branch (global mean, 1×1, broadcast back), each conv + BN + ReLU with 256
+//!   channels, concatenated and projected by a 1×1 conv + BN + ReLU, then dropout 0.5;
+//! - the head: 3×3 conv + BN + ReLU, then a 1×1 classifier with a bias;
+//! - the auxiliary FCN head on stage 3 (3×3 conv to a quarter of the channels + BN + ReLU,
+//!   dropout 0.1, 1×1 classifier with a bias), trained with weight 0.4 by the task.
+//!
+//! The prediction is the head's `[B, K, H/8, W/8]` map (what distillers compare, as CIRKD's CWD
+//! does); the task upsamples it to the input size (bilinear, `align_corners = false`, see
+//! [`upsample_bilinear`]) for its loss and its metrics, as torchvision's forward does. Taps:
+//! `backbone.stem`, `backbone.stage1` … `backbone.stage4` and `aspp` (the projected ASPP output,
+//! stride 8). Submodule names follow torchvision's state-dict keys where they can (`conv1`,
+//! `bn1`, `layers[i]` for `backbone.layer{i+1}`, `aspp.convs[i]`, `aspp.project`).
+
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, Dropout, DropoutConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+use crate::common::{ConvBn, bn, conv, conv_bn, global_avg_pool};
+use crate::features::{Backbone, Collector, Intermediates, Prediction, TapInfo, TapRequest};
+use crate::init::InitRng;
+use crate::resnet::Block;
+
+/// `x` resized to `size` by bilinear interpolation with `align_corners = false` (PyTorch's
+/// `F.interpolate(x, size, mode="bilinear", align_corners=False)`: half-pixel centres), as
+/// torchvision's segmentation models upsample their output. burn's default aligns corners.
+pub fn upsample_bilinear(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    if [h, w] == size {
+        return x;
+    }
+    let mut options = InterpolateOptions::new(InterpolateMode::Bilinear).with_output_size(size);
+    options.align_corners = false;
+    interpolate(x, options)
+}
+
+/// Atrous spatial pyramid pooling.
+#[derive(Module, Debug)]
+pub struct Aspp {
+    /// The 1×1 branch, then one 3×3 branch per rate.
+    convs: Vec<ConvBn>,
+    /// The image-pooling branch's 1×1 conv.
+    pool: ConvBn,
+    /// 1×1 projection of the concatenated branches.
+    project: ConvBn,
+    dropout: Dropout,
+}
+
+impl Aspp {
+    fn new(
+        in_ch: usize,
+        out_ch: usize,
+        rates: &[usize],
+        rng: &mut InitRng,
+        device: &Device,
+    ) -> Self {
+        let mut convs = vec![ConvBn::new(in_ch, out_ch, 1, 1, 0, 1, rng, device)];
+        for &r in rates {
+            let mut branch = ConvBn::new(in_ch, out_ch, 3, 1, r, 1, rng, device);
+            branch.conv.dilation = [r, r];
+            convs.push(branch);
+        }
+        let pool = ConvBn::new(in_ch, out_ch, 1, 1, 0, 1, rng, device);
+        let project = ConvBn::new((rates.len() + 2) * out_ch, out_ch, 1, 1, 0, 1, rng, device);
+        Self {
+            convs,
+            pool,
+            project,
+            dropout: DropoutConfig::new(0.5).init(),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, _, h, w] = x.dims();
+        let mut branches: Vec<Tensor<4>> = self
+            .convs
+            .iter()
+            .map(|c| relu(c.forward(x.clone())))
+            .collect();
+        // Bilinear upsampling of a 1×1 map is a broadcast, whatever the corner convention.
+        let pooled = relu(self.pool.forward(x.mean_dims(&[2, 3])));
+        let c = pooled.dims()[1];
+        branches.push(pooled.expand([b, c, h, w]));
+        self.dropout
+            .forward(relu(self.project.forward(Tensor::cat(branches, 1))))
+    }
+}
+
+/// torchvision's `FCNHead`: the auxiliary classifier.
+#[derive(Module, Debug)]
+pub struct FcnHead {
+    conv: ConvBn,
+    dropout: Dropout,
+    classifier: Conv2d,
+}
+
+impl FcnHead {
+    fn new(in_ch: usize, classes: usize, rng: &mut InitRng, device: &Device) -> Self {
+        let inter = in_ch / 4;
+        Self {
+            conv: ConvBn::new(in_ch, inter, 3, 1, 1, 1, rng, device),
+            dropout: DropoutConfig::new(0.1).init(),
+            classifier: conv(inter, classes, 1, 1, 0, 1, true, rng, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.dropout.forward(relu(self.conv.forward(x)));
+        crate::common::conv2d(&self.classifier, x)
+    }
+}
+
+/// Configuration of a DeepLabV3.
+#[derive(Config, Debug)]
+pub struct DeepLabV3Config {
+    /// Registry name.
+    pub name: String,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Classes.
+    pub num_classes: usize,
+    /// Blocks per backbone stage (`[2, 2, 2, 2]` ResNet-18, `[3, 4, 6, 3]` ResNet-50,
+    /// `[3, 4, 23, 3]` ResNet-101).
+    pub blocks: Vec<usize>,
+    /// Bottleneck blocks (ResNet-50/101) instead of basic blocks (ResNet-18/34).
+    pub bottleneck: bool,
+    /// With the auxiliary FCN head on stage 3.
+    #[config(default = true)]
+    pub aux: bool,
+    /// ASPP rates.
+    #[config(default = "vec![12, 24, 36]")]
+    pub rates: Vec<usize>,
+    /// ASPP and head channels.
+    #[config(default = 256)]
+    pub channels: usize,
+}
+
+impl DeepLabV3Config {
+    /// Builds the network.
+    pub fn init(&self, rng: &mut InitRng, device: &Device) -> DeepLabV3 {
+        let exp = if self.bottleneck { 4 } else { 1 };
+        let planes = [64, 128, 256, 512];
+        let (mut inplanes, mut dilation) = (64usize, 1usize);
+        let mut layers = Vec::new();
+        for (i, (&p, &n)) in planes.iter().zip(&self.blocks).enumerate() {
+            // Stages 3 and 4 trade their stride 2 for dilation ×2.
+            let (stride, previous) = match i {
+                0 => (1, dilation),
+                1 => (2, dilation),
+                _ => {
+                    let previous = dilation;
+                    dilation *= 2;
+                    (1, previous)
+                }
+            };
+            let mut stage = Vec::with_capacity(n);
+            for j in 0..n {
+                let (s, d) = if j == 0 {
+                    (stride, previous)
+                } else {
+                    (1, dilation)
+                };
+                stage.push(Block::dilated(
+                    self.bottleneck,
+                    inplanes,
+                    p,
+                    s,
+                    d,
+                    rng,
+                    device,
+                ));
+                inplanes = p * exp;
+            }
+            layers.push(stage);
+        }
+        let c = self.channels;
+        DeepLabV3 {
+            conv1: conv(self.in_channels, 64, 7, 2, 3, 1, false, rng, device),
+            bn1: bn(64, device),
+            maxpool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            layers,
+            aspp: Aspp::new(inplanes, c, &self.rates, rng, device),
+            head: ConvBn::new(c, c, 3, 1, 1, 1, rng, device),
+            classifier: conv(c, self.num_classes, 1, 1, 0, 1, true, rng, device),
+            aux: self
+                .aux
+                .then(|| FcnHead::new(256 * exp, self.num_classes, rng, device)),
+            name: self.name.clone(),
+            stage_channels: planes.iter().map(|p| p * exp).collect(),
+            channels: c,
+        }
+    }
+}
+
+/// DeepLabV3 with the features contract.
+#[derive(Module, Debug)]
+pub struct DeepLabV3 {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    maxpool: MaxPool2d,
+    layers: Vec<Vec<Block>>,
+    aspp: Aspp,
+    head: ConvBn,
+    classifier: Conv2d,
+    aux: Option<FcnHead>,
+    name: String,
+    stage_channels: Vec<usize>,
+    channels: usize,
+}
+
+impl Backbone for DeepLabV3 {
+    fn feature_info(&self) -> Vec<TapInfo> {
+        let mut taps = vec![TapInfo::backbone("stem", 64, 2)];
+        for (i, &c) in self.stage_channels.iter().enumerate() {
+            let stride = [4, 8, 8, 8][i.min(3)];
+            taps.push(TapInfo::backbone(&format!("stage{}", i + 1), c, stride));
+        }
+        taps.push(TapInfo::map("aspp", self.channels, 8));
+        taps
+    }
+
+    fn forward_intermediates(&self, x: Tensor<4>, request: &TapRequest) -> Intermediates {
+        let mut taps = Collector::new(request);
+        let x = relu(conv_bn(&self.conv1, &self.bn1, x)); // [B, 64, H/2, W/2]
+        taps.offer_map(0, &x);
+        let mut x = self.maxpool.forward(x);
+        let mut aux = None;
+        for (i, stage) in self.layers.iter().enumerate() {
+            x = taps.stage(i + 1, stage, x, |u, x| u.forward(x));
+            if i == 2 {
+                aux = self.aux.as_ref().map(|h| h.forward(x.clone()));
+            }
+        }
+        let embedding = global_avg_pool(x.clone()); // [B, C4]
+        let a = self.aspp.forward(x); // [B, 256, H/8, W/8]
+        taps.offer_map(self.layers.len() + 1, &a);
+        let logits = crate::common::conv2d(&self.classifier, relu(self.head.forward(a)));
+        let mut out = taps.finish_map(embedding, logits);
+        out.aux_logits = aux.map(Prediction::Map);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::trainable_params;
+
+    fn config(blocks: [usize; 4], bottleneck: bool, classes: usize) -> DeepLabV3Config {
+        DeepLabV3Config::new("deeplabv3".into(), 3, classes, blocks.to_vec(), bottleneck)
+    }
+
+    /// torchvision's counts at 21 classes with the auxiliary head: `deeplabv3_resnet50`
+    /// 42,004,074 and `deeplabv3_resnet101` 60,996,202 (`sum(p.numel() for p in
+    /// model.parameters())`); on ResNet-18, 16,053,034 from the same definitions
+    /// (`models/param_counts.py`); without the auxiliary head, ResNet-50 has 2,365,205 fewer
+    /// (FCNHead(1024, 21): 1024·256·9 + 2·256 + 256·21 + 21).
+    #[test]
+    fn parameter_counts_match_torchvision() {
+        let device = Device::flex();
+        let mut rng = InitRng::new(0);
+        let count = |c: DeepLabV3Config, rng: &mut InitRng| trainable_params(&c.init(rng, &device));
+        assert_eq!(count(config([3, 4, 6, 3], true, 21), &mut rng), 42_004_074);
+        assert_eq!(count(config([3, 4, 23, 3], true, 21), &mut rng), 60_996_202);
+        assert_eq!(count(config([2, 2, 2, 2], false, 21), &mut rng), 16_053_034);
+        assert_eq!(
+            count(config([3, 4, 6, 3], true, 21).with_aux(false), &mut rng),
+            42_004_074 - 2_365_205
+        );
+    }
+
+    /// Output stride 8 on a 64×48 input: taps at 32×24 (stem), 16×12 (stage 1) and 8×6
+    /// (stages 2–4 and ASPP); the prediction and the auxiliary prediction are `[B, K, 8, 6]`;
+    /// stage 4's first block has dilation 2 and the others 4, as torchvision's.
+    #[test]
+    fn output_stride_8_and_taps() {
+        let device = Device::flex();
+        let m = config([2, 2, 2, 2], false, 5).init(&mut InitRng::new(1), &device);
+        let info = m.feature_info();
+        let names: Vec<&str> = info.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "backbone.stem",
+                "backbone.stage1",
+                "backbone.stage2",
+                "backbone.stage3",
+                "backbone.stage4",
+                "aspp"
+            ]
+        );
+        let x = Tensor::<4>::ones([2, 3, 64, 48], &device);
+        let out = m.forward_intermediates(x, &TapRequest::all(&info));
+        for (tap, f) in info.iter().zip(&out.features) {
+            assert_eq!(
+                f.dims(),
+                vec![2, tap.channels, 64 / tap.stride, 48 / tap.stride],
+                "{}",
+                tap.name
+            );
+        }
+        assert_eq!(out.logits.dims(), vec![2, 5, 8, 6]);
+        assert_eq!(out.aux_logits.unwrap().dims(), vec![2, 5, 8, 6]);
+        let dilations: Vec<usize> = m.layers[3]
+            .iter()
+            .map(|b| match b {
+                Block::Basic(b) => b.conv1.dilation[0],
+                Block::Bottleneck(b) => b.conv2.dilation[0],
+            })
+            .collect();
+        assert_eq!(dilations, [2, 4]);
+    }
+
+    /// PyTorch's half-pixel bilinear upsampling of `[[0, 1], [2, 3]]` to 4×4: output pixel
+    /// `i` samples the input at `(i + 0.5)/2 − 0.5`, clamped at 0, so the rows are
+    /// `[0, 0.25, 0.75, 1]`, `[0.5, 0.75, 1.25, 1.5]`, `[1.5, 1.75, 2.25, 2.5]`,
+    /// `[2, 2.25, 2.75, 3]` (`F.interpolate(..., align_corners=False)`).
+    #[test]
+    fn upsampling_uses_half_pixel_centres() {
+        let device = Device::flex();
+        let x = Tensor::<4>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 2.0, 3.0], [1, 1, 2, 2]),
+            &device,
+        );
+        let y: Vec<f32> = upsample_bilinear(x, [4, 4])
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let want = [
+            0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
+        ];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?}");
+        }
+    }
+}
