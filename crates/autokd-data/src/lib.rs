@@ -31,6 +31,8 @@ pub use dataset::{Dataset, DatasetInfo, Split};
 pub use dense::{DensePipeline, DenseStep, DenseTransform, PhotometricDistortion};
 pub use error::{DataError, Result};
 pub use image::{Image, ImageSource, InMemory};
-pub use loader::{Batch, DataLoader, DenseBatch, DenseTargets, HostBatch, LoaderConfig};
+pub use loader::{
+    Batch, DataLoader, DenseBatch, DenseTargets, HostBatch, ItemTransform, LoaderConfig,
+};
 pub use spec::{DATASET_FORMS, DatasetSpec, DeclaredSize};
 pub use split::{stratified_split, stratified_subset};

@@ -182,20 +182,32 @@ impl HostBatch {
     }
 }
 
-/// What turns a split's items into a batch.
-#[derive(Debug, Clone)]
-enum Pipeline {
-    /// To the dataset's input size (classification).
-    Fixed(Arc<Transform>),
-    /// Annotated items of any size, padded per batch.
-    Dense(Arc<DenseTransform>),
+/// What turns a split's items into a batch's images.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemTransform {
+    /// To the dataset's input size (classification): every image of a batch has one size.
+    Fixed(Transform),
+    /// Annotated items of any size, padded per batch ([`DenseTargets`]).
+    Dense(DenseTransform),
+}
+
+impl From<Transform> for ItemTransform {
+    fn from(t: Transform) -> Self {
+        ItemTransform::Fixed(t)
+    }
+}
+
+impl From<DenseTransform> for ItemTransform {
+    fn from(t: DenseTransform) -> Self {
+        ItemTransform::Dense(t)
+    }
 }
 
 /// Draws batches of a [`Split`] through a [`Transform`].
 #[derive(Debug, Clone)]
 pub struct DataLoader {
     split: Split,
-    pipeline: Pipeline,
+    pipeline: Arc<ItemTransform>,
     config: LoaderConfig,
 }
 
@@ -214,16 +226,21 @@ fn derive(seed: u64, epoch: u64, position: u64) -> u64 {
 impl DataLoader {
     /// A loader over `split`. Fails on a zero batch size or an empty split.
     pub fn new(split: Split, transform: Transform, config: LoaderConfig) -> Result<Self> {
-        Self::with_pipeline(split, Pipeline::Fixed(Arc::new(transform)), config)
+        Self::with_transform(split, ItemTransform::Fixed(transform), config)
     }
 
     /// A loader of annotated items through a dense pipeline: each batch is padded to a common
     /// size and carries [`DenseTargets`]. Fails on a zero batch size or an empty split.
     pub fn dense(split: Split, transform: DenseTransform, config: LoaderConfig) -> Result<Self> {
-        Self::with_pipeline(split, Pipeline::Dense(Arc::new(transform)), config)
+        Self::with_transform(split, ItemTransform::Dense(transform), config)
     }
 
-    fn with_pipeline(split: Split, pipeline: Pipeline, config: LoaderConfig) -> Result<Self> {
+    /// A loader through either kind of transform. Fails on a zero batch size or an empty split.
+    pub fn with_transform(
+        split: Split,
+        transform: ItemTransform,
+        config: LoaderConfig,
+    ) -> Result<Self> {
         if config.batch_size == 0 {
             return Err(DataError::Config("batch_size must be at least 1".into()));
         }
@@ -234,7 +251,7 @@ impl DataLoader {
         }
         Ok(Self {
             split,
-            pipeline,
+            pipeline: Arc::new(transform),
             config,
         })
     }
@@ -276,14 +293,14 @@ impl DataLoader {
     /// Builds one batch from split positions (the `k`-th batch of `epoch`).
     fn build(
         split: &Split,
-        pipeline: &Pipeline,
+        pipeline: &ItemTransform,
         seed: u64,
         epoch: u64,
         positions: Vec<usize>,
     ) -> Result<HostBatch> {
         match pipeline {
-            Pipeline::Fixed(t) => Self::build_fixed(split, t, seed, epoch, positions),
-            Pipeline::Dense(t) => Self::build_dense(split, t, seed, epoch, positions),
+            ItemTransform::Fixed(t) => Self::build_fixed(split, t, seed, epoch, positions),
+            ItemTransform::Dense(t) => Self::build_dense(split, t, seed, epoch, positions),
         }
     }
 
@@ -374,7 +391,7 @@ impl DataLoader {
             let (tx, rx): (SyncSender<Result<HostBatch>>, Receiver<_>) =
                 sync_channel(self.config.prefetch.max(1));
             let split = self.split.clone();
-            let pipeline = self.pipeline.clone();
+            let pipeline = Arc::clone(&self.pipeline);
             let seed = self.config.seed;
             handles.push(std::thread::spawn(move || {
                 for positions in mine {

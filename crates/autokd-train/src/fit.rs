@@ -15,7 +15,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use autokd_data::{DataLoader, Split, Transform};
+use autokd_data::{DataLoader, ItemTransform, Split};
 use autokd_models::{Backbone, Intermediates};
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
@@ -54,7 +54,7 @@ pub struct EvalSet<'a> {
     /// The split.
     pub split: &'a Split,
     /// Its transform (no augmentation).
-    pub transform: &'a Transform,
+    pub transform: &'a ItemTransform,
     /// Batch size and loader threads.
     pub options: EvalOptions,
 }

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use autokd_data::{Augment, DataLoader, Dataset, LoaderConfig, Split, Transform};
+use autokd_data::{Augment, DataLoader, Dataset, ItemTransform, LoaderConfig, Split, Transform};
 use autokd_distill::{Distiller, DistillerSpec};
 use autokd_models::{Backbone, Model, ModelSpec};
 use burn::optim::decay::WeightDecayConfig;
@@ -483,7 +483,7 @@ pub fn evaluate(model: &Model, dataset: &Dataset, device: &Device) -> Result<(f6
     let e = Classification.evaluate(
         &model.valid(),
         &dataset.test,
-        &Transform::eval(&dataset.info)?,
+        &ItemTransform::from(Transform::eval(&dataset.info)?),
         TEST_EVAL,
         device,
     )?;
@@ -597,7 +597,7 @@ pub fn train(
             ..LoaderConfig::default()
         },
     )?;
-    let test_transform = Transform::eval(&dataset.info)?;
+    let test_transform = ItemTransform::from(Transform::eval(&dataset.info)?);
     let fit = Fit {
         task: &Classification,
         loader: &loader,

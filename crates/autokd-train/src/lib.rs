@@ -20,6 +20,7 @@ pub mod error;
 pub mod fit;
 pub mod full;
 pub mod proxy;
+pub mod segmentation;
 pub mod step;
 pub mod task;
 
@@ -36,5 +37,6 @@ pub use full::{
 pub use proxy::{
     ProxyConfig, ProxyEvaluator, ProxyFile, RewardKind, TrialOutcome, representation_gap,
 };
+pub use segmentation::{ConfusionMatrix, Segmentation};
 pub use step::{DistillStudent, StepLosses, data_parallel_step, distill_step};
 pub use task::{Classification, EvalOptions, Evaluation, Net, Task};

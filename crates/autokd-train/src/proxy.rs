@@ -18,7 +18,8 @@
 use std::time::Instant;
 
 use autokd_data::{
-    DataLoader, Dataset, LoaderConfig, Split, Transform, stratified_split, stratified_subset,
+    DataLoader, Dataset, ItemTransform, LoaderConfig, Split, Transform, stratified_split,
+    stratified_subset,
 };
 use autokd_distill::{Distiller, DistillerSpec};
 use autokd_models::{Backbone, Model, ModelSpec, TapInfo};
@@ -370,7 +371,8 @@ pub struct ProxyEvaluator {
     teacher_info: Vec<TapInfo>,
     train: Split,
     val: Split,
-    transform: Transform,
+    /// The evaluation transform, for training (no augmentation) and validation.
+    transform: ItemTransform,
     /// Where the teacher's outputs come from.
     plan: TeacherPlan,
     /// The cache, when the plan says so.
@@ -468,7 +470,7 @@ impl ProxyEvaluator {
             teacher_info: teacher.feature_info(),
             train,
             val,
-            transform,
+            transform: ItemTransform::from(transform),
             plan,
             cache,
             val_embeddings: val_cache.embeddings(),
@@ -512,7 +514,7 @@ impl ProxyEvaluator {
             &mut distiller_rng,
             &ad,
         )?;
-        let loader = DataLoader::new(
+        let loader = DataLoader::with_transform(
             self.train.clone(),
             self.transform.clone(),
             LoaderConfig {

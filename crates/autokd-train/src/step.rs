@@ -42,7 +42,7 @@ fn step_loss<N: Net>(
         .student
         .forward_intermediates(batch.images.clone(), &request);
     let mut terms = task.loss(&out, batch)?;
-    let truth = task.ground_truth(batch);
+    let truth = task.ground_truth(batch, &out);
     terms.extend(model.distiller.loss(&out, teacher, &truth)?.terms);
     let total = terms
         .iter()

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use autokd_data::{Batch, DataLoader, LoaderConfig, Split, Transform};
+use autokd_data::{Batch, DataLoader, ItemTransform, LoaderConfig, Split};
 use autokd_distill::GroundTruth;
 use autokd_models::{Backbone, Intermediates, TapRequest};
 use burn::module::{Module, ModuleDisplay};
@@ -66,8 +66,9 @@ pub trait Task: Send + Sync + std::fmt::Debug {
     /// `[("ce", …)]`); the step adds the distiller's terms after them.
     fn loss(&self, out: &Intermediates, batch: &Batch) -> Result<Vec<(String, Tensor<1>)>>;
 
-    /// The ground truth of `batch` that a distiller's feature term may weight by.
-    fn ground_truth(&self, _batch: &Batch) -> GroundTruth {
+    /// The ground truth of `batch` that a distiller's terms may weight by, at the sizes of the
+    /// student's outputs `out`.
+    fn ground_truth(&self, _batch: &Batch, _out: &Intermediates) -> GroundTruth {
         GroundTruth::default()
     }
 
@@ -76,7 +77,7 @@ pub trait Task: Send + Sync + std::fmt::Debug {
         &self,
         net: &dyn Backbone,
         split: &Split,
-        transform: &Transform,
+        transform: &ItemTransform,
         options: EvalOptions,
         device: &Device,
     ) -> Result<Evaluation>;
@@ -114,11 +115,11 @@ impl Task for Classification {
         &self,
         net: &dyn Backbone,
         split: &Split,
-        transform: &Transform,
+        transform: &ItemTransform,
         options: EvalOptions,
         device: &Device,
     ) -> Result<Evaluation> {
-        let loader = DataLoader::new(
+        let loader = DataLoader::with_transform(
             split.clone(),
             transform.clone(),
             LoaderConfig {
@@ -254,7 +255,7 @@ mod tests {
             mean: vec![0.0],
             std: vec![1.0],
         };
-        let transform = Transform::eval(&info).unwrap();
+        let transform = ItemTransform::from(autokd_data::Transform::eval(&info).unwrap());
         let eval = Classification
             .evaluate(
                 &Fixed,
