@@ -19,7 +19,12 @@ fn every_model_honours_the_features_contract() {
         // classes, so nothing depends on the reference sizes.
         let side = match name.family() {
             Family::Cifar => 32,
-            Family::ImageNet => 64,
+            Family::ImageNet | Family::Segmentation => 64,
+        };
+        // A classifier predicts a row per image, a segmenter one per cell of its 1/8 grid.
+        let rows = match name.family() {
+            Family::Segmentation => 2 * (side / 8) * (side / 8),
+            _ => 2,
         };
         let spec = ModelSpec {
             name,
@@ -32,7 +37,7 @@ fn every_model_honours_the_features_contract() {
         assert!(!info.is_empty(), "{name}: no taps");
         let x = Tensor::<4>::random([2, 2, side, side], Distribution::Normal(0.0, 1.0), &device);
         let logits = model.forward(x.clone());
-        assert_eq!(logits.dims(), [2, 7], "{name}");
+        assert_eq!(logits.dims(), [rows, 7], "{name}");
         let all = model.forward_intermediates(x.clone(), &TapRequest::all(&info));
         assert!(
             max_abs_diff(&logits, &all.logits.rows()) == 0.0,
@@ -141,7 +146,7 @@ fn convolutional_models_take_non_square_inputs() {
     for &name in ModelName::ALL {
         let (h, w) = match name.family() {
             Family::Cifar => (36, 52),
-            Family::ImageNet => (72, 104),
+            Family::ImageNet | Family::Segmentation => (72, 104),
         };
         if name.as_str().starts_with("deit") {
             continue;
@@ -157,7 +162,11 @@ fn convolutional_models_take_non_square_inputs() {
         assert!(info.iter().all(|t| t.kind == TapKind::FeatureMap), "{name}");
         let x = Tensor::<4>::random([1, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
         let out = model.forward_intermediates(x, &TapRequest::all(&info));
-        assert_eq!(out.logits.dims(), vec![1, 5], "{name}");
+        let logits = match name.family() {
+            Family::Segmentation => vec![1, 5, h.div_ceil(8), w.div_ceil(8)],
+            _ => vec![1, 5],
+        };
+        assert_eq!(out.logits.dims(), logits, "{name}");
         // Padded stride-2 convolutions and 3×3 max-pools round up; VGG's 2×2 max-pools
         // round down (as in PyTorch).
         let side = |x: usize, s: usize| {
@@ -231,6 +240,7 @@ fn seeded_initialization_is_the_same_in_parallel_threads() {
         ModelName::ShuffleNetV2,
         ModelName::DeitTinyP4,
         ModelName::MobileNetV1,
+        ModelName::Deeplabv3Resnet18,
     ];
     let spec = |name: ModelName| ModelSpec {
         name,
@@ -238,7 +248,7 @@ fn seeded_initialization_is_the_same_in_parallel_threads() {
         num_classes: 5,
         image_size: match name.family() {
             Family::Cifar => 32,
-            Family::ImageNet => 64,
+            Family::ImageNet | Family::Segmentation => 64,
         },
     };
     let build = |seed: u64| -> Vec<Vec<f32>> {

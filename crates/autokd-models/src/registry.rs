@@ -6,6 +6,7 @@ use std::str::FromStr;
 use burn::prelude::*;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::deeplab::{DeepLabV3, DeepLabV3Config};
 use crate::deit::{Deit, DeitConfig};
 use crate::error::ModelError;
 use crate::features::{Backbone, Intermediates, TapInfo, TapRequest};
@@ -78,6 +79,9 @@ model_names! {
     MobileNetV1 => "mobilenet_v1", ImageNet;
     DeitTiny => "deit_tiny", ImageNet;
     DeitTinyP4 => "deit_tiny_p4", Cifar;
+    Deeplabv3Resnet18 => "deeplabv3_resnet18", Segmentation;
+    Deeplabv3Resnet50 => "deeplabv3_resnet50", Segmentation;
+    Deeplabv3Resnet101 => "deeplabv3_resnet101", Segmentation;
 }
 
 /// Where an architecture comes from, which fixes its reference input and class count.
@@ -87,6 +91,9 @@ pub enum Family {
     Cifar,
     /// ImageNet (torchvision, mdistiller, DeiT): 3×224×224, 1,000 classes.
     ImageNet,
+    /// Semantic segmentation (torchvision's DeepLabV3): 3×512×512, 21 classes (PASCAL VOC, at
+    /// which torchvision counts its parameters); the prediction is a `[B, K, H/8, W/8]` map.
+    Segmentation,
 }
 
 impl Family {
@@ -95,6 +102,7 @@ impl Family {
         match self {
             Family::Cifar => (3, 32),
             Family::ImageNet => (3, 224),
+            Family::Segmentation => (3, 512),
         }
     }
 
@@ -103,6 +111,7 @@ impl Family {
         match self {
             Family::Cifar => 100,
             Family::ImageNet => 1000,
+            Family::Segmentation => 21,
         }
     }
 }
@@ -265,6 +274,17 @@ impl ModelSpec {
                 ResNetConfig::imagenet("resnet50", [3, 4, 6, 3], true, c, k).init(rng, device),
             ),
             N::MobileNetV1 => Model::MobileNetV1(MobileNetV1Config::new(c, k).init(rng, device)),
+            N::Deeplabv3Resnet18 | N::Deeplabv3Resnet50 | N::Deeplabv3Resnet101 => {
+                let (blocks, bottleneck) = match self.name {
+                    N::Deeplabv3Resnet18 => (vec![2, 2, 2, 2], false),
+                    N::Deeplabv3Resnet50 => (vec![3, 4, 6, 3], true),
+                    _ => (vec![3, 4, 23, 3], true),
+                };
+                Model::DeepLabV3(
+                    DeepLabV3Config::new(self.name.as_str().into(), c, k, blocks, bottleneck)
+                        .init(rng, device),
+                )
+            }
             N::DeitTiny | N::DeitTinyP4 => {
                 let patch = self.deit_patch().unwrap_or(16);
                 Model::Deit(
@@ -299,6 +319,8 @@ pub enum Model {
     MobileNetV1(MobileNetV1),
     /// DeiT.
     Deit(Deit),
+    /// DeepLabV3 (segmentation).
+    DeepLabV3(DeepLabV3),
 }
 
 macro_rules! dispatch {
@@ -312,6 +334,7 @@ macro_rules! dispatch {
             Model::ShuffleNetV2($m) => $e,
             Model::MobileNetV1($m) => $e,
             Model::Deit($m) => $e,
+            Model::DeepLabV3($m) => $e,
         }
     };
 }
@@ -365,6 +388,9 @@ mod tests {
         (ModelName::MobileNetV1, 4_231_976),
         (ModelName::DeitTiny, 5_910_800),
         (ModelName::DeitTinyP4, 5_399_816),
+        (ModelName::Deeplabv3Resnet18, 16_053_034),
+        (ModelName::Deeplabv3Resnet50, 42_004_074),
+        (ModelName::Deeplabv3Resnet101, 60_996_202),
     ];
 
     #[test]

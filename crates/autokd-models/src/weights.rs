@@ -289,6 +289,30 @@ pub fn pytorch_key_patterns(name: ModelName) -> Vec<(String, String)> {
         }
         // timm's DeiT names are ours.
         N::DeitTiny | N::DeitTinyP4 => {}
+        // torchvision's segmentation layout: `backbone.` (IntermediateLayerGetter of a ResNet),
+        // `classifier` = DeepLabHead (ASPP, 3×3 conv, BN, ReLU, 1×1), `aux_classifier` =
+        // FCNHead (3×3 conv, BN, ReLU, dropout, 1×1).
+        N::Deeplabv3Resnet18 | N::Deeplabv3Resnet50 | N::Deeplabv3Resnet101 => {
+            add(r"^backbone\.", "");
+            for i in 1..=4 {
+                add(&format!(r"^layer{i}\."), &format!("layers.{}.", i - 1));
+            }
+            add(r"\.downsample\.0\.", ".downsample.conv.");
+            add(r"\.downsample\.1\.", ".downsample.bn.");
+            // The pooling branch is [AdaptiveAvgPool2d, conv, BN, ReLU]; the others [conv, BN, ReLU].
+            add(r"^classifier\.0\.convs\.4\.1\.", "aspp.pool.conv.");
+            add(r"^classifier\.0\.convs\.4\.2\.", "aspp.pool.bn.");
+            add(r"^classifier\.0\.convs\.(\d)\.0\.", "aspp.convs.$1.conv.");
+            add(r"^classifier\.0\.convs\.(\d)\.1\.", "aspp.convs.$1.bn.");
+            add(r"^classifier\.0\.project\.0\.", "aspp.project.conv.");
+            add(r"^classifier\.0\.project\.1\.", "aspp.project.bn.");
+            add(r"^classifier\.1\.", "head.conv.");
+            add(r"^classifier\.2\.", "head.bn.");
+            add(r"^classifier\.4\.", "classifier.");
+            add(r"^aux_classifier\.0\.", "aux.conv.conv.");
+            add(r"^aux_classifier\.1\.", "aux.conv.bn.");
+            add(r"^aux_classifier\.4\.", "aux.classifier.");
+        }
     }
     p
 }
