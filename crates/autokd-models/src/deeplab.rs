@@ -143,14 +143,20 @@ pub struct DeepLabV3Config {
     /// ASPP and head channels.
     #[config(default = 256)]
     pub channels: usize,
+    /// Planes of each backbone stage (output channels are ×4 for bottlenecks).
+    #[config(default = "vec![64, 128, 256, 512]")]
+    pub planes: Vec<usize>,
+    /// Channels of the stem.
+    #[config(default = 64)]
+    pub stem_channels: usize,
 }
 
 impl DeepLabV3Config {
     /// Builds the network.
     pub fn init(&self, rng: &mut InitRng, device: &Device) -> DeepLabV3 {
         let exp = if self.bottleneck { 4 } else { 1 };
-        let planes = [64, 128, 256, 512];
-        let (mut inplanes, mut dilation) = (64usize, 1usize);
+        let planes = &self.planes;
+        let (mut inplanes, mut dilation) = (self.stem_channels, 1usize);
         let mut layers = Vec::new();
         for (i, (&p, &n)) in planes.iter().zip(&self.blocks).enumerate() {
             // Stages 3 and 4 trade their stride 2 for dilation ×2.
@@ -185,8 +191,18 @@ impl DeepLabV3Config {
         }
         let c = self.channels;
         DeepLabV3 {
-            conv1: conv(self.in_channels, 64, 7, 2, 3, 1, false, rng, device),
-            bn1: bn(64, device),
+            conv1: conv(
+                self.in_channels,
+                self.stem_channels,
+                7,
+                2,
+                3,
+                1,
+                false,
+                rng,
+                device,
+            ),
+            bn1: bn(self.stem_channels, device),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -195,11 +211,13 @@ impl DeepLabV3Config {
             aspp: Aspp::new(inplanes, c, &self.rates, rng, device),
             head: ConvBn::new(c, c, 3, 1, 1, 1, rng, device),
             classifier: conv(c, self.num_classes, 1, 1, 0, 1, true, rng, device),
-            aux: self
-                .aux
-                .then(|| FcnHead::new(256 * exp, self.num_classes, rng, device)),
+            aux: self.aux.then(|| {
+                let c3 = planes.get(2).map_or(inplanes, |p| p * exp);
+                FcnHead::new(c3, self.num_classes, rng, device)
+            }),
             name: self.name.clone(),
             stage_channels: planes.iter().map(|p| p * exp).collect(),
+            stem_channels: self.stem_channels,
             channels: c,
         }
     }
@@ -218,12 +236,13 @@ pub struct DeepLabV3 {
     aux: Option<FcnHead>,
     name: String,
     stage_channels: Vec<usize>,
+    stem_channels: usize,
     channels: usize,
 }
 
 impl Backbone for DeepLabV3 {
     fn feature_info(&self) -> Vec<TapInfo> {
-        let mut taps = vec![TapInfo::backbone("stem", 64, 2)];
+        let mut taps = vec![TapInfo::backbone("stem", self.stem_channels, 2)];
         for (i, &c) in self.stage_channels.iter().enumerate() {
             let stride = [4, 8, 8, 8][i.min(3)];
             taps.push(TapInfo::backbone(&format!("stage{}", i + 1), c, stride));

@@ -558,6 +558,52 @@ mod tests {
         std::fs::write(path, out).unwrap();
     }
 
+    /// torchvision's segmentation layout on a narrow bottleneck DeepLabV3 (`make_fixtures.py`):
+    /// the head's and the auxiliary head's maps equal the NumPy forward pass of torchvision's
+    /// definition (dilated stages 3–4, ASPP at rates 1/2/3 with image pooling, FCN head).
+    #[test]
+    fn torchvision_deeplabv3_checkpoint_matches_the_reference_forward() {
+        let device = Device::flex();
+        let cfg = crate::deeplab::DeepLabV3Config::new(
+            "deeplabv3_resnet50".into(),
+            3,
+            5,
+            vec![1, 1, 2, 2],
+            true,
+        )
+        .with_planes(vec![4, 8, 16, 32])
+        .with_stem_channels(8)
+        .with_rates(vec![1, 2, 3])
+        .with_channels(16);
+        let model = Model::DeepLabV3(cfg.init(&mut crate::init::InitRng::new(0), &device));
+        let m = load(
+            model,
+            ModelName::Deeplabv3Resnet50,
+            &fixtures().join("deeplabv3_narrow.pth"),
+        )
+        .unwrap();
+        let out =
+            m.forward_intermediates(fixed_input(&device), &crate::features::TapRequest::none());
+        let flat = |p: &crate::features::Prediction| match p {
+            crate::features::Prediction::Map(t) => {
+                let [b, k, h, w] = t.dims();
+                t.clone().reshape([b * k * h * w, 1])
+            }
+            other => panic!("not a map: {other:?}"),
+        };
+        assert_eq!(out.logits.dims(), vec![2, 5, 4, 4]);
+        assert_close(
+            flat(&out.logits),
+            &expected("deeplabv3_narrow"),
+            "deeplabv3",
+        );
+        assert_close(
+            flat(out.aux_logits.as_ref().unwrap()),
+            &expected("deeplabv3_narrow_aux"),
+            "deeplabv3 aux",
+        );
+    }
+
     /// Every family's key mapping, end to end: the state-dict keys and shapes of the reference
     /// implementation (`reference_keys.json`, written by `make_fixtures.py` from the reference
     /// definitions) load strictly into our model: no key missing, none unused, every shape fits.
