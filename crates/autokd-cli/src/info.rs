@@ -104,6 +104,11 @@ pub fn run(args: &InfoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "  {:<22} DIR/train/<class>/*.jpg|png and DIR/val/<class>/*, RGB 224x224",
         "imagefolder:DIR"
     )?;
+    writeln!(
+        out,
+        "  {:<22} PASCAL VOC segmentation: DIR/JPEGImages/*.jpg with DIR/SegmentationClass/*.png masks",
+        "vocseg:DIR"
+    )?;
     writeln!(out)?;
     if args.models {
         model_table(out)?;

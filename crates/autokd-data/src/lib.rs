@@ -21,6 +21,7 @@ pub mod image;
 pub mod loader;
 pub mod spec;
 pub mod split;
+pub mod vocseg;
 
 pub use annotation::{
     Annotated, Annotation, BoxAnnotation, ClassMask, IGNORE, MaskValues, PaddedBatch,

@@ -9,10 +9,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::cifar::{self, Cifar};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::{digits, fashion_mnist, folder};
+use crate::{digits, fashion_mnist, folder, vocseg};
 
 /// Which dataset to read: `digits` (default), `fashion-mnist[:DIR]`, `cifar10:DIR`,
-/// `cifar100:DIR`, `imagefolder:DIR`.
+/// `cifar100:DIR`, `imagefolder:DIR`, `vocseg:DIR`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum DatasetSpec {
     /// The embedded handwritten digits.
@@ -26,15 +26,18 @@ pub enum DatasetSpec {
     Cifar100(PathBuf),
     /// An ImageNet-style image folder.
     ImageFolder(PathBuf),
+    /// PASCAL VOC semantic segmentation (images with class masks).
+    VocSeg(PathBuf),
 }
 
 /// The forms of a dataset string, for help texts and error messages.
-pub const DATASET_FORMS: [&str; 5] = [
+pub const DATASET_FORMS: [&str; 6] = [
     "digits",
     "fashion-mnist[:DIR]",
     "cifar10:DIR",
     "cifar100:DIR",
     "imagefolder:DIR",
+    "vocseg:DIR",
 ];
 
 /// The size a dataset declares, known without reading its files.
@@ -58,7 +61,7 @@ impl DatasetSpec {
             DatasetSpec::FashionMnist(_) => ([1, 28, 28], 10, 6000),
             DatasetSpec::Cifar10(_) => ([3, 32, 32], 10, 5000),
             DatasetSpec::Cifar100(_) => ([3, 32, 32], 100, 500),
-            DatasetSpec::ImageFolder(_) => return None,
+            DatasetSpec::ImageFolder(_) | DatasetSpec::VocSeg(_) => return None,
         };
         Some(DeclaredSize {
             input,
@@ -84,6 +87,7 @@ impl DatasetSpec {
             DatasetSpec::Cifar10(dir) => cifar::load(Cifar::Ten, dir),
             DatasetSpec::Cifar100(dir) => cifar::load(Cifar::Hundred, dir),
             DatasetSpec::ImageFolder(dir) => folder::load(dir, image_size),
+            DatasetSpec::VocSeg(dir) => vocseg::load(dir),
         }
     }
 }
@@ -119,6 +123,7 @@ impl FromStr for DatasetSpec {
             "imagefolder" | "image-folder" => {
                 Ok(DatasetSpec::ImageFolder(need_dir("imagefolder")?))
             }
+            "vocseg" | "voc-seg" => Ok(DatasetSpec::VocSeg(need_dir("vocseg")?)),
             other => Err(err(format!(
                 "unknown dataset `{other}`; expected one of: {}",
                 DATASET_FORMS.join(", ")
@@ -136,6 +141,7 @@ impl fmt::Display for DatasetSpec {
             DatasetSpec::Cifar10(d) => write!(f, "cifar10:{}", d.display()),
             DatasetSpec::Cifar100(d) => write!(f, "cifar100:{}", d.display()),
             DatasetSpec::ImageFolder(d) => write!(f, "imagefolder:{}", d.display()),
+            DatasetSpec::VocSeg(d) => write!(f, "vocseg:{}", d.display()),
         }
     }
 }
@@ -183,6 +189,7 @@ mod tests {
             "cifar10:/data/c10",
             "cifar100:rel/c100",
             "imagefolder:/imagenet",
+            "vocseg:/voc/VOC2012",
         ] {
             let spec: DatasetSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
