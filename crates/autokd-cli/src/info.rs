@@ -109,6 +109,11 @@ pub fn run(args: &InfoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "  {:<22} PASCAL VOC segmentation: DIR/JPEGImages/*.jpg with DIR/SegmentationClass/*.png masks",
         "vocseg:DIR"
     )?;
+    writeln!(
+        out,
+        "  {:<22} segmentation scenes composed of real digits (48x48) or Fashion-MNIST items (64x64)",
+        "scenes[:fashion-mnist[:DIR]]"
+    )?;
     writeln!(out)?;
     if args.models {
         model_table(out)?;

@@ -19,6 +19,7 @@ pub mod folder;
 pub mod idx;
 pub mod image;
 pub mod loader;
+pub mod scenes;
 pub mod spec;
 pub mod split;
 pub mod vocseg;

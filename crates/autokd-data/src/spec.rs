@@ -9,10 +9,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::cifar::{self, Cifar};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::{digits, fashion_mnist, folder, vocseg};
+use crate::{digits, fashion_mnist, folder, scenes, vocseg};
 
 /// Which dataset to read: `digits` (default), `fashion-mnist[:DIR]`, `cifar10:DIR`,
-/// `cifar100:DIR`, `imagefolder:DIR`, `vocseg:DIR`.
+/// `cifar100:DIR`, `imagefolder:DIR`, `vocseg:DIR`, `scenes[:fashion-mnist[:DIR]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum DatasetSpec {
     /// The embedded handwritten digits.
@@ -28,16 +28,19 @@ pub enum DatasetSpec {
     ImageFolder(PathBuf),
     /// PASCAL VOC semantic segmentation (images with class masks).
     VocSeg(PathBuf),
+    /// Segmentation scenes composed of the items of a base set (the digits or Fashion-MNIST).
+    Scenes(Box<DatasetSpec>),
 }
 
 /// The forms of a dataset string, for help texts and error messages.
-pub const DATASET_FORMS: [&str; 6] = [
+pub const DATASET_FORMS: [&str; 7] = [
     "digits",
     "fashion-mnist[:DIR]",
     "cifar10:DIR",
     "cifar100:DIR",
     "imagefolder:DIR",
     "vocseg:DIR",
+    "scenes[:fashion-mnist[:DIR]]",
 ];
 
 /// The size a dataset declares, known without reading its files.
@@ -61,7 +64,9 @@ impl DatasetSpec {
             DatasetSpec::FashionMnist(_) => ([1, 28, 28], 10, 6000),
             DatasetSpec::Cifar10(_) => ([3, 32, 32], 10, 5000),
             DatasetSpec::Cifar100(_) => ([3, 32, 32], 100, 500),
-            DatasetSpec::ImageFolder(_) | DatasetSpec::VocSeg(_) => return None,
+            DatasetSpec::ImageFolder(_) | DatasetSpec::VocSeg(_) | DatasetSpec::Scenes(_) => {
+                return None;
+            }
         };
         Some(DeclaredSize {
             input,
@@ -88,6 +93,13 @@ impl DatasetSpec {
             DatasetSpec::Cifar100(dir) => cifar::load(Cifar::Hundred, dir),
             DatasetSpec::ImageFolder(dir) => folder::load(dir, image_size),
             DatasetSpec::VocSeg(dir) => vocseg::load(dir),
+            DatasetSpec::Scenes(base) => {
+                let layout = match **base {
+                    DatasetSpec::Digits => scenes::SceneLayout::DIGITS,
+                    _ => scenes::SceneLayout::FASHION,
+                };
+                scenes::compose(&base.load()?, layout)
+            }
         }
     }
 }
@@ -124,6 +136,20 @@ impl FromStr for DatasetSpec {
                 Ok(DatasetSpec::ImageFolder(need_dir("imagefolder")?))
             }
             "vocseg" | "voc-seg" => Ok(DatasetSpec::VocSeg(need_dir("vocseg")?)),
+            "scenes" => {
+                let base = match dir {
+                    None => DatasetSpec::Digits,
+                    Some(rest) => rest.parse()?,
+                };
+                match base {
+                    DatasetSpec::Digits | DatasetSpec::FashionMnist(_) => {
+                        Ok(DatasetSpec::Scenes(Box::new(base)))
+                    }
+                    other => Err(err(format!(
+                        "scenes are composed of the digits or Fashion-MNIST, not `{other}`"
+                    ))),
+                }
+            }
             other => Err(err(format!(
                 "unknown dataset `{other}`; expected one of: {}",
                 DATASET_FORMS.join(", ")
@@ -142,6 +168,10 @@ impl fmt::Display for DatasetSpec {
             DatasetSpec::Cifar100(d) => write!(f, "cifar100:{}", d.display()),
             DatasetSpec::ImageFolder(d) => write!(f, "imagefolder:{}", d.display()),
             DatasetSpec::VocSeg(d) => write!(f, "vocseg:{}", d.display()),
+            DatasetSpec::Scenes(base) => match **base {
+                DatasetSpec::Digits => write!(f, "scenes"),
+                ref other => write!(f, "scenes:{other}"),
+            },
         }
     }
 }
@@ -190,6 +220,9 @@ mod tests {
             "cifar100:rel/c100",
             "imagefolder:/imagenet",
             "vocseg:/voc/VOC2012",
+            "scenes",
+            "scenes:fashion-mnist",
+            "scenes:fashion-mnist:/d/f",
         ] {
             let spec: DatasetSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
@@ -220,6 +253,11 @@ mod tests {
         let msg = "cifar10".parse::<DatasetSpec>().unwrap_err().to_string();
         assert!(msg.contains("cifar10:DIR"), "{msg}");
         assert!("digits:/x".parse::<DatasetSpec>().is_err());
+        let msg = "scenes:cifar10:/c"
+            .parse::<DatasetSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("digits or Fashion-MNIST"), "{msg}");
         let r: std::result::Result<DatasetSpec, _> = serde_json::from_str(r#""svhn:/x""#);
         assert!(r.unwrap_err().to_string().contains("unknown dataset"));
     }
