@@ -192,6 +192,12 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             String::new()
         }
     )?;
+    // The task's score: top-1 for a classifier, mIoU for a segmenter.
+    let (metric, label) = if args.model.family() == autokd_models::Family::Segmentation {
+        ("miou", "mIoU")
+    } else {
+        ("top1", "top-1")
+    };
     let mut results = Vec::new();
     for &seed in &args.seeds {
         // A bar of the epoch's steps on a terminal (stderr); plain epoch lines otherwise.
@@ -255,21 +261,26 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                             .get(k)
                             .map_or("—".to_string(), |v| format!("{:.2}%", 100.0 * v))
                     };
-                    let val = if m.metrics.contains_key("val_top1") {
-                        format!("val top-1 {}  ", pct("val_top1"))
+                    let val_key = format!("val_{metric}");
+                    let val = if m.metrics.contains_key(&val_key) {
+                        format!("val {label} {}  ", pct(&val_key))
                     } else {
                         String::new()
+                    };
+                    let second = if metric == "top1" {
+                        format!("top-5 {}", pct("top5"))
+                    } else {
+                        format!("pixel acc. {}", pct("pixel_acc"))
                     };
                     let written = bar.suspend(|| {
                         writeln!(
                             out,
-                            "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  {val}top-1 {}  top-5 {}  {:.0} img/s",
+                            "seed {seed} epoch {:>3}/{}  lr {:.5}  {}  {val}{label} {}  {second}  {:.0} img/s",
                             m.epoch,
                             total_epochs,
                             m.lr,
                             losses.join("  "),
-                            pct("top1"),
-                            pct("top5"),
+                            pct(metric),
                             m.images_per_s
                         )
                     });
@@ -286,7 +297,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         save_weights(&model, &dir.join("model.bpk"))?;
         writeln!(
             out,
-            "seed {seed}: best top-1 {:.2}% (epoch {}, chosen on {}), last {:.2}%  ({}){}",
+            "seed {seed}: best {label} {:.2}% (epoch {}, chosen on {}), last {:.2}%  ({}){}",
             100.0 * summary.best_top1,
             summary.best_epoch,
             if validation.is_some() {
@@ -320,7 +331,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let (lm, ls) = of(|r| r.last_top1);
     writeln!(
         out,
-        "top-1 over {} seed(s): best {:.2} ± {:.2}%, last {:.2} ± {:.2}%",
+        "{label} over {} seed(s): best {:.2} ± {:.2}%, last {:.2} ± {:.2}%",
         results.len(),
         100.0 * bm,
         100.0 * bs,
@@ -331,6 +342,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         &args.out.join("summary.json"),
         serde_json::to_string_pretty(&serde_json::json!({
             "distiller": distiller.to_string(), "recipe": recipe, "seeds": results,
+            "metric": metric,
             "best_top1": {"mean": bm, "std": bs}, "last_top1": {"mean": lm, "std": ls},
         }))?
         .as_bytes(),

@@ -7,7 +7,10 @@
 
 use std::path::Path;
 
-use autokd_data::{Augment, DataLoader, Dataset, ItemTransform, LoaderConfig, Split, Transform};
+use autokd_data::{
+    Augment, DataLoader, Dataset, DensePipeline, DenseStep, DenseTransform, ItemTransform,
+    LoaderConfig, PhotometricDistortion, Split, Transform,
+};
 use autokd_distill::{Distiller, DistillerSpec};
 use autokd_models::{Backbone, Model, ModelSpec};
 use burn::optim::decay::WeightDecayConfig;
@@ -18,8 +21,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::fit::{EvalSet, Fit, MaskSeeds, RunDir, TeacherFeed, TrainEvent};
+use crate::segmentation::Segmentation;
 use crate::step::DistillStudent;
 use crate::task::{Classification, EvalOptions, Task};
+
+/// The segmentation task of full trainings (auxiliary head at 0.4).
+static SEGMENTATION: Segmentation = Segmentation { aux_weight: 0.4 };
 
 /// Optimizer of a recipe.
 #[derive(Debug, Clone, PartialEq)]
@@ -500,7 +507,11 @@ const TEST_EVAL: EvalOptions = EvalOptions {
 /// The end of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSummary {
-    /// Test top-1 at the best epoch: the one with the best validation top-1 when the run has a
+    /// The task's score metric (`top1` for classification, `miou` for segmentation), which the
+    /// `*_top1` fields hold (named for classification's, which they held first).
+    #[serde(default = "top1")]
+    pub metric: String,
+    /// Test score at the best epoch: the one with the best validation score when the run has a
     /// validation split, else the best over epochs.
     pub best_top1: f64,
     /// The best epoch (from 1; 0 in summaries from before it was recorded).
@@ -510,6 +521,41 @@ pub struct TrainSummary {
     pub last_top1: f64,
     /// Epochs run in this call (after a resume, only the remaining ones).
     pub epochs_run: usize,
+}
+
+fn top1() -> String {
+    "top1".into()
+}
+
+/// The dense pipelines of a segmentation dataset at CPU scale, from its declared image size
+/// `H × W`: training rescales by 0.5 … 2.0 around `H × W` (keep ratio), crops `H × W` (at most
+/// 75% of one class), flips with probability 1/2 and distorts photometrically (mmseg's
+/// Cityscapes steps at this size); evaluation takes the images as they are. Batches pad to a
+/// multiple of 8 (DeepLabV3's output stride).
+pub fn segmentation_pipelines(info: &autokd_data::DatasetInfo) -> (DensePipeline, DensePipeline) {
+    let (h, w) = (info.height, info.width);
+    let train = DensePipeline {
+        steps: vec![
+            DenseStep::RandomRescale {
+                short: h.min(w),
+                max_long: h.max(w),
+                ratio: [0.5, 2.0],
+            },
+            DenseStep::RandomCrop {
+                height: h,
+                width: w,
+                cat_max_ratio: 0.75,
+            },
+            DenseStep::Flip { p: 0.5 },
+            DenseStep::Photometric(PhotometricDistortion::default()),
+        ],
+        pad_multiple: 8,
+    };
+    let eval = DensePipeline {
+        steps: Vec::new(),
+        pad_multiple: 8,
+    };
+    (train, eval)
 }
 
 /// A frozen teacher and the distiller to train the student with.
@@ -552,9 +598,11 @@ pub(crate) fn init_student(
 /// Trains `student` (from scratch, or distilled when `teacher` is given) on `dataset` with
 /// `recipe` (its seed included), writing `metrics.jsonl` and `checkpoint/` into `run_dir`. With
 /// `resume`, continues from the checkpoint there. `validation` (a part of the training split
-/// that `dataset.train` no longer holds) chooses the best epoch; the test split is evaluated
-/// after every epoch but chooses nothing then. `stop_after` ends the call after that many epochs
-/// (as a kill would; tests).
+/// that `dataset.train` no longer holds) chooses the best epoch; the test split is then evaluated
+/// once, at the end, on the last and the best epoch's weights. `stop_after` ends the call after
+/// that many epochs (as a kill would; tests). The student's family picks the task: a
+/// segmentation model ([`autokd_models::Family::Segmentation`]) trains with [`Segmentation`]
+/// through [`segmentation_pipelines`], every other with [`Classification`].
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     student: &ModelSpec,
@@ -586,9 +634,26 @@ pub fn train(
         &device.clone().autodiff(),
     )?;
     let frozen = teacher.as_ref().map(|t| t.model.valid());
-    let loader = DataLoader::new(
+    // The student's family picks the task: a segmenter trains on masks through dense pipelines.
+    let segmentation = student.name.family() == autokd_models::Family::Segmentation;
+    let (task, train_transform, test_transform): (&dyn Task, ItemTransform, ItemTransform) =
+        if segmentation {
+            let (train, eval) = segmentation_pipelines(&dataset.info);
+            (
+                &SEGMENTATION,
+                DenseTransform::new(&dataset.info, train)?.into(),
+                DenseTransform::new(&dataset.info, eval)?.into(),
+            )
+        } else {
+            (
+                &Classification,
+                Transform::train(&dataset.info, Augment::for_dataset(&dataset.info))?.into(),
+                Transform::eval(&dataset.info)?.into(),
+            )
+        };
+    let loader = DataLoader::with_transform(
         dataset.train.clone(),
-        Transform::train(&dataset.info, Augment::for_dataset(&dataset.info))?,
+        train_transform,
         LoaderConfig {
             batch_size: recipe.batch_size,
             shuffle: true,
@@ -597,9 +662,8 @@ pub fn train(
             ..LoaderConfig::default()
         },
     )?;
-    let test_transform = ItemTransform::from(Transform::eval(&dataset.info)?);
     let fit = Fit {
-        task: &Classification,
+        task,
         loader: &loader,
         recipe,
         teacher: frozen
@@ -631,6 +695,7 @@ pub fn train(
     Ok((
         net.student.valid(),
         TrainSummary {
+            metric: task.score_metric().into(),
             best_top1: outcome.best,
             best_epoch: outcome.best_epoch,
             last_top1: outcome.last,
@@ -1002,6 +1067,77 @@ mod tests {
         assert!(s.best_top1 > 0.3, "{s:?}");
         assert_eq!(evaluate(&m, &ds, &device).unwrap().0, s.last_top1);
         assert!(dir.path().join("checkpoint/state.json").is_file());
+    }
+
+    /// A DeepLabV3 student trains on digit scenes with the segmentation task, from scratch and
+    /// distilled per pixel (KD on every counted pixel of the 1/8 grid): the loss has the pixel
+    /// CE and the auxiliary head's term, the validation part chooses the best epoch by mIoU,
+    /// the test split reports mIoU, pixel accuracy and per-class IoU, all finite and in [0, 1].
+    #[test]
+    fn a_segmenter_trains_on_scenes() {
+        let device = Device::flex();
+        let mut ds = DatasetSpec::Scenes(Box::new(DatasetSpec::Digits))
+            .load()
+            .unwrap();
+        let val = ds.train.subset(&(16..24).collect::<Vec<_>>()).unwrap();
+        ds.train = ds.train.subset(&(0..16).collect::<Vec<_>>()).unwrap();
+        ds.test = ds.test.subset(&(0..8).collect::<Vec<_>>()).unwrap();
+        let spec = ModelSpec {
+            name: ModelName::Deeplabv3Resnet18,
+            in_channels: 1,
+            num_classes: 11,
+            image_size: 48,
+        };
+        let recipe = Recipe {
+            length: Length::Epochs(2),
+            batch_size: 8,
+            lr: 0.01,
+            ..Recipe::preset("digits").unwrap()
+        };
+        let teacher = spec.init(&device).unwrap();
+        let kd = DistillerSpec::baseline("kd").unwrap();
+        for distilled in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let setup = distilled.then_some(TeacherSetup {
+                model: &teacher,
+                name: "deeplabv3_resnet18",
+                spec: &kd,
+            });
+            let (_, s) = train(
+                &spec,
+                setup,
+                &ds,
+                Some(&val),
+                &recipe,
+                1,
+                dir.path(),
+                false,
+                None,
+                std::slice::from_ref(&device),
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!(s.metric, "miou");
+            assert!((0.0..=1.0).contains(&s.best_top1), "{s:?}");
+            let lines: Vec<EpochMetrics> =
+                std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect();
+            assert_eq!(lines.len(), 2);
+            let last = &lines[1];
+            let loss = |k: &str| last.losses.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+            for k in ["ce", "aux"] {
+                assert!(loss(k).is_some_and(f64::is_finite), "{k}: {last:?}");
+            }
+            assert_eq!(loss("logits").is_some(), distilled, "{last:?}");
+            assert!(lines.iter().all(|m| m.metrics.contains_key("val_miou")));
+            for k in ["miou", "pixel_acc", "iou_0"] {
+                assert!((0.0..=1.0).contains(&last.metric(k)), "{k}: {last:?}");
+            }
+            assert_eq!(s.last_top1, last.metric("miou"));
+        }
     }
 
     /// With a validation part, the best epoch is the one with the best validation top-1 (the
