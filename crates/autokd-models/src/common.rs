@@ -5,7 +5,7 @@ use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::ops::ConvOptions;
 
-use crate::init::{ConvInit, ConvShape, InitRng};
+use crate::init::{ConvInit, ConvShape, InitRng, SharedRng};
 use crate::params::conv_fwd;
 use burn::tensor::activation::relu;
 
@@ -268,6 +268,56 @@ impl ConvBn {
 pub(crate) fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
     let [b, c, _, _] = x.dims();
     x.mean_dims(&[2, 3]).reshape([b, c])
+}
+
+/// Dropout whose masks come from its own seeded stream ([`SharedRng`]), never from the device's
+/// process-wide RNG: a training is the same whatever other threads draw, and a resumed one
+/// continues where the per-epoch seeding ([`crate::Backbone::seed_dropout`]) puts it. Active
+/// only on an autodiff device (training), as burn's `Dropout`; kept elements are scaled by
+/// `1 / (1 − p)`.
+#[derive(Module, Debug)]
+pub struct SeededDropout {
+    prob: f64,
+    #[module(skip)]
+    rng: SharedRng,
+}
+
+impl SeededDropout {
+    /// Drops with probability `prob`.
+    pub fn new(prob: f64) -> Self {
+        Self {
+            prob,
+            rng: SharedRng::default(),
+        }
+    }
+
+    /// Restarts the stream (shared with this module's clones) from `seed`.
+    pub fn reseed(&self, seed: u64) {
+        self.rng.reseed(seed);
+    }
+
+    /// Gives this copy a stream of its own, forked from the shared one.
+    pub fn fork_stream(&mut self) {
+        self.rng = self.rng.fork();
+    }
+
+    /// `x` with elements dropped (training) or unchanged.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if self.prob <= 0.0 || !x.device().is_autodiff() {
+            return x;
+        }
+        let dims = x.dims();
+        let n = dims.iter().product();
+        let scale = (1.0 / (1.0 - self.prob)) as f32;
+        let keep: Vec<f32> = self
+            .rng
+            .uniform(n)
+            .into_iter()
+            .map(|u| if u >= self.prob { scale } else { 0.0 })
+            .collect();
+        let mask = Tensor::<D>::from_data(TensorData::new(keep, dims), &x.device());
+        x * mask
+    }
 }
 
 /// ShuffleNet's channel shuffle: `[N, g·k, H, W] → [N, g, k, H, W] → [N, k, g, H, W] → [N, g·k, H, W]`.

@@ -20,13 +20,13 @@
 
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, Dropout, DropoutConfig, PaddingConfig2d};
+use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
-use crate::common::{ConvBn, bn, conv, conv_bn, global_avg_pool};
+use crate::common::{ConvBn, SeededDropout, bn, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, Prediction, TapInfo, TapRequest};
 use crate::init::InitRng;
 use crate::resnet::Block;
@@ -53,7 +53,7 @@ pub struct Aspp {
     pool: ConvBn,
     /// 1×1 projection of the concatenated branches.
     project: ConvBn,
-    dropout: Dropout,
+    dropout: SeededDropout,
 }
 
 impl Aspp {
@@ -76,7 +76,7 @@ impl Aspp {
             convs,
             pool,
             project,
-            dropout: DropoutConfig::new(0.5).init(),
+            dropout: SeededDropout::new(0.5),
         }
     }
 
@@ -100,7 +100,7 @@ impl Aspp {
 #[derive(Module, Debug)]
 pub struct FcnHead {
     conv: ConvBn,
-    dropout: Dropout,
+    dropout: SeededDropout,
     classifier: Conv2d,
 }
 
@@ -109,7 +109,7 @@ impl FcnHead {
         let inter = in_ch / 4;
         Self {
             conv: ConvBn::new(in_ch, inter, 3, 1, 1, 1, rng, device),
-            dropout: DropoutConfig::new(0.1).init(),
+            dropout: SeededDropout::new(0.1),
             classifier: conv(inter, classes, 1, 1, 0, 1, true, rng, device),
         }
     }
@@ -271,6 +271,20 @@ impl Backbone for DeepLabV3 {
         out.aux_logits = aux.map(Prediction::Map);
         out
     }
+
+    fn seed_dropout(&self, seed: u64) {
+        self.aspp.dropout.reseed(seed ^ 0x5eed_a5b9);
+        if let Some(aux) = &self.aux {
+            aux.dropout.reseed(seed ^ 0x5eed_0a0c);
+        }
+    }
+
+    fn fork_dropout(&mut self) {
+        self.aspp.dropout.fork_stream();
+        if let Some(aux) = &mut self.aux {
+            aux.dropout.fork_stream();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +355,31 @@ mod tests {
             })
             .collect();
         assert_eq!(dilations, [2, 4]);
+    }
+
+    /// Dropout draws from the model's own stream: reseeded, it drops the same elements; kept
+    /// elements are doubled at p = 0.5 and about half are dropped; off the autodiff device it
+    /// is the identity.
+    #[test]
+    fn dropout_follows_its_own_seed() {
+        let device = Device::flex();
+        let ad = device.clone().autodiff();
+        let d = SeededDropout::new(0.5);
+        let x = Tensor::<2>::ones([64, 64], &ad);
+        let draw = |seed| {
+            d.reseed(seed);
+            let v: Vec<f32> = d.forward(x.clone()).into_data().try_to_vec().unwrap();
+            v
+        };
+        let (a, b, c) = (draw(3), draw(3), draw(4));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert!(a.iter().all(|&v| v == 0.0 || v == 2.0));
+        let dropped = a.iter().filter(|&&v| v == 0.0).count();
+        assert!((1800..2300).contains(&dropped), "{dropped} of 4096");
+        let plain = Tensor::<2>::ones([4, 4], &device);
+        let y: Vec<f32> = d.forward(plain).into_data().try_to_vec().unwrap();
+        assert!(y.iter().all(|&v| v == 1.0));
     }
 
     /// PyTorch's half-pixel bilinear upsampling of `[[0, 1], [2, 3]]` to 4×4: output pixel

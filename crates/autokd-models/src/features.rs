@@ -395,6 +395,15 @@ pub trait Backbone {
     /// - embedding `[B, D]`, logits `[B, num_classes]` (a classifier) or `[B, K, H', W']`
     fn forward_intermediates(&self, x: Tensor<4>, request: &TapRequest) -> Intermediates;
 
+    /// Restarts the model's dropout streams from `seed` (a training seeds them at each epoch,
+    /// so that a resumed run draws what an uninterrupted one would). Models without dropout
+    /// ignore it.
+    fn seed_dropout(&self, _seed: u64) {}
+
+    /// Gives this copy dropout streams of its own, forked in order from the shared ones (a
+    /// data-parallel replica). Models without dropout ignore it.
+    fn fork_dropout(&mut self) {}
+
     /// The prediction as rows: equal to those of [`Backbone::forward_intermediates`].
     fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         self.forward_intermediates(x, &TapRequest::none())

@@ -32,6 +32,55 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A seeded stream of uniform numbers (SplitMix64 on the host) shared by the clones of the
+/// module that owns it: a model moves through optimizer steps by value, and its random masks
+/// (MGD's, dropout's) continue one stream that belongs to the run, never to the device.
+#[derive(Debug, Clone)]
+pub struct SharedRng(std::sync::Arc<std::sync::Mutex<u64>>);
+
+impl SharedRng {
+    /// A stream seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(std::sync::Arc::new(std::sync::Mutex::new(mix(seed))))
+    }
+
+    fn next_u64(&self) -> u64 {
+        let mut state = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *state = state.wrapping_add(GOLDEN);
+        mix(*state)
+    }
+
+    /// Restarts the stream (this one and its clones) from `seed`.
+    pub fn reseed(&self, seed: u64) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = mix(seed);
+    }
+
+    /// A new, independent stream seeded from the next number of this one (for a replica that
+    /// draws its own masks, e.g. one shard of a data-parallel step).
+    pub fn fork(&self) -> Self {
+        Self::new(self.next_u64())
+    }
+
+    /// `n` numbers uniform in `[0, 1)` (53-bit resolution).
+    pub fn uniform(&self, n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|_| (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+            .collect()
+    }
+}
+
+impl Default for SharedRng {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
 /// A seeded stream of random numbers for initial weights (SplitMix64 on the host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitRng {

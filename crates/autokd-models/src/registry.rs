@@ -347,6 +347,14 @@ impl Backbone for Model {
     fn forward_intermediates(&self, x: Tensor<4>, request: &TapRequest) -> Intermediates {
         dispatch!(self, m => m.forward_intermediates(x, request))
     }
+
+    fn seed_dropout(&self, seed: u64) {
+        dispatch!(self, m => m.seed_dropout(seed))
+    }
+
+    fn fork_dropout(&mut self) {
+        dispatch!(self, m => m.fork_dropout())
+    }
 }
 
 #[cfg(test)]

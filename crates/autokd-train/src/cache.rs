@@ -2,7 +2,7 @@
 //! and its logits, pooled embeddings and tapped features are kept in device memory, indexed by
 //! position in the split. A proxy trial reads them; no teacher pass happens during a search.
 
-use autokd_data::{DataLoader, LoaderConfig, Split, Transform};
+use autokd_data::{DataLoader, ItemTransform, LoaderConfig, Split};
 use autokd_models::{Backbone, Feature, Intermediates, Model, Prediction, TapRequest};
 use burn::prelude::*;
 
@@ -155,19 +155,23 @@ impl TeacherPlan {
 }
 
 impl TeacherCache {
-    /// Runs `teacher` (frozen: its `valid()` copy, without autodiff) over `split` and keeps the
-    /// taps at `taps` (indices of its `feature_info()`), its logits and embeddings. Fails before
-    /// running if the cache would exceed `budget_bytes`.
+    /// Runs `teacher` (frozen: its `valid()` copy, without autodiff) over `split` through
+    /// `transform` (images of `shape` `[C, H, W]`) and keeps the taps at `taps` (indices of its
+    /// `feature_info()`), its logits and embeddings. Fails before running if the cache would
+    /// exceed `budget_bytes`, and when the images come in more than one size (a dense dataset
+    /// of varying sizes: run the teacher online instead).
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         teacher: &Model,
         taps: &[usize],
         split: &Split,
-        transform: Transform,
+        transform: ItemTransform,
+        shape: [usize; 3],
         batch_size: usize,
         budget_bytes: usize,
         device: &Device,
     ) -> Result<Self> {
-        let [c, h, w] = transform.output_shape();
+        let [c, h, w] = shape;
         let bytes = split.len() * bytes_per_image(teacher, taps, [c, h, w], device)?;
         if bytes > budget_bytes {
             return Err(TrainError::Config(format!(
@@ -181,7 +185,7 @@ impl TeacherCache {
             )));
         }
         let frozen = teacher.valid();
-        let loader = DataLoader::new(
+        let loader = DataLoader::with_transform(
             split.clone(),
             transform,
             LoaderConfig {
@@ -194,8 +198,16 @@ impl TeacherCache {
         let request = TapRequest::indices(taps);
         let mut feats: Vec<Vec<Feature>> = vec![Vec::new(); taps.len()];
         let (mut logits, mut emb) = (Vec::new(), Vec::new());
+        let mut size: Option<Vec<usize>> = None;
         for batch in loader.epoch(0, device) {
             let batch = batch?;
+            let dims = batch.images.dims()[1..].to_vec();
+            if *size.get_or_insert_with(|| dims.clone()) != dims {
+                return Err(TrainError::Config(format!(
+                    "teacher cache: images of sizes {:?} and {dims:?}; a cache needs one size (run the teacher online: cache_teacher = false)",
+                    size.unwrap_or_default()
+                )));
+            }
             let out = frozen.forward_intermediates(batch.images, &request);
             for (slot, f) in feats.iter_mut().zip(out.features) {
                 slot.push(f);

@@ -258,6 +258,7 @@ impl Fit<'_> {
         }
         if let MaskSeeds::Once(seed) = self.masks {
             net.distiller.seed_masks(seed);
+            net.student.seed_dropout(seed);
         }
         let (_, t_req) = net.distiller.tap_requests();
         let steps_per_epoch = self.loader.num_batches();
@@ -271,8 +272,9 @@ impl Fit<'_> {
                 break;
             }
             if let MaskSeeds::PerEpoch(seed) = self.masks {
-                net.distiller
-                    .seed_masks(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let s = seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                net.distiller.seed_masks(s);
+                net.student.seed_dropout(s);
             }
             // The optimizer steps before this epoch; an iteration recipe's last epoch ends
             // part-way.

@@ -26,7 +26,7 @@ use crate::step::DistillStudent;
 use crate::task::{Classification, EvalOptions, Task};
 
 /// The segmentation task of full trainings (auxiliary head at 0.4).
-static SEGMENTATION: Segmentation = Segmentation { aux_weight: 0.4 };
+pub(crate) static SEGMENTATION: Segmentation = Segmentation { aux_weight: 0.4 };
 
 /// Optimizer of a recipe.
 #[derive(Debug, Clone, PartialEq)]

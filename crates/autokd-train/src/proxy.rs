@@ -18,8 +18,8 @@
 use std::time::Instant;
 
 use autokd_data::{
-    DataLoader, Dataset, ItemTransform, LoaderConfig, Split, Transform, stratified_split,
-    stratified_subset,
+    DataLoader, Dataset, DenseTransform, ItemTransform, LoaderConfig, Split, Transform,
+    stratified_split, stratified_subset,
 };
 use autokd_distill::{Distiller, DistillerSpec};
 use autokd_models::{Backbone, Model, ModelSpec, TapInfo};
@@ -383,6 +383,8 @@ pub struct ProxyEvaluator {
     teacher: Model,
     config: ProxyConfig,
     device: Device,
+    /// A segmentation student (a dense pipeline and the segmentation task) or a classifier.
+    segmentation: bool,
 }
 
 /// `‖Ĝₛ − Ĝₜ‖_F / N` over the first [`GAP_IMAGES`] rows.
@@ -425,11 +427,20 @@ impl ProxyEvaluator {
             None => held_out,
         };
         let train = stratified_subset(&rest, classes, config.per_class, 0)?;
-        let transform = Transform::eval(&dataset.info)?;
+        // A segmentation student trains and validates on whole images with their masks (no
+        // random steps, so that the teacher's cached outputs stay valid).
+        let segmentation = student.name.family() == autokd_models::Family::Segmentation;
+        let transform: ItemTransform = if segmentation {
+            let (_, eval) = crate::full::segmentation_pipelines(&dataset.info);
+            DenseTransform::new(&dataset.info, eval)?.into()
+        } else {
+            Transform::eval(&dataset.info)?.into()
+        };
+        let shape = dataset.info.input_shape();
         let plan = TeacherPlan::new(
             teacher,
             teacher_taps,
-            transform.output_shape(),
+            shape,
             train.len(),
             config.cache_budget_bytes,
             config.cache_teacher,
@@ -441,6 +452,7 @@ impl ProxyEvaluator {
                 teacher_taps,
                 &train,
                 transform.clone(),
+                shape,
                 config.recipe.batch_size.max(64),
                 config.cache_budget_bytes,
                 device,
@@ -459,6 +471,7 @@ impl ProxyEvaluator {
             &[],
             &val.subset(&first)?,
             transform.clone(),
+            shape,
             64,
             usize::MAX,
             device,
@@ -470,14 +483,24 @@ impl ProxyEvaluator {
             teacher_info: teacher.feature_info(),
             train,
             val,
-            transform: ItemTransform::from(transform),
+            transform,
             plan,
             cache,
             val_embeddings: val_cache.embeddings(),
             teacher: teacher.valid(),
             config,
             device: device.clone(),
+            segmentation,
         })
+    }
+
+    /// The task the student is trained and scored with.
+    fn task(&self) -> &'static dyn Task {
+        if self.segmentation {
+            &crate::full::SEGMENTATION
+        } else {
+            &Classification
+        }
     }
 
     /// Where the teacher's outputs come from, and what the cache costs.
@@ -526,7 +549,7 @@ impl ProxyEvaluator {
             },
         )?;
         let fit = Fit {
-            task: &Classification,
+            task: self.task(),
             loader: &loader,
             recipe,
             teacher: match &self.cache {
@@ -558,7 +581,7 @@ impl ProxyEvaluator {
             Err(e) => return Err(e),
         };
         let last = outcome.last_losses;
-        let val = Classification.evaluate(
+        let val = self.task().evaluate(
             &net.student.valid(),
             &self.val,
             &self.transform,
@@ -569,7 +592,7 @@ impl ProxyEvaluator {
             },
             &self.device,
         )?;
-        let (val_ce, accuracy) = (val.loss, val.metric(Classification.score_metric()));
+        let (val_ce, accuracy) = (val.loss, val.metric(self.task().score_metric()));
         let gap = match val.embeddings {
             Some(e) => representation_gap(e, self.val_embeddings.clone()),
             None => f64::NAN,
@@ -581,7 +604,7 @@ impl ProxyEvaluator {
                 start.elapsed().as_secs_f64(),
             ));
         }
-        if let Some(chance) = Classification.chance_loss(self.student.num_classes) {
+        if let Some(chance) = self.task().chance_loss(self.student.num_classes) {
             let margin = self.config.chance_margin;
             if val_ce > chance + margin {
                 return Ok(TrialOutcome {
@@ -664,6 +687,71 @@ mod tests {
         assert!(back.val_ce.is_nan() && back.gap.is_nan());
         assert_eq!(back.rejected, o.rejected);
         assert_eq!(back.last_losses, o.last_losses);
+    }
+
+    /// A DeepLabV3 student on digit scenes: the proxy trains it with the segmentation task on
+    /// whole scenes, caches the teacher's maps (the prediction `[B, 11, 6, 6]` and the ASPP
+    /// tap), and scores it by validation pixel CE and gap, mIoU as its accuracy; the cached and
+    /// the online teacher give the same outcome (up to rounding: the cache runs the teacher at
+    /// another batch size).
+    #[test]
+    fn a_segmentation_proxy_trial() {
+        let device = Device::flex();
+        let ds = DatasetSpec::Scenes(Box::new(DatasetSpec::Digits))
+            .load()
+            .unwrap();
+        let spec = ModelSpec {
+            name: ModelName::Deeplabv3Resnet18,
+            in_channels: 1,
+            num_classes: 11,
+            image_size: 48,
+        };
+        let teacher = spec.init(&device).unwrap();
+        let aspp = teacher.feature_info().len() - 1;
+        let mut config = ProxyConfig {
+            per_class: 16,
+            val_per_class: 8,
+            ..ProxyConfig::default()
+        };
+        // Enough steps for BatchNorm's running statistics (which evaluation uses) to approach
+        // the batches': 16 epochs of 4 batches (after 16 steps the validation CE was in the
+        // thousands, after 48 it was 13).
+        (
+            config.recipe.length,
+            config.recipe.batch_size,
+            config.recipe.lr,
+        ) = (Length::Epochs(16), 4, 0.01);
+        let spec_kd = DistillerSpec::from_toml(
+            "[[features]]\nglobal = { kind = \"none\" }\nintra = { kind = \"none\" }\nrelation = \"none\"\ndistance = \"cosine\"\ntemperature = 1.0\nweight = 1.0\n[logits]\ndistance = \"kl\"\ntemperature = 4.0\nweight = 1.0\n",
+        )
+        .unwrap();
+        let mut outcomes = Vec::new();
+        for cache in [true, false] {
+            let eval = ProxyEvaluator::new(
+                &ds,
+                &teacher,
+                "deeplabv3_resnet18",
+                spec,
+                &[aspp],
+                ProxyConfig {
+                    cache_teacher: cache,
+                    ..config.clone()
+                },
+                &device,
+            )
+            .unwrap();
+            assert_eq!(eval.sizes(), (16, 8));
+            assert_eq!(eval.plan().source == TeacherSource::Cache, cache);
+            let o = eval.evaluate(&spec_kd).unwrap();
+            assert!(o.val_ce.is_finite() && o.gap.is_finite(), "{o:?}");
+            assert!((0.0..=1.0).contains(&o.accuracy), "{o:?}");
+            outcomes.push(o);
+        }
+        // The cache ran the teacher at another batch size: the same outputs up to rounding
+        // (dropout draws from the student's own stream, seeded by the trial).
+        let (a, b) = (outcomes[0].val_ce, outcomes[1].val_ce);
+        assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "{a} vs {b}");
+        assert_eq!(outcomes[0].reward.is_some(), outcomes[1].reward.is_some());
     }
 
     fn small() -> ProxyConfig {
@@ -958,8 +1046,17 @@ mod tests {
             .unwrap();
         let split = ds.train.subset(&[0, 1, 2, 3, 4]).unwrap();
         let t = Transform::eval(&ds.info).unwrap();
-        let cache =
-            TeacherCache::build(&teacher, &[3], &split, t.clone(), 2, 1 << 20, &device).unwrap();
+        let cache = TeacherCache::build(
+            &teacher,
+            &[3],
+            &split,
+            t.clone().into(),
+            ds.info.input_shape(),
+            2,
+            1 << 20,
+            &device,
+        )
+        .unwrap();
         let req = TapRequest::indices(&[3]);
         let got = cache.lookup(&[4, 1], &req).unwrap();
         let loader = DataLoader::new(
@@ -992,7 +1089,8 @@ mod tests {
             &teacher,
             &[0, 1, 2, 3],
             &ds.train,
-            Transform::eval(&ds.info).unwrap(),
+            Transform::eval(&ds.info).unwrap().into(),
+            ds.info.input_shape(),
             8,
             1000,
             &device,

@@ -212,6 +212,7 @@ impl Task for Segmentation {
         )?;
         let mut matrix: Option<ConfusionMatrix> = None;
         let (mut ce, mut ce2, mut n) = (0.0f64, 0.0f64, 0usize);
+        let (mut embeddings, mut kept) = (Vec::new(), 0usize);
         let read = |t: Tensor<1>| -> Result<Vec<f32>> {
             t.into_data()
                 .try_into_vec_as::<f32>()
@@ -222,6 +223,11 @@ impl Task for Segmentation {
             let masks = masks_of(&batch)?;
             let [b, h, w] = masks.dims();
             let out = net.forward_intermediates(batch.images, &TapRequest::none());
+            if kept < options.embeddings {
+                let take = b.min(options.embeddings - kept);
+                embeddings.push(out.embedding.clone().narrow(0, 0, take));
+                kept += take;
+            }
             let logits = map_of(&out.logits)?;
             let k = logits.dims()[1];
             let matrix = matrix.get_or_insert_with(|| ConfusionMatrix::new(k));
@@ -258,7 +264,7 @@ impl Task for Segmentation {
             metrics,
             loss: mean,
             loss_sd: (ce2 / count - mean * mean).max(0.0).sqrt(),
-            embeddings: None,
+            embeddings: (!embeddings.is_empty()).then(|| Tensor::cat(embeddings, 0)),
         })
     }
 

@@ -116,9 +116,15 @@ pub fn data_parallel_step<N: Net>(
     let shards: Vec<(usize, usize)> = (0..n)
         .map(|i| (i * b / n, (i + 1) * b / n - i * b / n))
         .collect();
-    // Each shard after the first draws its MGD masks from its own stream, forked here in order
-    // so that the masks do not depend on which thread draws first.
-    let mut streams: Vec<_> = (1..n).map(|_| model.distiller.fork_masks()).collect();
+    // Each shard after the first draws its MGD masks and its dropout from streams of its own,
+    // forked here in order so that they do not depend on which thread draws first.
+    let mut streams: Vec<_> = (1..n)
+        .map(|_| {
+            let mut replica = model.valid().train();
+            replica.student.fork_dropout();
+            (model.distiller.fork_masks(), replica)
+        })
+        .collect();
     let results: Vec<Result<ShardResult>> = std::thread::scope(|scope| {
         let handles: Vec<_> = shards
             .iter()
@@ -126,18 +132,20 @@ pub fn data_parallel_step<N: Net>(
             .enumerate()
             .map(|(i, (&(start, len), device))| {
                 let model = &model;
-                let stream = i
-                    .checked_sub(1)
-                    .map(|j| streams.get_mut(j).map(std::mem::take).unwrap_or_default());
+                let stream = i.checked_sub(1).and_then(|j| {
+                    streams
+                        .get_mut(j)
+                        .map(|s| (std::mem::take(&mut s.0), s.1.clone()))
+                });
                 scope.spawn(move || -> Result<_> {
                     let ad = device.clone().autodiff();
                     // Shard 0 trains the model itself (its BatchNorm running statistics are
                     // kept); the others train independent copies.
                     let replica = match stream {
                         None => model.clone(),
-                        Some(stream) => {
-                            let mut r = model.valid().train().fork(&ad);
-                            r.distiller.set_masks(stream);
+                        Some((masks, replica)) => {
+                            let mut r = replica.fork(&ad);
+                            r.distiller.set_masks(masks);
                             r
                         }
                     };

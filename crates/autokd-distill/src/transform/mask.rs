@@ -5,65 +5,15 @@
 //! The masks come from the generator's own seeded stream ([`MaskRng`]), never from the device's
 //! process-wide RNG, so a trial's masks do not depend on what other threads seed or draw.
 
-use std::sync::{Arc, Mutex, PoisonError};
-
-use autokd_models::init::{ConvInit, ConvShape, InitRng};
+use autokd_models::init::{ConvInit, ConvShape, InitRng, SharedRng};
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::relu;
 
-/// SplitMix64's increment and output mix (Steele, Lea & Flood 2014).
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// A seeded stream of uniform numbers (SplitMix64), shared by the clones of the module that owns
-/// it: the model moves through optimizer steps by value, and its masks continue one stream.
-#[derive(Debug, Clone)]
-pub struct MaskRng(Arc<Mutex<u64>>);
-
-impl MaskRng {
-    /// A stream seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(Arc::new(Mutex::new(mix(seed))))
-    }
-
-    fn next_u64(&self) -> u64 {
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        *state = state.wrapping_add(GOLDEN);
-        mix(*state)
-    }
-
-    /// Restarts the stream (this one and its clones) from `seed`.
-    pub fn reseed(&self, seed: u64) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = mix(seed);
-    }
-
-    /// A new, independent stream seeded from the next number of this one (for a replica that
-    /// draws its own masks, e.g. one shard of a data-parallel step).
-    pub fn fork(&self) -> Self {
-        Self::new(self.next_u64())
-    }
-
-    /// `n` numbers uniform in `[0, 1)` (53-bit resolution).
-    pub fn uniform(&self, n: usize) -> Vec<f64> {
-        (0..n)
-            .map(|_| (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-            .collect()
-    }
-}
-
-impl Default for MaskRng {
-    fn default() -> Self {
-        Self::new(0)
-    }
-}
+/// The mask stream: the models' [`SharedRng`], owned by the generator and its clones.
+pub type MaskRng = SharedRng;
 
 /// The generation block `conv3×3 → ReLU → conv3×3`, `C → C`, with its mask stream.
 #[derive(Module, Debug)]
