@@ -56,3 +56,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Convert(args) => convert::run(&args, out),
     }
 }
+
+/// How a model's score reads: "mIoU" for a segmenter, "top-1" otherwise (and for an unknown name).
+pub fn score_label(model: Option<autokd_models::ModelName>) -> &'static str {
+    match model.map(autokd_models::ModelName::family) {
+        Some(autokd_models::Family::Segmentation) => "mIoU",
+        _ => "top-1",
+    }
+}

@@ -173,31 +173,36 @@ pub(crate) fn print_event(
             "teacher: training {teacher} on {dataset} ({length}); cached as {}",
             path.display()
         ),
-        SearchEvent::Teacher { teacher, origin } => match origin {
-            TeacherOrigin::Weights(w) => writeln!(out, "teacher: {teacher} from {}", w.display()),
-            TeacherOrigin::Cached { path, top1 } => writeln!(
-                out,
-                "teacher: {teacher} from the cache {} (test top-1 {:.2}%)",
-                path.display(),
-                100.0 * top1
-            ),
-            TeacherOrigin::Trained {
-                seconds,
-                top1,
-                resumed,
-                epochs_run,
-                ..
-            } => writeln!(
-                out,
-                "teacher: trained in {seconds:.1} s{}, test top-1 {:.2}%",
-                if *resumed {
-                    format!(" ({epochs_run} epochs after resuming its checkpoint)")
-                } else {
-                    String::new()
-                },
-                100.0 * top1
-            ),
-        },
+        SearchEvent::Teacher { teacher, origin } => {
+            let score = crate::score_label(teacher.parse().ok());
+            match origin {
+                TeacherOrigin::Weights(w) => {
+                    writeln!(out, "teacher: {teacher} from {}", w.display())
+                }
+                TeacherOrigin::Cached { path, top1 } => writeln!(
+                    out,
+                    "teacher: {teacher} from the cache {} (test {score} {:.2}%)",
+                    path.display(),
+                    100.0 * top1
+                ),
+                TeacherOrigin::Trained {
+                    seconds,
+                    top1,
+                    resumed,
+                    epochs_run,
+                    ..
+                } => writeln!(
+                    out,
+                    "teacher: trained in {seconds:.1} s{}, test {score} {:.2}%",
+                    if *resumed {
+                        format!(" ({epochs_run} epochs after resuming its checkpoint)")
+                    } else {
+                        String::new()
+                    },
+                    100.0 * top1
+                ),
+            }
+        }
         SearchEvent::Proxy {
             sizes: (n_train, n_val),
             per_class,

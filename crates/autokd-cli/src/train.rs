@@ -193,11 +193,8 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     )?;
     // The task's score: top-1 for a classifier, mIoU for a segmenter.
-    let (metric, label) = if args.model.family() == autokd_models::Family::Segmentation {
-        ("miou", "mIoU")
-    } else {
-        ("top1", "top-1")
-    };
+    let label = crate::score_label(Some(args.model));
+    let metric = if label == "mIoU" { "miou" } else { "top1" };
     let mut results = Vec::new();
     for &seed in &args.seeds {
         // A bar of the epoch's steps on a terminal (stderr); plain epoch lines otherwise.

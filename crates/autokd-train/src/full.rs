@@ -480,21 +480,33 @@ pub fn sgd(momentum: f64, weight_decay: f64) -> ModuleOptimizer {
         .init()
 }
 
-/// Top-1 accuracy of `model` (its `valid()` copy) on the test split of `dataset`.
+/// The score of `model` (its `valid()` copy) on the test split of `dataset`: top-1 accuracy
+/// for a classifier, mIoU for a segmenter.
 pub fn accuracy(model: &Model, dataset: &Dataset, device: &Device) -> Result<f64> {
     Ok(evaluate(model, dataset, device)?.0)
 }
 
-/// Top-1 and top-5 accuracy of a model on the test split.
+/// The score and the second metric of a model on the test split: top-1 and top-5 accuracy for
+/// a classifier, mIoU and pixel accuracy for a segmenter (through the evaluation pipeline of
+/// [`segmentation_pipelines`]).
 pub fn evaluate(model: &Model, dataset: &Dataset, device: &Device) -> Result<(f64, f64)> {
-    let e = Classification.evaluate(
-        &model.valid(),
-        &dataset.test,
-        &ItemTransform::from(Transform::eval(&dataset.info)?),
-        TEST_EVAL,
-        device,
-    )?;
-    Ok((e.metric("top1"), e.metric("top5")))
+    let (task, transform, second): (&dyn Task, ItemTransform, &str) =
+        if matches!(model, Model::DeepLabV3(_)) {
+            let (_, eval) = segmentation_pipelines(&dataset.info);
+            (
+                &SEGMENTATION,
+                DenseTransform::new(&dataset.info, eval)?.into(),
+                "pixel_acc",
+            )
+        } else {
+            (
+                &Classification,
+                Transform::eval(&dataset.info)?.into(),
+                "top5",
+            )
+        };
+    let e = task.evaluate(&model.valid(), &dataset.test, &transform, TEST_EVAL, device)?;
+    Ok((e.metric(task.score_metric()), e.metric(second)))
 }
 
 /// How full training evaluates the test split.
