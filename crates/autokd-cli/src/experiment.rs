@@ -50,12 +50,12 @@ pub fn run(args: &ExperimentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         max_runs: None,
         workers: usize::try_from(args.workers)?,
     };
-    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut printer = crate::search::Printer::default();
     // Both observers write to `out`; the search's is done before the first training event.
     let out = std::cell::RefCell::new(out);
     let report = autokd_app::run_experiment(
         &request,
-        &mut |event| crate::search::print_event(event, &mut **out.borrow_mut(), &mut bar),
+        &mut |event| crate::search::print_event(event, &mut **out.borrow_mut(), &mut printer),
         &mut |event| print_event(event, &mut **out.borrow_mut()),
     )?;
     let out = out.into_inner();

@@ -98,12 +98,14 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(autokd_app::default_cache_dir),
     };
-    let mut bar: Option<indicatif::ProgressBar> = None;
-    let report = autokd_app::run_search(&request, &mut |event| print_event(event, out, &mut bar))?;
+    let mut printer = Printer::default();
+    let report =
+        autokd_app::run_search(&request, &mut |event| print_event(event, out, &mut printer))?;
+    let score = printer.score;
     if let Some(best) = report.best() {
         writeln!(
             out,
-            "best: reward {:.4} (top-1 {:.1}%)  {}",
+            "best: reward {:.4} ({score} {:.1}%)  {}",
             best.outcome.reward.unwrap_or(f64::NAN),
             100.0 * best.outcome.accuracy,
             best.spec
@@ -112,7 +114,7 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(best) = report.baseline_best() {
         writeln!(
             out,
-            "random baseline best: reward {:.4} (top-1 {:.1}%)  {}",
+            "random baseline best: reward {:.4} ({score} {:.1}%)  {}",
             best.outcome.reward.unwrap_or(f64::NAN),
             100.0 * best.outcome.accuracy,
             best.spec
@@ -130,11 +132,21 @@ pub fn run(args: &SearchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 /// The line(s) of one event; a bar of finished trials on a terminal (stderr).
+/// What printing a search's events keeps between them.
+#[derive(Default)]
+pub(crate) struct Printer {
+    /// The trials' progress bar (on a terminal).
+    pub bar: Option<indicatif::ProgressBar>,
+    /// How the student's score reads ("top-1", "mIoU").
+    pub score: &'static str,
+}
+
 pub(crate) fn print_event(
     event: SearchEvent<'_>,
     out: &mut dyn Write,
-    bar: &mut Option<indicatif::ProgressBar>,
+    state: &mut Printer,
 ) -> std::io::Result<()> {
+    let Printer { bar, score } = state;
     match event {
         SearchEvent::Started {
             config: cfg,
@@ -143,26 +155,29 @@ pub(crate) fn print_event(
             distinct,
             dir,
             resuming,
-        } => writeln!(
-            out,
-            "search: {} → {} on {name} ({n_train} train, {n_test} test), {:?}, {} trials, {} at a time, space of {space_size} distillers ({}); run folder {} ({} it with --out {})",
-            cfg.teacher,
-            cfg.student,
-            cfg.strategy,
-            cfg.trials,
-            cfg.workers,
-            match distinct {
-                Some(n) => format!("{n} distinct losses at these taps"),
-                None => "no deduplication: a run folder from before it".to_string(),
-            },
-            dir.display(),
-            if resuming {
-                "resuming; resume"
-            } else {
-                "resume"
-            },
-            dir.display()
-        ),
+        } => {
+            *score = crate::score_label(Some(cfg.student));
+            writeln!(
+                out,
+                "search: {} → {} on {name} ({n_train} train, {n_test} test), {:?}, {} trials, {} at a time, space of {space_size} distillers ({}); run folder {} ({} it with --out {})",
+                cfg.teacher,
+                cfg.student,
+                cfg.strategy,
+                cfg.trials,
+                cfg.workers,
+                match distinct {
+                    Some(n) => format!("{n} distinct losses at these taps"),
+                    None => "no deduplication: a run folder from before it".to_string(),
+                },
+                dir.display(),
+                if resuming {
+                    "resuming; resume"
+                } else {
+                    "resume"
+                },
+                dir.display()
+            )
+        }
         SearchEvent::TeacherTraining {
             teacher,
             dataset,
@@ -269,7 +284,7 @@ pub(crate) fn print_event(
             let o = &record.outcome;
             let line = match (&o.reward, &o.rejected) {
                 (Some(v), _) => format!(
-                    "reward {v:>8.4} (ce {:.3}, gap {:.3}, top-1 {:5.1}%)",
+                    "reward {v:>8.4} (ce {:.3}, gap {:.3}, {score} {:5.1}%)",
                     o.val_ce,
                     o.gap,
                     100.0 * o.accuracy
@@ -302,7 +317,7 @@ pub(crate) fn print_event(
             match (o.reward, record.rank) {
                 (Some(v), Some(rank)) => writeln!(
                     out,
-                    "baseline {:<8} reward {v:>8.4} (top-1 {:5.1}%), would rank {rank} of the {} accepted trials  {}",
+                    "baseline {:<8} reward {v:>8.4} ({score} {:5.1}%), would rank {rank} of the {} accepted trials  {}",
                     record.name,
                     100.0 * o.accuracy,
                     record.accepted,

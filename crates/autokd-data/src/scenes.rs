@@ -221,6 +221,17 @@ mod tests {
         assert_eq!((a.train.len(), a.test.len()), (1000, 250));
         assert_eq!(a.info.num_classes, 11);
         assert_eq!(a.info.input_shape(), [1, 48, 48]);
+        let declared = DatasetSpec::Scenes(Box::new(DatasetSpec::Digits))
+            .declared_size()
+            .unwrap();
+        assert_eq!(
+            (
+                declared.input,
+                declared.num_classes,
+                declared.train_per_class
+            ),
+            (a.info.input_shape(), 11, a.train.class_counts(11)[0])
+        );
         let mut counts = [0usize; 11];
         for i in [0, 1, 499, 999] {
             let x = a.train.annotated(i).unwrap();

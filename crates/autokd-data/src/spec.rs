@@ -57,16 +57,24 @@ pub struct DeclaredSize {
 impl DatasetSpec {
     /// The published size of the dataset: CIFAR-10/100 (5,000 / 500 training images per class,
     /// 32×32×3), Fashion-MNIST (6,000 per class, 28×28×1), the embedded digits (at least 139
-    /// training images per class, 8×8×1). `None` for an image folder, whose size is its files'.
+    /// training images per class, 8×8×1), the scenes (48×48×1 or 64×64×1, 11 classes, their
+    /// training scenes all under class 0). `None` for an image folder or a VOC folder, whose
+    /// size is their files'.
     pub fn declared_size(&self) -> Option<DeclaredSize> {
         let (input, num_classes, train_per_class) = match self {
             DatasetSpec::Digits => ([1, 8, 8], 10, 139),
             DatasetSpec::FashionMnist(_) => ([1, 28, 28], 10, 6000),
             DatasetSpec::Cifar10(_) => ([3, 32, 32], 10, 5000),
             DatasetSpec::Cifar100(_) => ([3, 32, 32], 100, 500),
-            DatasetSpec::ImageFolder(_) | DatasetSpec::VocSeg(_) | DatasetSpec::Scenes(_) => {
-                return None;
+            // Scenes carry no image-level class: every scene counts under class 0.
+            DatasetSpec::Scenes(base) => {
+                let l = match **base {
+                    DatasetSpec::Digits => scenes::SceneLayout::DIGITS,
+                    _ => scenes::SceneLayout::FASHION,
+                };
+                ([1, l.side, l.side], 11, l.scenes.0)
             }
+            DatasetSpec::ImageFolder(_) | DatasetSpec::VocSeg(_) => return None,
         };
         Some(DeclaredSize {
             input,
