@@ -111,6 +111,11 @@ pub fn run(args: &InfoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     writeln!(
         out,
+        "  {:<22} Cityscapes: DIR/leftImg8bit/<split>/<city>/*.png with DIR/gtFine/... labelTrainIds (or labelIds)",
+        "cityscapes:DIR"
+    )?;
+    writeln!(
+        out,
         "  {:<22} segmentation scenes composed of real digits (48x48) or Fashion-MNIST items (64x64)",
         "scenes[:fashion-mnist[:DIR]]"
     )?;

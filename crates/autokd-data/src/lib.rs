@@ -10,6 +10,7 @@
 pub mod annotation;
 pub mod augment;
 pub mod cifar;
+pub mod cityscapes;
 pub mod dataset;
 pub mod dense;
 pub mod digits;

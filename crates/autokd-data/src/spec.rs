@@ -9,10 +9,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::cifar::{self, Cifar};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::{digits, fashion_mnist, folder, scenes, vocseg};
+use crate::{cityscapes, digits, fashion_mnist, folder, scenes, vocseg};
 
 /// Which dataset to read: `digits` (default), `fashion-mnist[:DIR]`, `cifar10:DIR`,
-/// `cifar100:DIR`, `imagefolder:DIR`, `vocseg:DIR`, `scenes[:fashion-mnist[:DIR]]`.
+/// `cifar100:DIR`, `imagefolder:DIR`, `vocseg:DIR`, `cityscapes:DIR`,
+/// `scenes[:fashion-mnist[:DIR]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub enum DatasetSpec {
     /// The embedded handwritten digits.
@@ -28,18 +29,21 @@ pub enum DatasetSpec {
     ImageFolder(PathBuf),
     /// PASCAL VOC semantic segmentation (images with class masks).
     VocSeg(PathBuf),
+    /// Cityscapes with its fine masks (19 classes).
+    Cityscapes(PathBuf),
     /// Segmentation scenes composed of the items of a base set (the digits or Fashion-MNIST).
     Scenes(Box<DatasetSpec>),
 }
 
 /// The forms of a dataset string, for help texts and error messages.
-pub const DATASET_FORMS: [&str; 7] = [
+pub const DATASET_FORMS: [&str; 8] = [
     "digits",
     "fashion-mnist[:DIR]",
     "cifar10:DIR",
     "cifar100:DIR",
     "imagefolder:DIR",
     "vocseg:DIR",
+    "cityscapes:DIR",
     "scenes[:fashion-mnist[:DIR]]",
 ];
 
@@ -58,7 +62,9 @@ impl DatasetSpec {
     /// The published size of the dataset: CIFAR-10/100 (5,000 / 500 training images per class,
     /// 32×32×3), Fashion-MNIST (6,000 per class, 28×28×1), the embedded digits (at least 139
     /// training images per class, 8×8×1), the scenes (48×48×1 or 64×64×1, 11 classes, their
-    /// training scenes all under class 0). `None` for an image folder or a VOC folder, whose
+    /// training scenes all under class 0), Cityscapes (2,975 training images at the 512 × 1024
+    /// crop, 19 classes; its masks have no image-level class either). `None` for an image
+    /// folder or a VOC folder, whose
     /// size is their files'.
     pub fn declared_size(&self) -> Option<DeclaredSize> {
         let (input, num_classes, train_per_class) = match self {
@@ -74,6 +80,7 @@ impl DatasetSpec {
                 };
                 ([1, l.side, l.side], 11, l.scenes.0)
             }
+            DatasetSpec::Cityscapes(_) => ([3, 512, 1024], 19, 2975),
             DatasetSpec::ImageFolder(_) | DatasetSpec::VocSeg(_) => return None,
         };
         Some(DeclaredSize {
@@ -101,6 +108,7 @@ impl DatasetSpec {
             DatasetSpec::Cifar100(dir) => cifar::load(Cifar::Hundred, dir),
             DatasetSpec::ImageFolder(dir) => folder::load(dir, image_size),
             DatasetSpec::VocSeg(dir) => vocseg::load(dir),
+            DatasetSpec::Cityscapes(dir) => cityscapes::load(dir),
             DatasetSpec::Scenes(base) => {
                 let layout = match **base {
                     DatasetSpec::Digits => scenes::SceneLayout::DIGITS,
@@ -144,6 +152,7 @@ impl FromStr for DatasetSpec {
                 Ok(DatasetSpec::ImageFolder(need_dir("imagefolder")?))
             }
             "vocseg" | "voc-seg" => Ok(DatasetSpec::VocSeg(need_dir("vocseg")?)),
+            "cityscapes" => Ok(DatasetSpec::Cityscapes(need_dir("cityscapes")?)),
             "scenes" => {
                 let base = match dir {
                     None => DatasetSpec::Digits,
@@ -176,6 +185,7 @@ impl fmt::Display for DatasetSpec {
             DatasetSpec::Cifar100(d) => write!(f, "cifar100:{}", d.display()),
             DatasetSpec::ImageFolder(d) => write!(f, "imagefolder:{}", d.display()),
             DatasetSpec::VocSeg(d) => write!(f, "vocseg:{}", d.display()),
+            DatasetSpec::Cityscapes(d) => write!(f, "cityscapes:{}", d.display()),
             DatasetSpec::Scenes(base) => match **base {
                 DatasetSpec::Digits => write!(f, "scenes"),
                 ref other => write!(f, "scenes:{other}"),
@@ -228,6 +238,7 @@ mod tests {
             "cifar100:rel/c100",
             "imagefolder:/imagenet",
             "vocseg:/voc/VOC2012",
+            "cityscapes:/data/cityscapes",
             "scenes",
             "scenes:fashion-mnist",
             "scenes:fashion-mnist:/d/f",

@@ -10,7 +10,7 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::annotation::{Annotation, ClassMask, MaskValues};
+use crate::annotation::{Annotation, ClassMask, IGNORE, MaskValues};
 use crate::dataset::{Dataset, DatasetInfo, Split};
 use crate::error::{DataError, Result};
 use crate::folder::decode_rgb;
@@ -86,14 +86,25 @@ pub fn read_class_png(path: &Path) -> Result<ClassMask> {
     ClassMask::new(h, w, values)
 }
 
-/// Images with class masks, decoded on demand.
+/// Images with class masks, decoded on demand; the mask values optionally mapped through a
+/// table (Cityscapes' label ids to train ids).
 #[derive(Debug, Clone)]
 pub struct MaskedFiles {
     /// `(image, mask)` paths.
     files: Vec<(PathBuf, PathBuf)>,
+    /// Stored value → class, for values below 256; larger values become [`IGNORE`].
+    remap: Option<Arc<[u8; 256]>>,
 }
 
 impl MaskedFiles {
+    /// The pairs, read as they are or through `remap`.
+    pub fn new(files: Vec<(PathBuf, PathBuf)>, remap: Option<[u8; 256]>) -> Self {
+        Self {
+            files,
+            remap: remap.map(Arc::new),
+        }
+    }
+
     /// The pairs, in order.
     pub fn files(&self) -> &[(PathBuf, PathBuf)] {
         &self.files
@@ -126,7 +137,23 @@ impl ImageSource for MaskedFiles {
                 self.len()
             ))
         })?;
-        Ok(Annotation::Mask(read_class_png(path)?))
+        let mask = read_class_png(path)?;
+        let Some(table) = &self.remap else {
+            return Ok(Annotation::Mask(mask));
+        };
+        let values = match &mask.values {
+            MaskValues::U8(v) => MaskValues::U8(v.iter().map(|&x| table[usize::from(x)]).collect()),
+            MaskValues::U16(v) => MaskValues::U8(
+                v.iter()
+                    .map(|&x| table.get(usize::from(x)).copied().unwrap_or(IGNORE as u8))
+                    .collect(),
+            ),
+        };
+        Ok(Annotation::Mask(ClassMask::new(
+            mask.height,
+            mask.width,
+            values,
+        )?))
     }
 }
 
@@ -192,7 +219,7 @@ pub fn load(dir: &Path) -> Result<Dataset> {
     };
     let source = |names: &[String]| -> Result<Split> {
         let files = names.iter().map(|n| pair(n)).collect::<Result<Vec<_>>>()?;
-        Ok(Split::all(Arc::new(MaskedFiles { files })))
+        Ok(Split::all(Arc::new(MaskedFiles::new(files, None))))
     };
     let class_file = dir.join("class_names.txt");
     let class_names: Vec<String> = if class_file.is_file() {
