@@ -85,12 +85,22 @@ impl ConfusionMatrix {
     }
 }
 
+/// The pixels that count `[B, H, W]`: a class below `classes` and not [`IGNORE`] (a mask
+/// value of no class is ignored, as [`ConfusionMatrix::add`] does).
+fn counted(masks: &Tensor<3, Int>, classes: usize) -> Tensor<3, Bool> {
+    masks
+        .clone()
+        .not_equal_elem(i64::from(IGNORE))
+        .bool_and(masks.clone().lower_elem(classes as i64))
+}
+
 /// Per-image mean pixel CE `[B]` of `logits` (upsampled to the masks' size) against `masks`
-/// `[B, H, W]`, over the pixels that are not [`IGNORE`], and the number of those per image.
+/// `[B, H, W]`, over the pixels that count ([`counted`]), and the number of those per image.
 fn pixel_ce(logits: Tensor<4>, masks: Tensor<3, Int>) -> (Tensor<1>, Tensor<1>) {
     let [b, h, w] = masks.dims();
+    let k = logits.dims()[1];
     let log_p = log_softmax(upsample_bilinear(logits, [h, w]), 1); // [B, K, H, W]
-    let valid = masks.clone().not_equal_elem(i64::from(IGNORE)); // [B, H, W]
+    let valid = counted(&masks, k); // [B, H, W]
     let safe = masks.mask_fill(valid.clone().bool_not(), 0);
     let picked = log_p.gather(1, safe.unsqueeze_dim(1)).reshape([b, h, w]);
     let valid = valid.float();
@@ -167,12 +177,9 @@ impl Task for Segmentation {
         let (Ok(masks), Prediction::Map(m)) = (masks_of(batch), &out.logits) else {
             return GroundTruth::default();
         };
-        let [b, _, h, w] = m.dims();
+        let [b, k, h, w] = m.dims();
         let [_, mh, mw] = masks.dims();
-        let valid = masks
-            .not_equal_elem(i64::from(IGNORE))
-            .float()
-            .unsqueeze_dim(1);
+        let valid = counted(&masks, k).float().unsqueeze_dim(1);
         let cells = if mh % h == 0 && mw % w == 0 {
             let k = [mh / h, mw / w];
             burn::tensor::module::max_pool2d(valid, burn::tensor::ops::MaxPoolOptions::new(k))
@@ -312,7 +319,7 @@ mod tests {
     }
 
     /// One image, two classes, 1×3 pixels with logits (0, 1), (2, 0), (5, 5) and ground truth
-    /// 1, 1, IGNORE: CE = mean(ln(1 + e^−1), ln(1 + e^2)) over the two counted pixels; the aux
+    /// 1, 1, IGNORE (or 7, no class): CE = mean(ln(1 + e^−1), ln(1 + e^2)) over the two counted pixels; the aux
     /// term is 0.4 × its own CE; the gradient is (softmax − one-hot) / 2 on counted pixels and
     /// 0 on the ignored one.
     #[test]
@@ -325,6 +332,11 @@ mod tests {
         let ce = batch_ce(logits.clone(), masks.clone());
         let got = f64::from(ce.clone().into_scalar::<f32>());
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        // A mask value of no class (7 of 2 classes) is ignored like 255.
+        let other =
+            Tensor::<3, Int>::from_data(TensorData::new(vec![1i64, 1, 7], [1, 1, 3]), &device);
+        let got7 = f64::from(batch_ce(logits.clone(), other).into_scalar::<f32>());
+        assert!((got7 - want).abs() < 1e-6, "{got7} vs {want}");
         let grads = ce.backward();
         let g: Vec<f32> = logits
             .grad(&grads)
