@@ -109,6 +109,16 @@ impl MaskedFiles {
     pub fn files(&self) -> &[(PathBuf, PathBuf)] {
         &self.files
     }
+
+    /// The `(image, mask)` paths of `index`.
+    fn pair(&self, index: usize) -> Result<&(PathBuf, PathBuf)> {
+        self.files.get(index).ok_or_else(|| {
+            DataError::Config(format!(
+                "image index {index} out of range (0..{})",
+                self.files.len()
+            ))
+        })
+    }
 }
 
 impl ImageSource for MaskedFiles {
@@ -121,22 +131,11 @@ impl ImageSource for MaskedFiles {
     }
 
     fn image(&self, index: usize) -> Result<Image> {
-        let (path, _) = self.files.get(index).ok_or_else(|| {
-            DataError::Config(format!(
-                "image index {index} out of range (0..{})",
-                self.len()
-            ))
-        })?;
-        decode_rgb(path)
+        decode_rgb(&self.pair(index)?.0)
     }
 
     fn annotation(&self, index: usize) -> Result<Annotation> {
-        let (_, path) = self.files.get(index).ok_or_else(|| {
-            DataError::Config(format!(
-                "image index {index} out of range (0..{})",
-                self.len()
-            ))
-        })?;
+        let path = &self.pair(index)?.1;
         let mask = read_class_png(path)?;
         let Some(table) = &self.remap else {
             return Ok(Annotation::Mask(mask));

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use autokd_data::{Batch, DataLoader, IGNORE, ItemTransform, LoaderConfig, Split};
+use autokd_data::{Batch, IGNORE, ItemTransform, Split};
 use autokd_distill::GroundTruth;
 use autokd_models::deeplab::upsample_bilinear;
 use autokd_models::{Backbone, Intermediates, Prediction, TapRequest};
@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use crate::error::{Result, TrainError};
-use crate::task::{EvalOptions, Evaluation, Task};
+use crate::task::{EvalOptions, EvalTally, Evaluation, Task};
 
 /// A `K × K` confusion matrix of pixels: rows the ground truth, columns the prediction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,44 +207,19 @@ impl Task for Segmentation {
                     .into(),
             ));
         }
-        let loader = DataLoader::with_transform(
-            split.clone(),
-            transform.clone(),
-            LoaderConfig {
-                batch_size: options.batch_size,
-                shuffle: false,
-                workers: options.workers,
-                ..LoaderConfig::default()
-            },
-        )?;
+        let loader = options.loader(split, transform)?;
         let mut matrix: Option<ConfusionMatrix> = None;
-        let (mut ce, mut ce2, mut n) = (0.0f64, 0.0f64, 0usize);
-        let (mut embeddings, mut kept) = (Vec::new(), 0usize);
-        let read = |t: Tensor<1>| -> Result<Vec<f32>> {
-            t.into_data()
-                .try_into_vec_as::<f32>()
-                .map_err(|e| TrainError::Config(format!("evaluation: reading the CE: {e:?}")))
-        };
+        let mut tally = EvalTally::default();
         for batch in loader.epoch(0, device) {
             let batch = batch?;
             let masks = masks_of(&batch)?;
             let [b, h, w] = masks.dims();
             let out = net.forward_intermediates(batch.images, &TapRequest::none());
-            if kept < options.embeddings {
-                let take = b.min(options.embeddings - kept);
-                embeddings.push(out.embedding.clone().narrow(0, 0, take));
-                kept += take;
-            }
             let logits = map_of(&out.logits)?;
             let k = logits.dims()[1];
             let matrix = matrix.get_or_insert_with(|| ConfusionMatrix::new(k));
             let (per_image, _) = pixel_ce(logits.clone(), masks.clone());
-            for v in read(per_image)? {
-                let v = f64::from(v);
-                ce += v;
-                ce2 += v * v;
-            }
-            n += b;
+            tally.add(per_image, &out.embedding, options.embeddings)?;
             let pred = upsample_bilinear(logits, [h, w])
                 .argmax(1)
                 .reshape([b * h * w]);
@@ -265,14 +240,7 @@ impl Task for Segmentation {
                 metrics.insert(format!("iou_{c}"), v);
             }
         }
-        let count = n.max(1) as f64;
-        let mean = ce / count;
-        Ok(Evaluation {
-            metrics,
-            loss: mean,
-            loss_sd: (ce2 / count - mean * mean).max(0.0).sqrt(),
-            embeddings: (!embeddings.is_empty()).then(|| Tensor::cat(embeddings, 0)),
-        })
+        Ok(tally.finish(metrics))
     }
 
     fn score_metric(&self) -> &'static str {

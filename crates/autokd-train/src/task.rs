@@ -57,6 +57,78 @@ impl Evaluation {
     }
 }
 
+impl EvalOptions {
+    /// The loader an evaluation reads `split` with: in order, at this batch size and with
+    /// these threads.
+    pub fn loader(&self, split: &Split, transform: &ItemTransform) -> Result<DataLoader> {
+        Ok(DataLoader::with_transform(
+            split.clone(),
+            transform.clone(),
+            LoaderConfig {
+                batch_size: self.batch_size,
+                shuffle: false,
+                workers: self.workers,
+                ..LoaderConfig::default()
+            },
+        )?)
+    }
+}
+
+/// What every task's evaluation gathers besides its metrics: the per-image task loss (summed
+/// and squared in f64 on the host, for its mean and standard deviation) and the embeddings of
+/// the first images.
+#[derive(Debug, Default)]
+pub(crate) struct EvalTally {
+    sum: f64,
+    squares: f64,
+    images: usize,
+    embeddings: Vec<Tensor<2>>,
+    kept: usize,
+}
+
+impl EvalTally {
+    /// Adds a batch's per-image losses `[B]` and keeps its embeddings up to `limit` in all.
+    pub(crate) fn add(
+        &mut self,
+        losses: Tensor<1>,
+        embedding: &Tensor<2>,
+        limit: usize,
+    ) -> Result<()> {
+        let losses = losses.into_data().try_into_vec_as::<f32>().map_err(|e| {
+            crate::error::TrainError::Config(format!("evaluation: reading the loss: {e:?}"))
+        })?;
+        for v in &losses {
+            let v = f64::from(*v);
+            self.sum += v;
+            self.squares += v * v;
+        }
+        self.images += losses.len();
+        if self.kept < limit {
+            let take = losses.len().min(limit - self.kept);
+            self.embeddings.push(embedding.clone().narrow(0, 0, take));
+            self.kept += take;
+        }
+        Ok(())
+    }
+
+    /// Images counted so far.
+    pub(crate) fn images(&self) -> usize {
+        self.images
+    }
+
+    /// The evaluation with `metrics`.
+    pub(crate) fn finish(self, metrics: BTreeMap<String, f64>) -> Evaluation {
+        let count = self.images.max(1) as f64;
+        let mean = self.sum / count;
+        Evaluation {
+            metrics,
+            loss: mean,
+            loss_sd: (self.squares / count - mean * mean).max(0.0).sqrt(),
+            embeddings: (!self.embeddings.is_empty()).then(|| Tensor::cat(self.embeddings, 0)),
+        }
+    }
+}
+
 /// A task the training loop serves.
 pub trait Task: Send + Sync + std::fmt::Debug {
     /// Name, e.g. `classification`.
@@ -119,19 +191,9 @@ impl Task for Classification {
         options: EvalOptions,
         device: &Device,
     ) -> Result<Evaluation> {
-        let loader = DataLoader::with_transform(
-            split.clone(),
-            transform.clone(),
-            LoaderConfig {
-                batch_size: options.batch_size,
-                shuffle: false,
-                workers: options.workers,
-                ..LoaderConfig::default()
-            },
-        )?;
-        let (mut ce, mut ce2, mut top1, mut top5, mut n) = (0.0f64, 0.0f64, 0usize, 0usize, 0usize);
-        let mut embeddings = Vec::new();
-        let mut kept = 0usize;
+        let loader = options.loader(split, transform)?;
+        let (mut top1, mut top5) = (0usize, 0usize);
+        let mut tally = EvalTally::default();
         for batch in loader.epoch(0, device) {
             let batch = batch?;
             let b = batch.positions.len();
@@ -140,19 +202,8 @@ impl Task for Classification {
             let k = logits.dims()[1].min(5);
             let targets = batch.targets.reshape([b, 1]);
             let log_p = log_softmax(logits.clone(), 1);
-            // Per-image CE, summed (and squared) in f64 on the host.
-            let nll = log_p
-                .gather(1, targets.clone())
-                .into_data()
-                .try_into_vec_as::<f32>()
-                .map_err(|e| {
-                    crate::error::TrainError::Config(format!("evaluation: reading the CE: {e:?}"))
-                })?;
-            for v in nll {
-                let v = -f64::from(v);
-                ce += v;
-                ce2 += v * v;
-            }
+            let nll = log_p.gather(1, targets.clone()).reshape([b]).neg();
+            tally.add(nll, &out.embedding, options.embeddings)?;
             let pred = logits.clone().argmax(1);
             top1 += pred.equal(targets.clone()).int().sum().into_scalar::<i64>() as usize;
             let sorted = logits.argsort_descending(1).narrow(1, 0, k); // [B, k]
@@ -161,24 +212,12 @@ impl Task for Classification {
                 .int()
                 .sum()
                 .into_scalar::<i64>() as usize;
-            n += b;
-            if kept < options.embeddings {
-                let take = b.min(options.embeddings - kept);
-                embeddings.push(out.embedding.narrow(0, 0, take));
-                kept += take;
-            }
         }
-        let count = n.max(1) as f64;
-        let mean = ce / count;
-        Ok(Evaluation {
-            metrics: BTreeMap::from([
-                ("top1".to_string(), top1 as f64 / count),
-                ("top5".to_string(), top5 as f64 / count),
-            ]),
-            loss: mean,
-            loss_sd: (ce2 / count - mean * mean).max(0.0).sqrt(),
-            embeddings: (!embeddings.is_empty()).then(|| Tensor::cat(embeddings, 0)),
-        })
+        let count = tally.images().max(1) as f64;
+        Ok(tally.finish(BTreeMap::from([
+            ("top1".to_string(), top1 as f64 / count),
+            ("top5".to_string(), top5 as f64 / count),
+        ])))
     }
 
     fn score_metric(&self) -> &'static str {
