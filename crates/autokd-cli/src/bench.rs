@@ -640,7 +640,9 @@ fn proxy(args: &ProxyArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let info = &ds.info;
     let spec = |name: ModelName| crate::model_spec(name, info);
     let teacher = spec(args.teacher).init(&device)?;
-    let taps: Vec<usize> = vec![teacher.feature_info().len() - 1];
+    let taps: Vec<usize> = autokd_models::default_tap(&teacher.feature_info())
+        .into_iter()
+        .collect();
     let cfg = |cache_teacher| {
         let mut c = autokd_train::ProxyConfig {
             per_class: args.per_class,
@@ -858,7 +860,7 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             &teacher,
             t.as_str(),
             spec(s),
-            &[teacher.feature_info().len() - 1],
+            &Vec::from_iter(autokd_models::default_tap(&teacher.feature_info())),
             {
                 let mut c = autokd_train::ProxyConfig {
                     per_class: args.proxy_per_class,

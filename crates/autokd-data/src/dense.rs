@@ -73,7 +73,10 @@ fn one() -> f64 {
 /// (before the colour steps or after them, chosen with probability 1/2); saturation `S · α` and
 /// hue `(H + δ) mod 180` in OpenCV's 8-bit HSV (H in degrees / 2), δ an integer in
 /// `[−hue_delta, hue_delta)`. Each part clips to `[0, 255]` and truncates to bytes, as mmseg's
-/// `convert` does. The HSV round trip is computed in floating point and rounded, where OpenCV
+/// `convert` does. For images whose levels run to another top (`pixel_max`, e.g. 16 for the
+/// digits), the brightness offset is scaled by `pixel_max / 255` and the parts clip to
+/// `[0, pixel_max]`, so that a distortion means the same on any scale (the parts are
+/// mmseg's exactly for 8-bit images). The HSV round trip is computed in floating point and rounded, where OpenCV
 /// uses integer tables (a level apart at most). Grey images skip saturation and hue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -101,7 +104,12 @@ impl Default for PhotometricDistortion {
 
 /// mmseg's `convert`: `v · α + β`, clipped to `[0, 255]`, truncated.
 fn convert(v: u8, alpha: f64, beta: f64) -> u8 {
-    (f64::from(v) * alpha + beta).clamp(0.0, 255.0) as u8
+    convert_to(v, alpha, beta, 255.0)
+}
+
+/// `convert` on levels that run to `max`: clipped to `[0, max]`, truncated.
+fn convert_to(v: u8, alpha: f64, beta: f64, max: f64) -> u8 {
+    (f64::from(v) * alpha + beta).clamp(0.0, max) as u8
 }
 
 /// OpenCV's 8-bit RGB → HSV: H in `[0, 180)`, S and V in `[0, 255]` (floating point, rounded).
@@ -157,22 +165,31 @@ fn map_hsv(img: &mut Image, f: impl Fn([u8; 3]) -> [u8; 3]) {
 }
 
 impl PhotometricDistortion {
-    /// Distorts `img` in place.
+    /// Distorts `img`, an 8-bit image, in place.
     pub fn apply<R: Rng>(&self, img: &mut Image, rng: &mut R) {
+        self.apply_levels(img, 255.0, rng);
+    }
+
+    /// Distorts `img`, whose levels run from 0 to `pixel_max` (at most 255), in place: the
+    /// brightness offset is scaled by `pixel_max / 255` and brightness and contrast clip to
+    /// `pixel_max` (colour images are 8-bit here: their saturation and hue steps are
+    /// OpenCV's).
+    pub fn apply_levels<R: Rng>(&self, img: &mut Image, pixel_max: f32, rng: &mut R) {
+        let max = f64::from(pixel_max).clamp(1.0, 255.0);
         let uniform = |rng: &mut R, [lo, hi]: [f64; 2]| lo + (hi - lo) * rng.random::<f64>();
         if rng.random_bool(0.5) {
-            let d = self.brightness_delta;
+            let d = self.brightness_delta * max / 255.0;
             let beta = uniform(rng, [-d, d]);
             img.data
                 .iter_mut()
-                .for_each(|v| *v = convert(*v, 1.0, beta));
+                .for_each(|v| *v = convert_to(*v, 1.0, beta, max));
         }
         let contrast = |img: &mut Image, rng: &mut R| {
             if rng.random_bool(0.5) {
                 let alpha = uniform(rng, self.contrast);
                 img.data
                     .iter_mut()
-                    .for_each(|v| *v = convert(*v, alpha, 0.0));
+                    .for_each(|v| *v = convert_to(*v, alpha, 0.0, max));
             }
         };
         let contrast_first = rng.random_bool(0.5);
@@ -381,7 +398,7 @@ impl DenseTransform {
                     }
                 }
                 DenseStep::Photometric(d) => {
-                    d.apply(&mut item.image, rng);
+                    d.apply_levels(&mut item.image, self.pixel_max, rng);
                     item
                 }
             };
@@ -501,6 +518,20 @@ mod tests {
             c != rgb
         });
         assert!(moved);
+        // On 16 levels (the digits) the default brightness offset is at most 32·16/255 ≈ 2
+        // levels and nothing passes 16: the mean level moves by at most 2 + what contrast
+        // ×0.5 … ×1.5 does, where 8-bit offsets of up to 32 would push the background to 32.
+        let digits = Image::new(1, 2, 4, vec![0, 0, 0, 0, 16, 16, 8, 4]).unwrap();
+        for seed in 0..32 {
+            let mut d = digits.clone();
+            PhotometricDistortion::default().apply_levels(
+                &mut d,
+                16.0,
+                &mut ChaCha8Rng::seed_from_u64(seed),
+            );
+            assert!(d.data.iter().all(|&v| v <= 16), "{:?}", d.data);
+            assert!(d.data[..4].iter().all(|&v| v <= 3), "{:?}", d.data);
+        }
     }
 
     /// A mask through the segmentation preset: the image and mask keep one size, photometric

@@ -816,6 +816,83 @@ mod tests {
         assert_eq!((s_req.indices, t_req.indices), (vec![2], vec![0]));
     }
 
+    /// `cwd_logits` reads a dense model's prediction tap by name and computes CIRKD's channel
+    /// CWD on it: `3 · T² / (N·C) · Σ_{n,c} KL(softmax_hw(t/T) ‖ softmax_hw(s/T))`, T = 4, pinned
+    /// to an f64 reference on `[2, 3, 2, 2]` maps; `cwd` without a tap reads the last feature
+    /// tap (`aspp`), never the prediction.
+    #[test]
+    fn cwd_on_the_prediction_map_matches_the_reference() {
+        let device = Device::flex();
+        let taps = |k| {
+            vec![
+                TapInfo {
+                    name: "aspp".into(),
+                    channels: 4,
+                    stride: 8,
+                    kind: TapKind::FeatureMap,
+                },
+                TapInfo {
+                    name: autokd_models::PREDICTION_TAP.into(),
+                    channels: k,
+                    stride: 8,
+                    kind: TapKind::FeatureMap,
+                },
+            ]
+        };
+        let spec = DistillerSpec::baseline("cwd_logits").unwrap();
+        let d = build(&spec, "s", &taps(3), "t", &taps(3), &device).unwrap();
+        let (s_req, t_req) = d.tap_requests();
+        assert_eq!((s_req.indices, t_req.indices), (vec![1], vec![1]));
+        let plain = build(
+            &DistillerSpec::baseline("cwd").unwrap(),
+            "s",
+            &taps(3),
+            "t",
+            &taps(3),
+            &device,
+        )
+        .unwrap();
+        assert_eq!(plain.tap_requests().0.indices, vec![0]);
+        let (s, t) = (
+            tensor([2, 3, 2, 2], 11, &device),
+            tensor([2, 3, 2, 2], 12, &device),
+        );
+        let got = first_term(
+            &d,
+            &outputs(Feature::Map(s.clone()), Tensor::zeros([2, 3], &device)),
+            &outputs(Feature::Map(t.clone()), Tensor::zeros([2, 3], &device)),
+            &GroundTruth::default(),
+        );
+        let v = |x: Tensor<4>| -> Vec<f64> {
+            x.into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        };
+        let (sv, tv) = (v(s), v(t));
+        let softmax = |row: &[f64]| {
+            let e: Vec<f64> = row.iter().map(|x| (x / 4.0).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|x| x / z).collect::<Vec<_>>()
+        };
+        let kl: f64 = (0..6)
+            .map(|nc| {
+                let (p, q) = (
+                    softmax(&tv[nc * 4..nc * 4 + 4]),
+                    softmax(&sv[nc * 4..nc * 4 + 4]),
+                );
+                p.iter().zip(&q).map(|(a, b)| a * (a / b).ln()).sum::<f64>()
+            })
+            .sum();
+        let want = 3.0 * 16.0 * kl / 6.0;
+        assert!(
+            (f64::from(got) - want).abs() < 1e-5 * want.max(1e-3),
+            "{got} vs {want}"
+        );
+    }
+
     /// A segmenter's prediction term counts only the pixels the ground truth keeps (ignored
     /// pixels, label 255): KD over a `[2, 3, 2, 4]` map's 16 pixel rows with 5 rows ignored is
     /// pinned to an f64 reference over the 11 others; DIST equals DIST on those rows given as

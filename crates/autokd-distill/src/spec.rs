@@ -184,7 +184,17 @@ pub struct DistillerSpec {
 }
 
 /// The hand-designed recipes that search must beat, in autokd's conventions (ARCHITECTURE §4).
-pub const BASELINES: [&str; 8] = ["vanilla", "kd", "at", "sp", "ickd", "cwd", "dist", "fitnet"];
+pub const BASELINES: [&str; 9] = [
+    "vanilla",
+    "kd",
+    "at",
+    "sp",
+    "ickd",
+    "cwd",
+    "cwd_logits",
+    "dist",
+    "fitnet",
+];
 
 impl FeatureTerm {
     /// A term on the last taps with no transform.
@@ -310,6 +320,12 @@ impl DistillerSpec {
     ///   second stage (RepDistiller's `hint_layer = 2`).
     /// - `cwd`: `T² / C · Σ_c KL(softmax(t_c/T) ‖ softmax(s_c/T))` over each channel's `H·W`,
     ///   averaged over the batch, T = 4, weight 25, last stage.
+    /// - `cwd_logits`: the same divergence on a dense model's prediction map
+    ///   ([`autokd_models::PREDICTION_TAP`], `[B, K, H/8, W/8]` for DeepLabV3) at the weight
+    ///   the CWD paper gives for segmentation logits: T = 4, weight 3 (CIRKD's `CriterionCWD`
+    ///   with `norm_type = 'channel'`, `divergence = 'kl'`: the KL summed, divided by `N·C`,
+    ///   times T², a 1×1 conv on the student where the class counts differ). Only for models
+    ///   with that tap.
     ///
     /// Where the reference differs in a detail the spec cannot express it is documented in
     /// ARCHITECTURE §4 (maps of different sizes are average-pooled to the smaller first).
@@ -383,6 +399,20 @@ impl DistillerSpec {
                 )],
                 None,
             ),
+            "cwd_logits" => (
+                vec![FeatureTerm {
+                    student_tap: Some(autokd_models::PREDICTION_TAP.into()),
+                    teacher_tap: Some(autokd_models::PREDICTION_TAP.into()),
+                    ..feature(
+                        GlobalTransform::None,
+                        Relation::ChannelSoftmax,
+                        Distance::Kl,
+                        4.0,
+                        3.0,
+                    )
+                }],
+                None,
+            ),
             "dist" => (
                 vec![],
                 Some(LogitsTerm {
@@ -444,8 +474,9 @@ impl DistillerSpec {
         self.check()?;
         let find = |model: &str, info: &[TapInfo], tap: &Option<String>| -> Result<Vec<usize>> {
             match tap {
-                None if info.is_empty() => Err(DistillError::Spec(format!("{model} has no taps"))),
-                None => Ok(vec![info.len() - 1]),
+                None => autokd_models::default_tap(info)
+                    .map(|i| vec![i])
+                    .ok_or_else(|| DistillError::Spec(format!("{model} has no taps"))),
                 Some(name) => Ok(TapRequest::resolve(model, info, name)?),
             }
         };

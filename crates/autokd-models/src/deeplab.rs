@@ -14,8 +14,9 @@
 //! The prediction is the head's `[B, K, H/8, W/8]` map (what distillers compare, as CIRKD's CWD
 //! does); the task upsamples it to the input size (bilinear, `align_corners = false`, see
 //! [`upsample_bilinear`]) for its loss and its metrics, as torchvision's forward does. Taps:
-//! `backbone.stem`, `backbone.stage1` … `backbone.stage4` and `aspp` (the projected ASPP output,
-//! stride 8). Submodule names follow torchvision's state-dict keys where they can (`conv1`,
+//! `backbone.stem`, `backbone.stage1` … `backbone.stage4`, `aspp` (the projected ASPP output,
+//! stride 8) and `head.logits` (the prediction map itself, for terms such as CWD on the logits;
+//! read only when named, see [`crate::PREDICTION_TAP`]). Submodule names follow torchvision's state-dict keys where they can (`conv1`,
 //! `bn1`, `layers[i]` for `backbone.layer{i+1}`, `aspp.convs[i]`, `aspp.project`).
 
 use burn::nn::conv::Conv2d;
@@ -28,6 +29,8 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::common::{ConvBn, SeededDropout, bn, conv, conv_bn, global_avg_pool};
 use crate::features::{Backbone, Collector, Intermediates, Prediction, TapInfo, TapRequest};
+#[cfg(test)]
+use crate::features::Feature;
 use crate::init::InitRng;
 use crate::resnet::Block;
 
@@ -219,6 +222,7 @@ impl DeepLabV3Config {
             stage_channels: planes.iter().map(|p| p * exp).collect(),
             stem_channels: self.stem_channels,
             channels: c,
+            num_classes: self.num_classes,
         }
     }
 }
@@ -238,6 +242,7 @@ pub struct DeepLabV3 {
     stage_channels: Vec<usize>,
     stem_channels: usize,
     channels: usize,
+    num_classes: usize,
 }
 
 impl Backbone for DeepLabV3 {
@@ -248,6 +253,7 @@ impl Backbone for DeepLabV3 {
             taps.push(TapInfo::backbone(&format!("stage{}", i + 1), c, stride));
         }
         taps.push(TapInfo::map("aspp", self.channels, 8));
+        taps.push(TapInfo::map(crate::PREDICTION_TAP, self.num_classes, 8));
         taps
     }
 
@@ -267,6 +273,7 @@ impl Backbone for DeepLabV3 {
         let a = self.aspp.forward(x); // [B, 256, H/8, W/8]
         taps.offer_map(self.layers.len() + 1, &a);
         let logits = crate::common::conv2d(&self.classifier, relu(self.head.forward(a)));
+        taps.offer_map(self.layers.len() + 2, &logits);
         let mut out = taps.finish_map(embedding, logits);
         out.aux_logits = aux.map(Prediction::Map);
         out
@@ -332,7 +339,8 @@ mod tests {
                 "backbone.stage2",
                 "backbone.stage3",
                 "backbone.stage4",
-                "aspp"
+                "aspp",
+                "head.logits"
             ]
         );
         let x = Tensor::<4>::ones([2, 3, 64, 48], &device);
@@ -346,6 +354,16 @@ mod tests {
             );
         }
         assert_eq!(out.logits.dims(), vec![2, 5, 8, 6]);
+        // The prediction tap is the prediction; a term without a tap reads the ASPP output.
+        let (Some(Feature::Map(tap)), Prediction::Map(pred)) = (out.features.last(), &out.logits)
+        else {
+            panic!("a map tap and a map prediction")
+        };
+        assert_eq!(
+            tap.clone().into_data().to_vec::<f32>().unwrap(),
+            pred.clone().into_data().to_vec::<f32>().unwrap()
+        );
+        assert_eq!(crate::default_tap(&info), Some(5));
         assert_eq!(out.aux_logits.unwrap().dims(), vec![2, 5, 8, 6]);
         let dilations: Vec<usize> = m.layers[3]
             .iter()

@@ -62,6 +62,17 @@ impl TapInfo {
     }
 }
 
+/// The tap of a dense model's prediction map (`[B, K, H/8, W/8]` for DeepLabV3): reached only
+/// by name. A feature term without a tap reads the last tap that is not this one
+/// ([`default_tap`]), so the prediction never stands in for the features.
+pub const PREDICTION_TAP: &str = "head.logits";
+
+/// The tap a feature term without a tap name reads: the last of `info` that is not the
+/// prediction ([`PREDICTION_TAP`]).
+pub fn default_tap(info: &[TapInfo]) -> Option<usize> {
+    info.iter().rposition(|t| t.name != PREDICTION_TAP)
+}
+
 /// Where a tap name (full path, unique last part, group prefix, or a pattern with `*`) points in
 /// `info`: the indices of its members in forward order, or `None` when nothing matches.
 ///

@@ -24,7 +24,8 @@ pub mod wrn;
 
 pub use error::ModelError;
 pub use features::{
-    Backbone, Feature, Intermediates, Prediction, TapInfo, TapKind, TapRequest, find_taps,
+    Backbone, Feature, Intermediates, PREDICTION_TAP, Prediction, TapInfo, TapKind, TapRequest,
+    default_tap, find_taps,
 };
 pub use init::InitRng;
 pub use params::{forward_macs, trainable_params};

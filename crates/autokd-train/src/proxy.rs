@@ -748,7 +748,7 @@ mod tests {
             image_size: 48,
         };
         let teacher = spec.init(&device).unwrap();
-        let aspp = teacher.feature_info().len() - 1;
+        let aspp = autokd_models::default_tap(&teacher.feature_info()).unwrap();
         let mut config = ProxyConfig {
             per_class: 8,
             val_per_class: 8,
