@@ -30,7 +30,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub teacher_weights: Option<PathBuf>,
     /// Distiller: a TOML file (e.g. a search's best.toml) or a baseline name (vanilla, kd, at,
-    /// sp, ickd, cwd, dist, fitnet). Default with a teacher: kd.
+    /// sp, ickd, cwd, cwd_logits, dist, fitnet). Default with a teacher: kd.
     #[arg(long)]
     pub distiller: Option<String>,
     /// Recipe preset (cifar100, imagenet, deit, digits, fashion-mnist) or a TOML file of one

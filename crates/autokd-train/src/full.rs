@@ -744,6 +744,56 @@ mod tests {
     use autokd_data::DatasetSpec;
     use autokd_models::ModelName;
 
+    /// Through the segmentation pipelines, the masks stay on their items: in the normalized
+    /// batches of digit scenes, item pixels (mask 1–10) are brighter than background pixels
+    /// (mask 0) by a margin, for the training pipeline (rescale, crop, flip, photometric
+    /// distortion) and for evaluation.
+    #[test]
+    fn scene_masks_stay_on_their_items_through_the_pipelines() {
+        let ds = DatasetSpec::Scenes(Box::new(DatasetSpec::Digits))
+            .load()
+            .unwrap();
+        let (train, eval) = segmentation_pipelines(&ds.info);
+        let device = Device::flex();
+        for pipeline in [train, eval] {
+            let loader = DataLoader::dense(
+                ds.train.clone(),
+                DenseTransform::new(&ds.info, pipeline).unwrap(),
+                LoaderConfig {
+                    batch_size: 16,
+                    shuffle: true,
+                    seed: 3,
+                    workers: 0,
+                    ..LoaderConfig::default()
+                },
+            )
+            .unwrap();
+            let (mut item, mut back) = ((0.0f64, 0usize), (0.0f64, 0usize));
+            for batch in loader.epoch(0, &device).take(4) {
+                let batch = batch.unwrap();
+                let dense = batch.dense.unwrap();
+                let x: Vec<f32> = batch.images.into_data().try_to_vec().unwrap();
+                let m: Vec<i64> = dense
+                    .masks
+                    .unwrap()
+                    .into_data()
+                    .convert::<i64>()
+                    .try_to_vec()
+                    .unwrap();
+                assert_eq!(x.len(), m.len());
+                for (&v, &c) in x.iter().zip(&m) {
+                    match c {
+                        0 => back = (back.0 + f64::from(v), back.1 + 1),
+                        1..=10 => item = (item.0 + f64::from(v), item.1 + 1),
+                        _ => {}
+                    }
+                }
+            }
+            let (item, back) = (item.0 / item.1 as f64, back.0 / back.1 as f64);
+            assert!(item > back + 1.0, "items {item:.3}, background {back:.3}");
+        }
+    }
+
     /// A recipe file is one flat table defaulting to the digits preset; the search config's
     /// `[teacher_training]` of earlier versions reads as before and serializes to the same JSON
     /// (the key of a cached teacher); other optimizers and schedules round-trip; bad values are

@@ -732,9 +732,9 @@ mod tests {
     /// whole scenes, caches the teacher's maps (the prediction `[B, 11, 6, 6]` and the ASPP
     /// tap), and scores it by validation pixel CE and gap, mIoU as its accuracy; the cached and
     /// the online teacher give the same outcome (up to rounding: the cache runs the teacher at
-    /// another batch size). After 8 steps BatchNorm's running statistics are far from the
-    /// batches': the validation CE is in the hundreds of thousands unless 32 recalibration
-    /// passes refresh them (`bn_recalibration`), which divides it by more than a hundred.
+    /// another batch size). After 8 steps BatchNorm's running statistics are still far from the
+    /// batches': 32 recalibration passes (`bn_recalibration`) that refresh them lower the
+    /// validation CE (measured 1.98 without, 1.18 with).
     #[test]
     fn a_segmentation_proxy_trial() {
         let device = Device::flex();
@@ -792,8 +792,9 @@ mod tests {
         let (a, b) = (cached.val_ce, online.val_ce);
         assert!((a - b).abs() <= 1e-3 * a.abs().max(1.0), "{a} vs {b}");
         assert_eq!(cached.reward.is_some(), online.reward.is_some());
-        // Measured: 24.6 against 233,589 (64 passes: 14.2); both above the chance rule here.
-        assert!(stale.val_ce > 100.0 * a, "{a} vs {}", stale.val_ce);
+        // Measured: 1.18 against 1.98 (before the heads took PyTorch's default init, 24.6
+        // against 233,589).
+        assert!(stale.val_ce > 1.3 * a, "{a} vs {}", stale.val_ce);
     }
 
     fn small() -> ProxyConfig {
