@@ -347,7 +347,13 @@ pub(crate) fn teacher(
         std::slice::from_ref(device),
         |event| {
             if let autokd_train::TrainEvent::Epoch(m) = event {
-                tracing::info!(epoch = m.epoch, top1 = m.metric("top1"), "teacher");
+                // The task's score: top-1 for a classifier, mIoU for a segmenter.
+                let metric = if m.metrics.contains_key("miou") {
+                    "miou"
+                } else {
+                    "top1"
+                };
+                tracing::info!(epoch = m.epoch, metric, score = m.metric(metric), "teacher");
             }
         },
     )?;

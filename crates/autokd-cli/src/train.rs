@@ -73,6 +73,11 @@ pub struct TrainArgs {
     /// Checkpoint every N epochs (and at the end).
     #[arg(long, default_value_t = 1)]
     pub checkpoint_every: usize,
+    /// Start a segmentation model's backbone from this ImageNet classification checkpoint
+    /// (torchvision's `resnet18`/`resnet50`/`resnet101` state dict, `.pth` or `.safetensors`;
+    /// loaded strictly, `fc` ignored); the recipe's `backbone_weights` otherwise.
+    #[arg(long)]
+    pub backbone_weights: Option<PathBuf>,
     /// Run folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -138,6 +143,9 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     if let Some(lr) = args.lr {
         recipe.lr = lr;
+    }
+    if let Some(w) = &args.backbone_weights {
+        recipe.backbone_weights = Some(w.clone());
     }
     if let Some(m) = &args.milestones {
         recipe.schedule = autokd_train::Schedule::MultiStep {

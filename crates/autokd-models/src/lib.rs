@@ -30,4 +30,4 @@ pub use features::{
 pub use init::InitRng;
 pub use params::{forward_macs, trainable_params};
 pub use registry::{Family, Model, ModelName, ModelSpec};
-pub use weights::{WeightFormat, load as load_weights, save as save_weights};
+pub use weights::{WeightFormat, load as load_weights, load_backbone, save as save_weights};

@@ -131,6 +131,106 @@ pub fn load(mut model: Model, name: ModelName, path: &Path) -> Result<Model, Mod
     Ok(model)
 }
 
+/// Loads an ImageNet classification checkpoint of the backbone (torchvision's `resnet18` /
+/// `resnet50` / `resnet101` state dict: `conv1`, `bn1`, `layer1` … `layer4`, `fc`) into a
+/// segmentation model's backbone, as torchvision's `weights_backbone` and CIRKD's
+/// `--student-pretrained-base` do; the heads keep their initialization.
+///
+/// Strict on the backbone: every backbone tensor must come from the file with its shape, and
+/// the file may hold nothing else but the classifier (`fc.*`); an error lists the keys. A model
+/// that is not a segmentation model is refused (load its weights with [`load`]).
+pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<Model, ModelError> {
+    if !matches!(model, Model::DeepLabV3(_)) {
+        return Err(weights_err(
+            path,
+            format!("{name} has no separate backbone; load its weights whole"),
+        ));
+    }
+    if !path.is_file() {
+        return Err(weights_err(path, "file not found"));
+    }
+    let backbone = |p: &str| {
+        ["conv1.", "bn1.", "layers."]
+            .iter()
+            .any(|b| p.starts_with(b))
+    };
+    let result = match WeightFormat::of(path)? {
+        WeightFormat::Burnpack => {
+            return Err(weights_err(
+                path,
+                "a backbone is read from a PyTorch or safetensors classification checkpoint",
+            ));
+        }
+        WeightFormat::Safetensors => {
+            let mut store = SafetensorsStore::from_file(path)
+                .with_from_adapter(PyTorchToBurnAdapter)
+                .remap(remapper(name, path)?)
+                .skip_enum_variants(true)
+                .map_indices_contiguous(false)
+                .allow_partial(true);
+            model
+                .load_from(&mut store)
+                .map_err(|e| weights_err(path, format!("does not fit the backbone: {e}")))?
+        }
+        WeightFormat::Pytorch => {
+            let mut store = PytorchStore::from_file(path)
+                .remap(remapper(name, path)?)
+                .map_indices_contiguous(false)
+                .allow_partial(true);
+            model
+                .load_from(&mut store)
+                .map_err(|e| weights_err(path, format!("does not fit the backbone: {e}")))?
+        }
+    };
+    let mut problems = Vec::new();
+    if !result.errors.is_empty() {
+        problems.push(format!(
+            "{} tensors do not fit: {}",
+            result.errors.len(),
+            result
+                .errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    let missing: Vec<&str> = result
+        .missing
+        .iter()
+        .map(|(p, _)| p.as_str())
+        .filter(|p| backbone(p))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} backbone tensors are missing from the file: {}",
+            missing.len(),
+            missing.join(", ")
+        ));
+    }
+    let unused: Vec<&str> = result
+        .unused
+        .iter()
+        .map(String::as_str)
+        .filter(|k| !k.ends_with("num_batches_tracked") && !k.starts_with("fc."))
+        .collect();
+    if !unused.is_empty() {
+        problems.push(format!(
+            "{} tensors of the file are not the backbone's (an ImageNet classification checkpoint holds the backbone and fc only): {}",
+            unused.len(),
+            unused.join(", ")
+        ));
+    }
+    if !result.applied.iter().any(|p| backbone(p)) && problems.is_empty() {
+        problems.push("no tensor of the file matches the backbone".into());
+    }
+    if problems.is_empty() {
+        Ok(model)
+    } else {
+        Err(weights_err(path, problems.join("; ")))
+    }
+}
+
 fn check(path: &Path, r: &ApplyResult) -> Result<(), ModelError> {
     let mut problems = Vec::new();
     if !r.errors.is_empty() {
@@ -440,6 +540,65 @@ mod tests {
             &expected("resnet18_narrow"),
             "resnet18",
         );
+    }
+
+    /// An ImageNet classification checkpoint (the narrow torchvision ResNet-18 fixture) loads
+    /// into a DeepLabV3's backbone: the stem and stage 1, which dilation leaves alone, give the
+    /// classifier's stage-1 features exactly; the heads are not read from the file. A file with
+    /// other tensors than the backbone and `fc`, or of another architecture, is an error that
+    /// names them; a classifier has no separate backbone.
+    #[test]
+    fn an_imagenet_checkpoint_loads_into_the_backbone() {
+        let device = Device::flex();
+        let pth = fixtures().join("resnet18_narrow.pth");
+        let deeplab = || {
+            let cfg = crate::deeplab::DeepLabV3Config::new(
+                "deeplabv3_resnet18".into(),
+                3,
+                5,
+                vec![2, 2, 2, 2],
+                false,
+            )
+            .with_planes(vec![8, 16, 32, 64])
+            .with_stem_channels(8)
+            .with_channels(16);
+            Model::DeepLabV3(cfg.init(&mut crate::init::InitRng::new(0), &device))
+        };
+        let seg = load_backbone(deeplab(), ModelName::Deeplabv3Resnet18, &pth).unwrap();
+        let cls = load(narrow_resnet18(&device), ModelName::Resnet18, &pth).unwrap();
+        let stage1 = |m: &Model| {
+            let info = m.feature_info();
+            let req = crate::TapRequest::by_names("m", &info, &["stage1"]).unwrap();
+            let out = m.valid().forward_intermediates(fixed_input(&device), &req);
+            match &out.features[0] {
+                crate::Feature::Map(x) => x.clone().into_data().try_to_vec::<f32>().unwrap(),
+                crate::Feature::Tokens(_) => panic!("a map"),
+            }
+        };
+        let (a, b) = (stage1(&seg), stage1(&cls));
+        assert_eq!(a.len(), 2 * 8 * 8 * 8);
+        assert_eq!(a, b);
+        // A fresh model's stage 1 differs: the file was read.
+        assert_ne!(stage1(&deeplab()), b);
+        // A segmentation checkpoint is not a classification one.
+        let err = load_backbone(
+            deeplab(),
+            ModelName::Deeplabv3Resnet18,
+            &fixtures().join("deeplabv3_narrow.pth"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("deeplabv3_narrow.pth"), "{err}");
+        assert!(
+            ["does not fit", "do not fit", "not the backbone"]
+                .iter()
+                .any(|w| err.contains(w)),
+            "{err}"
+        );
+        let err = load_backbone(narrow_resnet18(&device), ModelName::Resnet18, &pth)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no separate backbone"), "{err}");
     }
 
     #[test]

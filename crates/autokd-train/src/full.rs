@@ -128,6 +128,10 @@ pub struct Recipe {
     pub schedule: Schedule,
     /// Seed of initialization, data order, augmentation and masks.
     pub seed: u64,
+    /// An ImageNet classification checkpoint of the model's backbone to start from (a
+    /// segmentation model: torchvision's `weights_backbone`, CIRKD's `--student-pretrained-base`;
+    /// [`autokd_models::load_backbone`]); `None`: from scratch.
+    pub backbone_weights: Option<std::path::PathBuf>,
 }
 
 /// Optimizer names in a recipe file.
@@ -197,6 +201,9 @@ pub struct RecipeFile {
     /// Floor of the poly schedule's rate.
     #[serde(skip_serializing_if = "is_default")]
     pub min_lr: f64,
+    /// An ImageNet classification checkpoint of the backbone to start from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_weights: Option<std::path::PathBuf>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -266,6 +273,7 @@ impl From<Recipe> for RecipeFile {
             iterations,
             power,
             min_lr,
+            backbone_weights: r.backbone_weights,
         }
     }
 }
@@ -313,6 +321,7 @@ impl TryFrom<RecipeFile> for Recipe {
             optimizer,
             schedule,
             seed: f.seed,
+            backbone_weights: f.backbone_weights,
         };
         recipe.validate().map_err(|e| e.to_string())?;
         Ok(recipe)
@@ -346,6 +355,7 @@ impl Recipe {
                 gamma: 0.1,
             },
             seed: 0,
+            backbone_weights: None,
         }
     }
 
@@ -367,6 +377,7 @@ impl Recipe {
             optimizer,
             schedule,
             seed: 0,
+            backbone_weights: None,
         };
         Ok(match name {
             "cifar100" => recipe(240, 64, 0.05, sgd(5e-4), steps(&[150, 180, 210])),
@@ -393,6 +404,7 @@ impl Recipe {
                     min_lr: 1e-4,
                 },
                 seed: 0,
+                backbone_weights: None,
             },
             other => {
                 return Err(TrainError::Config(format!(
@@ -601,17 +613,25 @@ pub struct TeacherSetup<'a> {
     pub spec: &'a DistillerSpec,
 }
 
-/// Initializes a student and its distiller from `seed` (their own streams,
+/// `model` with the backbone of [`Recipe::backbone_weights`] when the recipe names one.
+pub(crate) fn with_backbone(model: Model, spec: &ModelSpec, recipe: &Recipe) -> Result<Model> {
+    Ok(match &recipe.backbone_weights {
+        Some(path) => autokd_models::load_backbone(model, spec.name, path)?,
+        None => model,
+    })
+}
+
+/// Initializes a student and its distiller from the recipe's seed (their own streams,
 /// [`crate::init_streams`]; no device RNG).
 pub(crate) fn init_student(
     student: &ModelSpec,
     spec: &DistillerSpec,
     teacher: Option<(&str, &[autokd_models::TapInfo])>,
-    seed: u64,
+    recipe: &Recipe,
     ad: &Device,
 ) -> Result<DistillStudent> {
-    let (mut student_rng, mut distiller_rng) = crate::init_streams(seed);
-    let model = student.init_with(&mut student_rng, ad)?;
+    let (mut student_rng, mut distiller_rng) = crate::init_streams(recipe.seed);
+    let model = with_backbone(student.init_with(&mut student_rng, ad)?, student, recipe)?;
     let (t_name, t_info) = teacher.unwrap_or(("none", &[]));
     let distiller = Distiller::new(
         spec,
@@ -663,7 +683,7 @@ pub fn train(
             .as_ref()
             .zip(t_info.as_deref())
             .map(|(t, info)| (t.name, info)),
-        recipe.seed,
+        recipe,
         &device.clone().autodiff(),
     )?;
     let frozen = teacher.as_ref().map(|t| t.model.valid());
@@ -823,6 +843,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `lr_max`"), "{err}");
+        // An ImageNet backbone to start from round-trips (and is not written when absent, as
+        // the JSON key above shows).
+        let pre: Recipe = toml::from_str("backbone_weights = \"resnet18.pth\"\n").unwrap();
+        assert_eq!(
+            pre.backbone_weights.as_deref(),
+            Some(std::path::Path::new("resnet18.pth"))
+        );
+        assert_eq!(
+            toml::from_str::<Recipe>(&toml::to_string(&pre).unwrap()).unwrap(),
+            pre
+        );
+    }
+
+    /// A recipe's backbone checkpoint is read when the student is built: one that does not
+    /// fit the model (the narrow ResNet-18 fixture for a full DeepLabV3-R18) stops the training
+    /// with an error naming the file, before any step.
+    #[test]
+    fn a_backbone_checkpoint_that_does_not_fit_is_an_error() {
+        let ds = DatasetSpec::Scenes(Box::new(DatasetSpec::Digits))
+            .load()
+            .unwrap();
+        let fixture = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/fixtures/resnet18_narrow.pth");
+        let spec = autokd_models::ModelSpec {
+            name: ModelName::Deeplabv3Resnet18,
+            in_channels: 1,
+            num_classes: 11,
+            image_size: 48,
+        };
+        let recipe = Recipe {
+            length: Length::Epochs(1),
+            backbone_weights: Some(fixture),
+            ..Recipe::digits()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let err = train(
+            &spec,
+            None,
+            &ds,
+            None,
+            &recipe,
+            1,
+            dir.path(),
+            false,
+            None,
+            &[Device::flex()],
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("resnet18_narrow.pth") && err.contains("does not fit"),
+            "{err}"
+        );
+        assert!(!dir.path().join("metrics.jsonl").exists());
     }
 
     /// Poly decay by hand: `lr · (1 − t/T)^0.9`, with and without a floor; an iteration recipe

@@ -156,6 +156,10 @@ pub struct ProxyFile {
     /// [`ProxyConfig::bn_recalibration`]; written only when not 0.
     #[serde(skip_serializing_if = "is_default")]
     pub bn_recalibration: usize,
+    /// An ImageNet classification checkpoint of the student's backbone to start each trial
+    /// from ([`Recipe::backbone_weights`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone_weights: Option<std::path::PathBuf>,
 }
 
 fn is_default_gamma(g: &f64) -> bool {
@@ -205,6 +209,7 @@ impl From<ProxyConfig> for ProxyFile {
             power: r.power,
             min_lr: r.min_lr,
             bn_recalibration: c.bn_recalibration,
+            backbone_weights: r.backbone_weights,
         }
     }
 }
@@ -242,6 +247,7 @@ impl TryFrom<ProxyFile> for ProxyConfig {
             iterations: f.iterations,
             power: f.power,
             min_lr: f.min_lr,
+            backbone_weights: f.backbone_weights,
         })
         .map_err(|e| format!("proxy: {e}"))?;
         Ok(Self {
@@ -293,6 +299,7 @@ impl Default for ProxyConfig {
                     gamma: 0.1,
                 },
                 seed: 0,
+                backbone_weights: None,
             },
             per_class: 40,
             val_fraction: 0.2,
@@ -472,9 +479,12 @@ impl ProxyEvaluator {
         };
         // Every trial starts from this one initialization (common random numbers).
         let (mut student_rng, _) = crate::init_streams(config.recipe.seed);
-        let initial = student
-            .init_with(&mut student_rng, &device.clone().autodiff())?
-            .valid();
+        let initial = crate::full::with_backbone(
+            student.init_with(&mut student_rng, &device.clone().autodiff())?,
+            &student,
+            &config.recipe,
+        )?
+        .valid();
         // The gap reads the first GAP_IMAGES validation embeddings only.
         let first: Vec<usize> = (0..val.len().min(GAP_IMAGES)).collect();
         let val_cache = TeacherCache::build(
