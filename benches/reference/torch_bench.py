@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch reference for `autokd bench train --pytorch`: the same CIFAR models, batch, threads and
 steps as autokd's benchmark, written the way mdistiller / RepDistiller training loops run them.
+With `--seg MODELS` the reference of `autokd bench segmentation`: torchvision's DeepLabV3
+(`deeplabv3_resnet50/101`; on ResNet-18, torchvision's heads on a ResNet-18 whose stages 3 and 4
+trade stride for dilation, as mmseg's and CIRKD's are, since torchvision's BasicBlock refuses
+dilation), one SGD step of pixel CE + 0.4 × the auxiliary head's, and inference.
 
 Needs PyTorch (`pip install torch`), only for benchmarking; the tests never need it. Prints one
 JSON object on stdout:
@@ -227,10 +231,15 @@ def main():
     p.add_argument("--proxy-val", type=int, default=200, help="validation images of the proxy trial")
     p.add_argument("--proxy-epochs", type=int, default=1)
     p.add_argument("--ops", action="store_true", help="time single operations instead (bench ops)")
+    p.add_argument("--seg", help="segmentation models to time instead (bench segmentation)")
+    p.add_argument("--size", default="512x512", help="segmentation input HxW")
+    p.add_argument("--classes", type=int, default=19, help="segmentation classes")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.ops:
         return ops(a)
+    if a.seg:
+        return seg(a)
     torch.manual_seed(0)
     x = torch.randn(a.batch, 3, 32, 32)
     y = torch.arange(a.batch) % 100
@@ -307,6 +316,106 @@ def main():
                 s(xv[i : i + 256])
 
     record(f"proxy trial online {tname}->{sname}", timed(trial, 3, warmup=1))
+    json.dump({"torch": torch.__version__, "threads": a.threads, "params": params, "results": results}, sys.stdout)
+    print()
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+class DilatedBasicBlock(nn.Module):
+    """torchvision's BasicBlock with a dilation (padding = dilation) on both 3×3 convolutions."""
+
+    expansion = 1
+
+    def __init__(self, cin, cout, stride, dilation):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, dilation, dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+def dilated_resnet18():
+    """torchvision's resnet18 layout (conv1, bn1, layer1..4) at output stride 8."""
+    from torchvision.models import resnet18
+
+    m = resnet18(weights=None)
+    cin, dilation = 64, 1
+    for i, planes in enumerate([64, 128, 256, 512]):
+        if i < 2:
+            stride, previous = (1 if i == 0 else 2), dilation
+        else:
+            previous, dilation, stride = dilation, dilation * 2, 1
+        blocks = []
+        for j in range(2):
+            # The first block of a dilated stage keeps the previous dilation (torchvision's rule).
+            d = previous if j == 0 else dilation
+            blocks.append(DilatedBasicBlock(cin, planes, stride if j == 0 else 1, d))
+            cin = planes
+        setattr(m, f"layer{i + 1}", nn.Sequential(*blocks))
+    for mod in m.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+    return m
+
+
+def build_seg(name, classes):
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.segmentation import deeplabv3_resnet50, deeplabv3_resnet101
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
+    from torchvision.models.segmentation.fcn import FCNHead
+
+    if name == "deeplabv3_resnet50":
+        return deeplabv3_resnet50(weights=None, weights_backbone=None, num_classes=classes, aux_loss=True)
+    if name == "deeplabv3_resnet101":
+        return deeplabv3_resnet101(weights=None, weights_backbone=None, num_classes=classes, aux_loss=True)
+    if name == "deeplabv3_resnet18":
+        backbone = IntermediateLayerGetter(dilated_resnet18(), {"layer4": "out", "layer3": "aux"})
+        return DeepLabV3(backbone, DeepLabHead(512, classes), FCNHead(256, classes))
+    raise SystemExit(f"--seg: unknown model {name}")
+
+
+def seg(a):
+    h, w = (int(v) for v in a.size.split("x"))
+    torch.manual_seed(0)
+    x = torch.randn(a.batch, 3, h, w)
+    y = torch.randint(0, a.classes, (a.batch, h, w))
+    results, params = [], {}
+
+    def record(name, ms):
+        results.append({"name": name, "ms": ms})
+        print(f"{name:<40} {ms:10.1f} ms", file=sys.stderr)
+
+    for name in a.seg.split(","):
+        m = build_seg(name, a.classes).train()
+        params[name] = sum(p.numel() for p in m.parameters())
+        opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            out = m(x)
+            loss = F.cross_entropy(out["out"], y, ignore_index=255)
+            loss = loss + 0.4 * F.cross_entropy(out["aux"], y, ignore_index=255)
+            loss.backward()
+            opt.step()
+
+        record(f"seg ce step {name}", timed(step, a.steps))
+        m.eval()  # both sides run the auxiliary head at inference too
+
+        def infer():
+            with torch.no_grad():
+                return m(x)["out"]
+
+        record(f"seg inference {name}", timed(infer, a.steps))
     json.dump({"torch": torch.__version__, "threads": a.threads, "params": params, "results": results}, sys.stdout)
     print()
 

@@ -49,6 +49,9 @@ pub enum BenchWhat {
     /// Proxy variants judged by an experiment's trainings: Kendall and Spearman of each
     /// variant's rewards against trained top-1, beside its cost per trial.
     Fidelity(crate::bench_fidelity::FidelityBenchArgs),
+    /// A DeepLabV3 training step (pixel CE + auxiliary head) and inference at a segmentation
+    /// crop (512×512, batch 2); side by side with PyTorch with `--pytorch`.
+    Segmentation(crate::bench_seg::SegBenchArgs),
 }
 
 /// Arguments of `autokd bench ops`.
@@ -137,6 +140,20 @@ pub struct TrainBenchResult {
     pub pytorch_ms: Option<f64>,
     /// `ms / pytorch_ms`: below 1 autokd is faster.
     pub ratio: Option<f64>,
+}
+
+impl TrainBenchResult {
+    /// A measurement of `images` images per call from its `(median ms, peak MiB)`.
+    pub(crate) fn new(name: String, (ms, peak): (f64, Option<f64>), images: usize) -> Self {
+        Self {
+            name,
+            ms,
+            images_per_s: images as f64 / ms * 1000.0,
+            peak_rss_mib: peak,
+            pytorch_ms: None,
+            ratio: None,
+        }
+    }
 }
 
 /// Resets the peak-RSS counter of this process (Linux: `/proc/self/clear_refs`).
@@ -249,7 +266,7 @@ pub struct LoaderArgs {
     pub json: Option<std::path::PathBuf>,
 }
 
-fn parse_size(s: &str) -> Result<(usize, usize), String> {
+pub(crate) fn parse_size(s: &str) -> Result<(usize, usize), String> {
     let (h, w) = s
         .split_once('x')
         .ok_or_else(|| format!("`{s}`: expected HxW, e.g. 512x1024"))?;
@@ -356,6 +373,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         BenchWhat::Ops(a) => ops_bench(a, out),
         BenchWhat::Search(a) => crate::bench_search::run(a, out),
         BenchWhat::Fidelity(a) => crate::bench_fidelity::run(a, out),
+        BenchWhat::Segmentation(a) => crate::bench_seg::run(a, out),
     }
 }
 
@@ -719,7 +737,7 @@ fn step_once(
 }
 
 /// Median of `steps` timed calls after two warm-up calls, with the peak RSS over them.
-fn timed(
+pub(crate) fn timed(
     steps: usize,
     device: &Device,
     mut f: impl FnMut() -> anyhow::Result<()>,
@@ -774,15 +792,8 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
     )?;
     let mut results: Vec<TrainBenchResult> = Vec::new();
     let mut params: Vec<(String, usize)> = Vec::new();
-    let mut push = |name: String, (ms, peak): (f64, Option<f64>), images: usize| {
-        results.push(TrainBenchResult {
-            name,
-            ms,
-            images_per_s: images as f64 / ms * 1000.0,
-            peak_rss_mib: peak,
-            pytorch_ms: None,
-            ratio: None,
-        });
+    let mut push = |name: String, timing: (f64, Option<f64>), images: usize| {
+        results.push(TrainBenchResult::new(name, timing, images));
     };
     // PyTorch's SGD as the reference script runs it: momentum 0.9, no dampening, decay 5e-4.
     let sgd = || autokd_train::sgd(0.9, 5e-4);
@@ -919,27 +930,9 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
                 .arg("--proxy-val")
                 .arg(n_val.to_string());
         }
-        writeln!(out, "running the PyTorch reference: {cmd:?}")?;
-        let output = cmd
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .with_context(|| format!("running {}", python.display()))?;
-        anyhow::ensure!(
-            output.status.success(),
-            "the PyTorch reference {} failed ({})",
-            args.pytorch_script.display(),
-            output.status
-        );
-        let reply: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .context("the PyTorch reference printed no JSON")?;
+        let reply = run_pytorch(cmd, &args.pytorch_script, out)?;
         torch_version = reply["torch"].as_str().map(String::from);
-        let torch_ms = |name: &str| -> Option<f64> {
-            reply["results"]
-                .as_array()?
-                .iter()
-                .find(|r| r["name"].as_str() == Some(name))?["ms"]
-                .as_f64()
-        };
+        let torch_ms = |name: &str| pytorch_ms(&reply, name);
         for r in &mut results {
             // autokd's proxy trial with its teacher cache is compared with the PyTorch loop and
             // its online teacher (what a user would otherwise run); every step with its twin.
@@ -961,12 +954,60 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             }
         }
     }
+    print_results(out, &results, torch_version.as_deref())?;
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "device": args.device.to_string(),
+            "batch_size": b,
+            "pytorch": torch_version,
+            "results": results,
+        });
+        crate::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Runs the PyTorch reference `cmd` (its stderr passed through) and reads the JSON it prints.
+pub(crate) fn run_pytorch(
+    mut cmd: std::process::Command,
+    script: &std::path::Path,
+    out: &mut dyn Write,
+) -> anyhow::Result<serde_json::Value> {
+    writeln!(out, "running the PyTorch reference: {cmd:?}")?;
+    let output = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the PyTorch reference {} failed ({})",
+        script.display(),
+        output.status
+    );
+    serde_json::from_slice(&output.stdout).context("the PyTorch reference printed no JSON")
+}
+
+/// The PyTorch reference's median for the measurement `name`, when it reported one.
+pub(crate) fn pytorch_ms(reply: &serde_json::Value, name: &str) -> Option<f64> {
+    reply["results"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"].as_str() == Some(name))?["ms"]
+        .as_f64()
+}
+
+/// The measurements as a table, with PyTorch's medians and the ratios where it ran.
+pub(crate) fn print_results(
+    out: &mut dyn Write,
+    results: &[TrainBenchResult],
+    torch_version: Option<&str>,
+) -> anyhow::Result<()> {
     writeln!(
         out,
         "{:<40} {:>10} {:>10} {:>10} {:>12} {:>8}",
         "measurement", "autokd ms", "images/s", "peak MiB", "PyTorch ms", "ratio"
     )?;
-    for r in &results {
+    for r in results {
         let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
         writeln!(
             out,
@@ -979,20 +1020,11 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             opt(r.ratio, 2)
         )?;
     }
-    if let Some(v) = &torch_version {
+    if let Some(v) = torch_version {
         writeln!(
             out,
             "PyTorch {v}; ratio = autokd / PyTorch (below 1: autokd is faster)"
         )?;
-    }
-    if let Some(path) = &args.json {
-        let json = serde_json::json!({
-            "device": args.device.to_string(),
-            "batch_size": b,
-            "pytorch": torch_version,
-            "results": results,
-        });
-        crate::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
     }
     Ok(())
 }

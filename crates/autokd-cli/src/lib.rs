@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_fidelity;
 pub mod bench_search;
+pub mod bench_seg;
 pub mod convert;
 pub mod device;
 pub mod experiment;

@@ -1,0 +1,259 @@
+//! `autokd bench segmentation`: a DeepLabV3 training step (pixel CE with the auxiliary head at
+//! 0.4, SGD) and inference at a segmentation crop, side by side with the PyTorch reference
+//! (`torch_bench.py --seg`: torchvision's DeepLabV3 heads on the same dilated ResNet) in one
+//! invocation.
+
+use std::io::Write;
+
+use autokd_data::{Batch, DenseBatch};
+use autokd_distill::DistillerSpec;
+use autokd_models::{Backbone, ModelName, ModelSpec, TapRequest};
+use autokd_train::{DistillStudent, Segmentation, distill_step};
+use burn::prelude::*;
+use rand::{Rng, SeedableRng};
+
+use crate::bench::{TrainBenchResult, print_results, pytorch_ms, run_pytorch};
+use crate::device::{DeviceSpec, select_device};
+
+/// Arguments of `autokd bench segmentation`.
+#[derive(Debug, clap::Args)]
+pub struct SegBenchArgs {
+    /// The segmentation models whose training step and inference are measured.
+    #[arg(long, value_delimiter = ',', default_value = "deeplabv3_resnet18")]
+    pub models: Vec<ModelName>,
+    /// Input size `HxW` (the Cityscapes recipe's crops are 512x512).
+    #[arg(long, default_value = "512x512", value_parser = crate::bench::parse_size)]
+    pub size: (usize, usize),
+    /// Batch size.
+    #[arg(long, default_value_t = 2)]
+    pub batch_size: usize,
+    /// Classes (Cityscapes: 19).
+    #[arg(long, default_value_t = 19)]
+    pub classes: usize,
+    /// Timed steps per measurement, after two warm-up steps; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Also run the PyTorch reference with this Python interpreter (which must have torch and
+    /// torchvision) in the same invocation, and print autokd/PyTorch ratios.
+    #[arg(long)]
+    pub pytorch: Option<std::path::PathBuf>,
+    /// The PyTorch reference script.
+    #[arg(long, default_value = "benches/reference/torch_bench.py")]
+    pub pytorch_script: std::path::PathBuf,
+    /// Threads PyTorch may use (set it to what autokd's backend uses: the cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device.
+    #[arg(long, default_value = "flex")]
+    pub device: DeviceSpec,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+}
+
+/// Runs the benchmark.
+pub fn run(args: &SegBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(
+        args.batch_size > 1,
+        "--batch-size must be at least 2 (BatchNorm of the image-pooling branch needs two values per channel)"
+    );
+    anyhow::ensure!(args.classes > 0, "--classes must be at least 1");
+    for m in &args.models {
+        anyhow::ensure!(
+            m.family() == autokd_models::Family::Segmentation,
+            "--models: {m} is not a segmentation model"
+        );
+    }
+    let plain = select_device(&args.device)?;
+    let ad = plain.clone().autodiff();
+    let ((h, w), b, k) = (args.size, args.batch_size, args.classes);
+    writeln!(
+        out,
+        "segmentation bench: batch {b}, 3x{h}x{w}, {k} classes, device {}, median of {} steps after 2 warm-up steps",
+        args.device, args.steps
+    )?;
+    let images = Tensor::<4>::random(
+        [b, 3, h, w],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &plain,
+    );
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let labels: Vec<i64> = (0..b * h * w)
+        .map(|_| rng.random_range(0..k as i64))
+        .collect();
+    let batch = Batch {
+        images: images.clone().autodiff(),
+        targets: Tensor::<1, Int>::zeros([b], &ad),
+        positions: (0..b).collect(),
+        dense: Some(DenseBatch {
+            valid: Tensor::<3>::ones([b, h, w], &ad),
+            masks: Some(Tensor::<3, Int>::from_data(
+                TensorData::new(labels, [b, h, w]),
+                &ad,
+            )),
+            sizes: vec![(h, w); b],
+            boxes: vec![Vec::new(); b],
+        }),
+    };
+    let task = Segmentation::default();
+    let mut results = Vec::new();
+    let mut params = Vec::new();
+    for &name in &args.models {
+        let spec = ModelSpec {
+            name,
+            in_channels: 3,
+            num_classes: k,
+            image_size: h,
+        };
+        let student = spec.init(&ad)?;
+        params.push((name, autokd_models::trainable_params(&student)));
+        let distiller = autokd_distill::Distiller::new(
+            &DistillerSpec::baseline("vanilla")?,
+            name.as_str(),
+            &student.feature_info(),
+            "none",
+            &[],
+            &mut autokd_models::InitRng::new(0),
+            &ad,
+        )?;
+        // PyTorch's SGD as the reference script runs it: momentum 0.9, decay 5e-4.
+        let mut optim = autokd_train::sgd(0.9, 5e-4);
+        let none = autokd_models::Intermediates::no_teacher(b, k, &plain);
+        let mut net = Some(DistillStudent { student, distiller });
+        let step = crate::bench::timed(args.steps, &ad, || {
+            let m = net
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
+            let (m, _) = distill_step(m, &mut optim, 0.01, &task, &batch, &none)?;
+            net = Some(m);
+            Ok(())
+        })?;
+        results.push(TrainBenchResult::new(
+            format!("seg ce step {name}"),
+            step,
+            b,
+        ));
+        let frozen = net
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("lost the model"))?
+            .student
+            .valid();
+        let infer = crate::bench::timed(args.steps, &plain, || {
+            let out = frozen.forward_intermediates(images.clone(), &TapRequest::none());
+            if let autokd_models::Prediction::Map(m) = out.logits {
+                let _ = autokd_models::deeplab::upsample_bilinear(m, [h, w]).into_data();
+            }
+            Ok(())
+        })?;
+        results.push(TrainBenchResult::new(
+            format!("seg inference {name}"),
+            infer,
+            b,
+        ));
+    }
+    let mut torch_version = None;
+    if let Some(python) = &args.pytorch {
+        let threads = args
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mut cmd = std::process::Command::new(python);
+        cmd.arg(&args.pytorch_script)
+            .arg("--seg")
+            .arg(
+                args.models
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .arg("--size")
+            .arg(format!("{h}x{w}"))
+            .arg("--classes")
+            .arg(k.to_string())
+            .arg("--batch")
+            .arg(b.to_string())
+            .arg("--steps")
+            .arg(args.steps.to_string())
+            .arg("--threads")
+            .arg(threads.to_string());
+        let reply = run_pytorch(cmd, &args.pytorch_script, out)?;
+        torch_version = reply["torch"].as_str().map(String::from);
+        for r in &mut results {
+            r.pytorch_ms = pytorch_ms(&reply, &r.name);
+            r.ratio = r.pytorch_ms.map(|p| r.ms / p);
+        }
+        for (model, ours) in &params {
+            let theirs = reply["params"][model.as_str()].as_u64();
+            if theirs != Some(*ours as u64) {
+                writeln!(
+                    out,
+                    "warning: {model} has {ours} parameters here and {theirs:?} in the PyTorch reference"
+                )?;
+            }
+        }
+    }
+    print_results(out, &results, torch_version.as_deref())?;
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "device": args.device.to_string(),
+            "batch_size": b,
+            "size": [h, w],
+            "classes": k,
+            "pytorch": torch_version,
+            "results": results,
+        });
+        crate::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SegBenchArgs,
+    }
+
+    /// At a tiny crop the bench measures a step and an inference of the model and writes them
+    /// as JSON; a classifier or a batch of one is refused with the option named.
+    #[test]
+    fn measures_a_step_and_an_inference() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("seg.json");
+        let cli = Cli::parse_from([
+            "bench",
+            "--size",
+            "32x32",
+            "--steps",
+            "1",
+            "--classes",
+            "3",
+            "--json",
+            json.to_str().unwrap(),
+        ]);
+        let mut out = Vec::new();
+        run(&cli.args, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("seg ce step deeplabv3_resnet18"), "{text}");
+        assert!(text.contains("seg inference deeplabv3_resnet18"), "{text}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let results = v["results"].as_array().unwrap();
+        assert_eq!(results.len(), 2);
+        assert!(results.iter().all(|r| r["ms"].as_f64().unwrap() > 0.0));
+        let bad = Cli::parse_from(["bench", "--models", "resnet20"]);
+        let err = run(&bad.args, &mut Vec::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("--models") && err.contains("resnet20"),
+            "{err}"
+        );
+        let one = Cli::parse_from(["bench", "--batch-size", "1"]);
+        let err = run(&one.args, &mut Vec::new()).unwrap_err().to_string();
+        assert!(err.contains("--batch-size"), "{err}");
+    }
+}
