@@ -155,13 +155,40 @@ def deit(img=224, patch=16, dim=192, depth=12, mlp=4, classes=1000, distilled=Tr
 
 
 def deeplabv3(blocks, bottleneck, classes=21, aux=True, cin=3, c=256, rates=3):
-    """torchvision's DeepLabV3: the ResNet without its fc, ASPP (1×1, `rates` 3×3 branches,
-    image pooling, 1×1 projection; conv + BN each), DeepLabHead's 3×3 conv + BN and 1×1
-    classifier with bias, and FCNHead on stage 3 (3×3 to a quarter + BN, 1×1 with bias)."""
+    """torchvision's DeepLabV3: the ResNet without its fc, then `deeplab_heads` on stage 4 (ASPP:
+    1×1, `rates` 3×3 branches, image pooling, 1×1 projection; conv + BN each; DeepLabHead's 3×3
+    conv + BN and 1×1 classifier with bias) and FCNHead on stage 3 (3×3 to a quarter + BN, 1×1
+    with bias)."""
     exp = 4 if bottleneck else 1
     c4, c3 = 512 * exp, 256 * exp
     p = resnet(blocks, bottleneck, 7, 1000, cin) - linear(c4, 1000)
-    p += conv(c4, c, 1) + bn(c) + rates * (conv(c4, c, 3) + bn(c)) + conv(c4, c, 1) + bn(c)
+    return p + deeplab_heads(c4, c3, classes, aux, c, rates)
+
+
+def mobilenet_v2(classes=1000, cin=3, last=True):
+    """torchvision's MobileNetV2 (width 1.0): 3×3 stem to 32, inverted residuals (1×1 expansion
+    when t > 1, 3×3 depthwise, 1×1 projection; conv + BN each), the 1×1 conv to 1,280 and the
+    classifier (dropout + linear). `last=False`: the features without that 1×1 conv and the
+    classifier (what DeepLabV3 reads)."""
+    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    p = conv(cin, 32, 3) + bn(32)
+    inp = 32
+    for t, c, n, _ in settings:
+        for _ in range(n):
+            h = inp * t
+            if t != 1:
+                p += conv(inp, h, 1) + bn(h)
+            p += conv(h, h, 3, groups=h) + bn(h) + conv(h, c, 1) + bn(c)
+            inp = c
+    if last:
+        p += conv(320, 1280, 1) + bn(1280) + linear(1280, classes)
+    return p
+
+
+def deeplab_heads(c4, c3, classes=21, aux=True, c=256, rates=3):
+    """torchvision's DeepLabHead on `c4` channels and FCNHead on `c3`."""
+    p = conv(c4, c, 1) + bn(c) + rates * (conv(c4, c, 3) + bn(c)) + conv(c4, c, 1) + bn(c)
     p += conv((rates + 2) * c, c, 1) + bn(c)
     p += conv(c, c, 3) + bn(c) + conv(c, classes, 1, bias=True)
     if aux:
@@ -197,12 +224,15 @@ COUNTS = {
     "deeplabv3_resnet18": deeplabv3([2, 2, 2, 2], False),
     "deeplabv3_resnet50": deeplabv3([3, 4, 6, 3], True),
     "deeplabv3_resnet101": deeplabv3([3, 4, 23, 3], True),
+    "mobilenet_v2": mobilenet_v2(),
+    # torchvision's heads on MobileNetV2's features (320 channels; aux on the 96-channel stage).
+    "deeplabv3_mobilenetv2": mobilenet_v2(last=False) + deeplab_heads(320, 96),
 }
 
 CALIBRATION = {
     "resnet20": 278_324, "resnet32x4": 7_433_860, "wrn_40_2": 2_255_156,
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "deit_tiny": 5_910_800,
-    "deeplabv3_resnet50": 42_004_074, "deeplabv3_resnet101": 60_996_202,
+    "deeplabv3_resnet50": 42_004_074, "deeplabv3_resnet101": 60_996_202, "mobilenet_v2": 3_504_872,
 }
 
 if __name__ == "__main__":

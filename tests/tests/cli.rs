@@ -41,7 +41,7 @@ fn info_lists_backends_devices_and_datasets() {
     for form in autokd_data::DATASET_FORMS {
         assert!(text.contains(form), "{form} missing from:\n{text}");
     }
-    assert!(text.contains("models (31;"), "{text}");
+    assert!(text.contains("models (32;"), "{text}");
     for m in autokd_models::ModelName::ALL {
         assert!(text.contains(m.as_str()), "{m} missing from:\n{text}");
     }
@@ -540,8 +540,11 @@ fn shipped_configs_can_start() {
             path.display()
         );
         // The CIFAR and small-data configs cache their teacher (before, caching every tap put
-        // resnet32x4, wrn_40_2 and vgg13 over the budget and the search refused to start).
-        if cfg.dataset.declared_size().is_some() {
+        // resnet32x4, wrn_40_2 and vgg13 over the budget and the search refused to start);
+        // Cityscapes' whole-image maps do not fit, and its teacher runs online.
+        if cfg.dataset.declared_size().is_some()
+            && cfg.student.family() != autokd_models::Family::Segmentation
+        {
             assert_eq!(p.source, TeacherSource::Cache, "{}", path.display());
         }
         n += 1;

@@ -52,7 +52,7 @@ pub fn upsample_bilinear(x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
 /// ResNet backbone; the backbone here keeps `kaiming_normal_(fan_out)`). With the backbone's init
 /// instead, the fresh 1×1 classifier's logits have a standard deviation near 5 and a pixel CE
 /// of 8 (ln K is 2.4), and training from scratch stalls at the class prior.
-fn head_conv(
+pub(crate) fn head_conv(
     in_ch: usize,
     out_ch: usize,
     kernel: usize,
@@ -78,7 +78,7 @@ fn head_conv(
 }
 
 /// [`head_conv`] (no bias) and a batch norm.
-fn head_conv_bn(
+pub(crate) fn head_conv_bn(
     in_ch: usize,
     out_ch: usize,
     kernel: usize,
@@ -101,11 +101,11 @@ pub struct Aspp {
     pool: ConvBn,
     /// 1×1 projection of the concatenated branches.
     project: ConvBn,
-    dropout: SeededDropout,
+    pub(crate) dropout: SeededDropout,
 }
 
 impl Aspp {
-    fn new(
+    pub(crate) fn new(
         in_ch: usize,
         out_ch: usize,
         rates: &[usize],
@@ -148,12 +148,12 @@ impl Aspp {
 #[derive(Module, Debug)]
 pub struct FcnHead {
     conv: ConvBn,
-    dropout: SeededDropout,
+    pub(crate) dropout: SeededDropout,
     classifier: Conv2d,
 }
 
 impl FcnHead {
-    fn new(in_ch: usize, classes: usize, rng: &mut InitRng, device: &Device) -> Self {
+    pub(crate) fn new(in_ch: usize, classes: usize, rng: &mut InitRng, device: &Device) -> Self {
         let inter = in_ch / 4;
         Self {
             conv: head_conv_bn(in_ch, inter, 3, 1, rng, device),
@@ -162,10 +162,24 @@ impl FcnHead {
         }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub(crate) fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let x = self.dropout.forward(relu(self.conv.forward(x)));
         crate::common::conv2d(&self.classifier, x)
     }
+}
+
+/// The decoder of both backbones on the last stage's `x`: the embedding (its global mean), the
+/// ASPP output and the prediction (3×3 head + BN + ReLU, 1×1 classifier).
+pub(crate) fn decode_head(
+    aspp: &Aspp,
+    head: &ConvBn,
+    classifier: &Conv2d,
+    x: Tensor<4>,
+) -> (Tensor<2>, Tensor<4>, Tensor<4>) {
+    let embedding = global_avg_pool(x.clone()); // [B, C4]
+    let a = aspp.forward(x); // [B, 256, H/8, W/8]
+    let logits = crate::common::conv2d(classifier, relu(head.forward(a.clone())));
+    (embedding, a, logits)
 }
 
 /// Configuration of a DeepLabV3.
@@ -314,10 +328,8 @@ impl Backbone for DeepLabV3 {
                 aux = self.aux.as_ref().map(|h| h.forward(x.clone()));
             }
         }
-        let embedding = global_avg_pool(x.clone()); // [B, C4]
-        let a = self.aspp.forward(x); // [B, 256, H/8, W/8]
+        let (embedding, a, logits) = decode_head(&self.aspp, &self.head, &self.classifier, x);
         taps.offer_map(self.layers.len() + 1, &a);
-        let logits = crate::common::conv2d(&self.classifier, relu(self.head.forward(a)));
         taps.offer_map(self.layers.len() + 2, &logits);
         let mut out = taps.finish_map(embedding, logits);
         out.aux_logits = aux.map(Prediction::Map);

@@ -6,6 +6,7 @@
 
 pub mod common;
 pub mod deeplab;
+pub mod deeplab_mobilenet;
 pub mod deit;
 pub mod error;
 pub mod features;

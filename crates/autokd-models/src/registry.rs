@@ -82,6 +82,7 @@ model_names! {
     Deeplabv3Resnet18 => "deeplabv3_resnet18", Segmentation;
     Deeplabv3Resnet50 => "deeplabv3_resnet50", Segmentation;
     Deeplabv3Resnet101 => "deeplabv3_resnet101", Segmentation;
+    Deeplabv3Mobilenetv2 => "deeplabv3_mobilenetv2", Segmentation;
 }
 
 /// Where an architecture comes from, which fixes its reference input and class count.
@@ -285,6 +286,9 @@ impl ModelSpec {
                         .init(rng, device),
                 )
             }
+            N::Deeplabv3Mobilenetv2 => Model::DeepLabV3MobileNet(
+                crate::deeplab_mobilenet::DeepLabV3MobileNetConfig::new(c, k).init(rng, device),
+            ),
             N::DeitTiny | N::DeitTinyP4 => {
                 let patch = self.deit_patch().unwrap_or(16);
                 Model::Deit(
@@ -321,6 +325,8 @@ pub enum Model {
     Deit(Deit),
     /// DeepLabV3 (segmentation).
     DeepLabV3(DeepLabV3),
+    /// DeepLabV3 on MobileNetV2 (segmentation).
+    DeepLabV3MobileNet(crate::deeplab_mobilenet::DeepLabV3MobileNet),
 }
 
 macro_rules! dispatch {
@@ -335,6 +341,7 @@ macro_rules! dispatch {
             Model::MobileNetV1($m) => $e,
             Model::Deit($m) => $e,
             Model::DeepLabV3($m) => $e,
+            Model::DeepLabV3MobileNet($m) => $e,
         }
     };
 }
@@ -399,6 +406,7 @@ mod tests {
         (ModelName::Deeplabv3Resnet18, 16_053_034),
         (ModelName::Deeplabv3Resnet50, 42_004_074),
         (ModelName::Deeplabv3Resnet101, 60_996_202),
+        (ModelName::Deeplabv3Mobilenetv2, 5_135_186),
     ];
 
     #[test]

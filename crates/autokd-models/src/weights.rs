@@ -137,10 +137,11 @@ pub fn load(mut model: Model, name: ModelName, path: &Path) -> Result<Model, Mod
 /// `--student-pretrained-base` do; the heads keep their initialization.
 ///
 /// Strict on the backbone: every backbone tensor must come from the file with its shape, and
-/// the file may hold nothing else but the classifier (`fc.*`); an error lists the keys. A model
+/// the file may hold nothing else but the classifier (`fc.*`; MobileNetV2's `features.18` and
+/// `classifier`); an error lists the keys. A model
 /// that is not a segmentation model is refused (load its weights with [`load`]).
 pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<Model, ModelError> {
-    if !matches!(model, Model::DeepLabV3(_)) {
+    if !matches!(model, Model::DeepLabV3(_) | Model::DeepLabV3MobileNet(_)) {
         return Err(weights_err(
             path,
             format!("{name} has no separate backbone; load its weights whole"),
@@ -150,9 +151,18 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
         return Err(weights_err(path, "file not found"));
     }
     let backbone = |p: &str| {
-        ["conv1.", "bn1.", "layers."]
+        ["conv1.", "bn1.", "layers.", "stem.", "groups."]
             .iter()
             .any(|b| p.starts_with(b))
+    };
+    // Only the backbone's keys are renamed: a classifier's own keys (`fc.*`; MobileNetV2's
+    // `features.18.*` and `classifier.*`) stay as they are and are left out.
+    let remap = KeyRemapper::from_patterns(backbone_key_patterns(name))
+        .map_err(|e| weights_err(path, format!("key remapping: {e}")))?;
+    let classifier = |k: &str| {
+        ["fc.", "features.18.", "classifier."]
+            .iter()
+            .any(|c| k.starts_with(c))
     };
     let result = match WeightFormat::of(path)? {
         WeightFormat::Burnpack => {
@@ -164,7 +174,7 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
         WeightFormat::Safetensors => {
             let mut store = SafetensorsStore::from_file(path)
                 .with_from_adapter(PyTorchToBurnAdapter)
-                .remap(remapper(name, path)?)
+                .remap(remap.clone())
                 .skip_enum_variants(true)
                 .map_indices_contiguous(false)
                 .allow_partial(true);
@@ -174,7 +184,7 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
         }
         WeightFormat::Pytorch => {
             let mut store = PytorchStore::from_file(path)
-                .remap(remapper(name, path)?)
+                .remap(remap.clone())
                 .map_indices_contiguous(false)
                 .allow_partial(true);
             model
@@ -212,7 +222,7 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
         .unused
         .iter()
         .map(String::as_str)
-        .filter(|k| !k.ends_with("num_batches_tracked") && !k.starts_with("fc."))
+        .filter(|k| !k.ends_with("num_batches_tracked") && !classifier(k))
         .collect();
     if !unused.is_empty() {
         problems.push(format!(
@@ -276,6 +286,58 @@ fn check(path: &Path, r: &ApplyResult) -> Result<(), ModelError> {
     } else {
         Err(weights_err(path, problems.join("; ")))
     }
+}
+
+/// The key patterns of a segmentation model's backbone alone: torchvision's classification
+/// layout (`conv1`, `layer1` … for a ResNet; `features.0` … `features.17` for MobileNetV2),
+/// also under `backbone.` as its segmentation checkpoints nest it. Other models: none.
+pub fn backbone_key_patterns(name: ModelName) -> Vec<(String, String)> {
+    use ModelName as N;
+    let mut p: Vec<(String, String)> = Vec::new();
+    let mut add = |from: &str, to: &str| p.push((from.to_string(), to.to_string()));
+    match name {
+        N::Deeplabv3Resnet18 | N::Deeplabv3Resnet50 | N::Deeplabv3Resnet101 => {
+            add(r"^backbone\.", "");
+            for i in 1..=4 {
+                add(&format!(r"^layer{i}\."), &format!("layers.{}.", i - 1));
+            }
+            add(r"\.downsample\.0\.", ".downsample.conv.");
+            add(r"\.downsample\.1\.", ".downsample.bn.");
+        }
+        N::Deeplabv3Mobilenetv2 => {
+            // torchvision's segmentation models nest MobileNet features as `backbone.<index>`.
+            add(r"^backbone\.", "features.");
+            add(r"^features\.0\.0\.", "stem.conv.");
+            add(r"^features\.0\.1\.", "stem.bn.");
+            // torchvision's features.1 … features.17 are the blocks of the seven groups in
+            // order; a block with expansion names its parts conv.0 (1×1 + BN), conv.1 (3×3
+            // depthwise + BN), conv.2 / conv.3 (projection, BN); without (the first) conv.0 is
+            // the depthwise pair and conv.1 / conv.2 the projection.
+            let mut k = 1;
+            for (g, &(t, _, n, _)) in crate::deeplab_mobilenet::SETTINGS.iter().enumerate() {
+                for i in 0..n {
+                    let to = format!("groups.{g}.{i}.");
+                    let f = format!(r"^features\.{k}\.conv\.");
+                    if t == 1 {
+                        add(&format!(r"{f}0\.0\."), &format!("{to}depthwise.conv."));
+                        add(&format!(r"{f}0\.1\."), &format!("{to}depthwise.bn."));
+                        add(&format!(r"{f}1\."), &format!("{to}project.conv."));
+                        add(&format!(r"{f}2\."), &format!("{to}project.bn."));
+                    } else {
+                        add(&format!(r"{f}0\.0\."), &format!("{to}expand.conv."));
+                        add(&format!(r"{f}0\.1\."), &format!("{to}expand.bn."));
+                        add(&format!(r"{f}1\.0\."), &format!("{to}depthwise.conv."));
+                        add(&format!(r"{f}1\.1\."), &format!("{to}depthwise.bn."));
+                        add(&format!(r"{f}2\."), &format!("{to}project.conv."));
+                        add(&format!(r"{f}3\."), &format!("{to}project.bn."));
+                    }
+                    k += 1;
+                }
+            }
+        }
+        _ => {}
+    }
+    p
 }
 
 /// PyTorch state-dict key → autokd module path, for the reference layouts of each family.
@@ -392,13 +454,12 @@ pub fn pytorch_key_patterns(name: ModelName) -> Vec<(String, String)> {
         // torchvision's segmentation layout: `backbone.` (IntermediateLayerGetter of a ResNet),
         // `classifier` = DeepLabHead (ASPP, 3×3 conv, BN, ReLU, 1×1), `aux_classifier` =
         // FCNHead (3×3 conv, BN, ReLU, dropout, 1×1).
-        N::Deeplabv3Resnet18 | N::Deeplabv3Resnet50 | N::Deeplabv3Resnet101 => {
-            add(r"^backbone\.", "");
-            for i in 1..=4 {
-                add(&format!(r"^layer{i}\."), &format!("layers.{}.", i - 1));
-            }
-            add(r"\.downsample\.0\.", ".downsample.conv.");
-            add(r"\.downsample\.1\.", ".downsample.bn.");
+        N::Deeplabv3Resnet18
+        | N::Deeplabv3Resnet50
+        | N::Deeplabv3Resnet101
+        | N::Deeplabv3Mobilenetv2 => {
+            p.extend(backbone_key_patterns(name));
+            let mut add = |from: &str, to: &str| p.push((from.to_string(), to.to_string()));
             // The pooling branch is [AdaptiveAvgPool2d, conv, BN, ReLU]; the others [conv, BN, ReLU].
             add(r"^classifier\.0\.convs\.4\.1\.", "aspp.pool.conv.");
             add(r"^classifier\.0\.convs\.4\.2\.", "aspp.pool.bn.");
@@ -715,6 +776,53 @@ mod tests {
         out.extend_from_slice(&h);
         out.resize(out.len() + offset, 0);
         std::fs::write(path, out).unwrap();
+    }
+
+    /// torchvision's ImageNet `mobilenet_v2` layout (the segmentation keys of
+    /// `reference_keys.json` as `features.<index>`, plus `features.18` and `classifier.1`) loads
+    /// into DeepLabV3-MobileNetV2's backbone: every backbone tensor from the file (zeros here:
+    /// the stem's output is then BN's bias alone, 0), the classifier's keys left out; a file
+    /// without one block is an error that names its tensors.
+    #[test]
+    fn an_imagenet_mobilenet_v2_loads_into_the_backbone() {
+        let text = std::fs::read_to_string(fixtures().join("reference_keys.json")).unwrap();
+        let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let seg = all["deeplabv3_mobilenetv2"].as_object().unwrap();
+        let mut keys = serde_json::Map::new();
+        for (k, v) in seg {
+            if let Some(rest) = k.strip_prefix("backbone.") {
+                keys.insert(format!("features.{rest}"), v.clone());
+            }
+        }
+        keys.insert(
+            "features.18.0.weight".into(),
+            serde_json::json!([1280, 320, 1, 1]),
+        );
+        keys.insert(
+            "classifier.1.weight".into(),
+            serde_json::json!([1000, 1280]),
+        );
+        keys.insert("classifier.1.bias".into(), serde_json::json!([1000]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mobilenet_v2.safetensors");
+        zero_safetensors(&path, &keys);
+        let device = Device::flex();
+        let name = ModelName::Deeplabv3Mobilenetv2;
+        let fresh = || name.reference_spec().init(&device).unwrap();
+        let m = load_backbone(fresh(), name, &path).unwrap();
+        let info = m.feature_info();
+        let req = crate::TapRequest::by_names("m", &info, &["stem"]).unwrap();
+        let x = Tensor::<4>::ones([2, 3, 32, 32], &device);
+        let crate::Feature::Map(stem) = &m.valid().forward_intermediates(x, &req).features[0]
+        else {
+            panic!("a map")
+        };
+        let max: f32 = stem.clone().abs().max().into_scalar();
+        assert_eq!(max, 0.0);
+        keys.retain(|k, _| !k.starts_with("features.5."));
+        zero_safetensors(&path, &keys);
+        let err = load_backbone(fresh(), name, &path).unwrap_err().to_string();
+        assert!(err.contains("groups.2.1.expand.conv.weight"), "{err}");
     }
 
     /// torchvision's segmentation layout on a narrow bottleneck DeepLabV3 (`make_fixtures.py`):

@@ -524,7 +524,7 @@ pub fn accuracy(model: &Model, dataset: &Dataset, device: &Device) -> Result<f64
 /// [`segmentation_pipelines`]).
 pub fn evaluate(model: &Model, dataset: &Dataset, device: &Device) -> Result<(f64, f64)> {
     let (task, transform, second): (&dyn Task, ItemTransform, &str) =
-        if matches!(model, Model::DeepLabV3(_)) {
+        if matches!(model, Model::DeepLabV3(_) | Model::DeepLabV3MobileNet(_)) {
             let (_, eval) = segmentation_pipelines(&dataset.info);
             (
                 &SEGMENTATION,
