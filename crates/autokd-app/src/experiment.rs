@@ -246,6 +246,9 @@ pub struct ExperimentReport {
     pub student: String,
     /// The dataset.
     pub dataset: String,
+    /// The score the `top1` fields hold: `top-1` (a classifier's accuracy) or `mIoU` (a
+    /// segmenter's).
+    pub metric: String,
     /// Its teacher's test top-1.
     pub teacher_top1: f64,
     /// The recipe every training ran.
@@ -711,6 +714,7 @@ pub fn run_experiment(
         teacher: scfg.teacher.as_str().to_string(),
         student: scfg.student.as_str().to_string(),
         dataset: info.name.clone(),
+        metric: score_name(scfg.student).into(),
         teacher_top1,
         recipe,
         images,
@@ -779,11 +783,22 @@ fn fidelity(results: &[DistillerResult], seeds: usize) -> Option<Fidelity> {
     })
 }
 
+/// The name of a model's test score: `mIoU` for a segmenter, `top-1` otherwise.
+pub fn score_name(model: autokd_models::ModelName) -> &'static str {
+    if model.family() == autokd_models::Family::Segmentation {
+        "mIoU"
+    } else {
+        "top-1"
+    }
+}
+
 /// `results.md`.
 pub fn results_markdown(r: &ExperimentReport) -> String {
     let (train, val, test) = r.images;
+    let m = &r.metric;
+    let what = if m == "mIoU" { "mIoU" } else { "accuracy" };
     let mut s = format!(
-        "# autokd experiment\n\n{} (test top-1 {:.2}%) → {} on `{}`: {train} training images, {val} held out to choose each training's best epoch, {test} test images. Recipe: {} at lr {}, batch {}.{}\n\nTop-1 is the test accuracy at the epoch with the best validation accuracy; \"last\" after the last epoch; mean ± standard deviation over seeds.\n\n| distiller | kind | proxy reward (rank) | top-1 | last | seeds | s/run | loss |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
+        "# autokd experiment\n\n{} (test {m} {:.2}%) → {} on `{}`: {train} training images, {val} held out to choose each training's best epoch, {test} test images. Recipe: {} at lr {}, batch {}.{}\n\n{} is the test {what} at the epoch with the best validation {what}; \"last\" after the last epoch; mean ± standard deviation over seeds.\n\n| distiller | kind | proxy reward (rank) | {m} | last | seeds | s/run | loss |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
         r.teacher,
         100.0 * r.teacher_top1,
         r.student,
@@ -795,7 +810,9 @@ pub fn results_markdown(r: &ExperimentReport) -> String {
             ""
         } else {
             " **Incomplete**: run the same command again to finish it."
-        }
+        },
+        // A sentence starts with it: `Top-1`, or `mIoU` as written.
+        if m == "top-1" { "Top-1" } else { m },
     );
     for d in &r.distillers {
         let seconds = d.runs.iter().map(|x| x.seconds).sum::<f64>() / d.runs.len().max(1) as f64;
@@ -816,13 +833,15 @@ pub fn results_markdown(r: &ExperimentReport) -> String {
             d.distiller
         ));
     }
-    s.push_str("\n![test top-1 per distiller](top1.svg)\n");
+    s.push_str(&format!("\n![test {m} per distiller](top1.svg)\n"));
     if crate::plots::fidelity_points(r).len() >= 2 {
-        s.push_str("\n![proxy reward against test top-1](fidelity.svg)\n");
+        s.push_str(&format!(
+            "\n![proxy reward against test {m}](fidelity.svg)\n"
+        ));
     }
     if let Some(f) = &r.fidelity {
         s.push_str(&format!(
-            "\n## Proxy fidelity\n\nOver {} searched distillers, proxy reward against mean top-1 (95% bootstrap intervals): {}",
+            "\n## Proxy fidelity\n\nOver {} searched distillers, proxy reward against mean {m} (95% bootstrap intervals): {}",
             f.distillers,
             f.summary()
         ));

@@ -18,7 +18,7 @@ pub use config::{SearchConfig, StoreKind, StrategyName};
 pub use error::{AppError, Result};
 pub use experiment::{
     ExperimentConfig, ExperimentEvent, ExperimentFile, ExperimentReport, ExperimentRequest,
-    run_experiment,
+    run_experiment, score_name,
 };
 pub use search::{
     NamedBaseline, Observer, SearchEvent, SearchReport, SearchRequest, TeacherOrigin, TrialRecord,

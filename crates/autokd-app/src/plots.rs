@@ -308,11 +308,12 @@ pub fn top1_svg(report: &ExperimentReport) -> Result<String> {
         let mut chart = ChartBuilder::on(&plot)
             .caption(
                 format!(
-                    "{} → {} on {}: test top-1, mean ± std over seeds",
+                    "{} → {} on {}: test {}, mean ± std over seeds",
                     report.teacher,
                     report.student,
                     // The dataset's name without its path (`fashion-mnist:/usr/share/…`).
-                    report.dataset.split(':').next().unwrap_or_default()
+                    report.dataset.split(':').next().unwrap_or_default(),
+                    report.metric
                 ),
                 ("sans-serif", 15),
             )
@@ -329,7 +330,7 @@ pub fn top1_svg(report: &ExperimentReport) -> Result<String> {
         let mut mesh = chart.configure_mesh();
         mesh.x_labels(n)
             .x_label_formatter(&label_of)
-            .y_desc("test top-1 (%)")
+            .y_desc(format!("test {} (%)", report.metric))
             .light_line_style(WHITE.mix(0.0))
             .disable_x_mesh();
         if rotate {
@@ -432,7 +433,10 @@ pub fn fidelity_svg(report: &ExperimentReport) -> Result<Option<String>> {
         root.fill(&WHITE).map_err(plot_error)?;
         let (plot, side) = root.split_horizontally(560);
         let mut chart = ChartBuilder::on(&plot)
-            .caption("proxy reward against trained top-1", ("sans-serif", 15))
+            .caption(
+                format!("proxy reward against trained {}", report.metric),
+                ("sans-serif", 15),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(56)
@@ -441,7 +445,7 @@ pub fn fidelity_svg(report: &ExperimentReport) -> Result<Option<String>> {
         chart
             .configure_mesh()
             .x_desc("proxy reward")
-            .y_desc("test top-1 (%), mean ± std")
+            .y_desc(format!("test {} (%), mean ± std", report.metric))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(plot_error)?;
@@ -627,6 +631,7 @@ mod tests {
             teacher: "resnet20".into(),
             student: "resnet8".into(),
             dataset: "fashion-mnist".into(),
+            metric: "top-1".into(),
             teacher_top1: 0.8967,
             recipe: autokd_train::Recipe::digits(),
             images: (800, 200, 10_000),
@@ -665,5 +670,19 @@ mod tests {
         let mut one = r.clone();
         one.distillers.truncate(1);
         assert!(fidelity_svg(&one).unwrap().is_none());
+        // A segmentation experiment names its score in the charts and in results.md.
+        let seg = ExperimentReport {
+            metric: "mIoU".into(),
+            ..r.clone()
+        };
+        assert!(top1_svg(&seg).unwrap().contains("test mIoU (%)"));
+        let md = crate::experiment::results_markdown(&seg);
+        assert!(
+            md.contains("(test mIoU 89.67%)")
+                && md.contains("| mIoU | last |")
+                && md.contains("mIoU is the test mIoU at the epoch with the best validation mIoU"),
+            "{md}"
+        );
+        assert!(crate::experiment::results_markdown(&r).contains("Top-1 is the test accuracy"));
     }
 }

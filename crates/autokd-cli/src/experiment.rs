@@ -33,6 +33,7 @@ pub struct ExperimentArgs {
 /// Runs the experiment.
 pub fn run(args: &ExperimentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let file = ExperimentFile::from_file(&args.config)?;
+    let metric = autokd_app::score_name(file.search.student);
     let (device, devices) = select_devices(&args.device)?;
     let request = ExperimentRequest {
         search: SearchRequest {
@@ -56,7 +57,7 @@ pub fn run(args: &ExperimentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let report = autokd_app::run_experiment(
         &request,
         &mut |event| crate::search::print_event(event, &mut **out.borrow_mut(), &mut printer),
-        &mut |event| print_event(event, &mut **out.borrow_mut()),
+        &mut |event| print_event(event, metric, &mut **out.borrow_mut()),
     )?;
     let out = out.into_inner();
     if let Some(f) = &report.fidelity {
@@ -76,7 +77,11 @@ pub fn run(args: &ExperimentArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_event(event: ExperimentEvent<'_>, out: &mut dyn Write) -> std::io::Result<()> {
+fn print_event(
+    event: ExperimentEvent<'_>,
+    metric: &str,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     match event {
         ExperimentEvent::Planned {
             distillers,
@@ -86,7 +91,7 @@ fn print_event(event: ExperimentEvent<'_>, out: &mut dyn Write) -> std::io::Resu
             teacher_top1,
         } => writeln!(
             out,
-            "experiment: {distillers} distillers × {seeds} seeds, {} each; {train} training images, {val} held out to choose the best epoch, {test} test; teacher test top-1 {:.2}%",
+            "experiment: {distillers} distillers × {seeds} seeds, {} each; {train} training images, {val} held out to choose the best epoch, {test} test; teacher test {metric} {:.2}%",
             recipe.length,
             100.0 * teacher_top1
         ),
@@ -114,7 +119,7 @@ fn print_event(event: ExperimentEvent<'_>, out: &mut dyn Write) -> std::io::Resu
             reused,
         } => writeln!(
             out,
-            "[{index:>3}/{total}] {name} seed {}: top-1 {:.2}% (epoch {}), last {:.2}%  {}",
+            "[{index:>3}/{total}] {name} seed {}: {metric} {:.2}% (epoch {}), last {:.2}%  {}",
             result.seed,
             100.0 * result.top1,
             result.best_epoch,
