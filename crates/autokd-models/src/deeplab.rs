@@ -168,6 +168,22 @@ impl FcnHead {
     }
 }
 
+/// Restarts the heads' dropout streams (ASPP's, the auxiliary head's) from `seed`.
+pub(crate) fn seed_head_dropout(aspp: &Aspp, aux: Option<&FcnHead>, seed: u64) {
+    aspp.dropout.reseed(seed ^ 0x5eed_a5b9);
+    if let Some(aux) = aux {
+        aux.dropout.reseed(seed ^ 0x5eed_0a0c);
+    }
+}
+
+/// Gives the heads' dropout streams of their own (a data-parallel replica).
+pub(crate) fn fork_head_dropout(aspp: &mut Aspp, aux: Option<&mut FcnHead>) {
+    aspp.dropout.fork_stream();
+    if let Some(aux) = aux {
+        aux.dropout.fork_stream();
+    }
+}
+
 /// The decoder of both backbones on the last stage's `x`: the embedding (its global mean), the
 /// ASPP output and the prediction (3×3 head + BN + ReLU, 1×1 classifier).
 pub(crate) fn decode_head(
@@ -337,17 +353,11 @@ impl Backbone for DeepLabV3 {
     }
 
     fn seed_dropout(&self, seed: u64) {
-        self.aspp.dropout.reseed(seed ^ 0x5eed_a5b9);
-        if let Some(aux) = &self.aux {
-            aux.dropout.reseed(seed ^ 0x5eed_0a0c);
-        }
+        seed_head_dropout(&self.aspp, self.aux.as_ref(), seed);
     }
 
     fn fork_dropout(&mut self) {
-        self.aspp.dropout.fork_stream();
-        if let Some(aux) = &mut self.aux {
-            aux.dropout.fork_stream();
-        }
+        fork_head_dropout(&mut self.aspp, self.aux.as_mut());
     }
 }
 

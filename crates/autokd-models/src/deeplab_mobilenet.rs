@@ -17,7 +17,9 @@ use burn::nn::conv::Conv2d;
 use burn::prelude::*;
 
 use crate::common::ConvBn;
-use crate::deeplab::{Aspp, FcnHead, decode_head, head_conv, head_conv_bn};
+use crate::deeplab::{
+    Aspp, FcnHead, decode_head, fork_head_dropout, head_conv, head_conv_bn, seed_head_dropout,
+};
 use crate::features::{Backbone, Collector, Intermediates, Prediction, TapInfo, TapRequest};
 use crate::init::InitRng;
 
@@ -191,17 +193,11 @@ impl Backbone for DeepLabV3MobileNet {
     }
 
     fn seed_dropout(&self, seed: u64) {
-        self.aspp.dropout.reseed(seed ^ 0x5eed_a5b9);
-        if let Some(aux) = &self.aux {
-            aux.dropout.reseed(seed ^ 0x5eed_0a0c);
-        }
+        seed_head_dropout(&self.aspp, self.aux.as_ref(), seed);
     }
 
     fn fork_dropout(&mut self) {
-        self.aspp.dropout.fork_stream();
-        if let Some(aux) = &mut self.aux {
-            aux.dropout.fork_stream();
-        }
+        fork_head_dropout(&mut self.aspp, self.aux.as_mut());
     }
 }
 
