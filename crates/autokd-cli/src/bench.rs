@@ -944,15 +944,7 @@ fn train_bench(args: &TrainBenchArgs, out: &mut dyn Write) -> anyhow::Result<()>
             r.pytorch_ms = torch_ms(&twin);
             r.ratio = r.pytorch_ms.map(|p| r.ms / p);
         }
-        for (model, ours) in &params {
-            let theirs = reply["params"][model.as_str()].as_u64();
-            if theirs != Some(*ours as u64) {
-                writeln!(
-                    out,
-                    "warning: {model} has {ours} parameters here and {theirs:?} in the PyTorch reference"
-                )?;
-            }
-        }
+        warn_param_mismatches(&reply, &params, out)?;
     }
     print_results(out, &results, torch_version.as_deref())?;
     if let Some(path) = &args.json {
@@ -985,6 +977,24 @@ pub(crate) fn run_pytorch(
         output.status
     );
     serde_json::from_slice(&output.stdout).context("the PyTorch reference printed no JSON")
+}
+
+/// Warns of each model whose parameter count here differs from the PyTorch reference's.
+pub(crate) fn warn_param_mismatches(
+    reply: &serde_json::Value,
+    params: &[(impl std::fmt::Display, usize)],
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    for (model, ours) in params {
+        let theirs = reply["params"][model.to_string().as_str()].as_u64();
+        if theirs != Some(*ours as u64) {
+            writeln!(
+                out,
+                "warning: {model} has {ours} parameters here and {theirs:?} in the PyTorch reference"
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The PyTorch reference's median for the measurement `name`, when it reported one.

@@ -12,7 +12,9 @@ use autokd_train::{DistillStudent, Segmentation, distill_step};
 use burn::prelude::*;
 use rand::{Rng, SeedableRng};
 
-use crate::bench::{TrainBenchResult, print_results, pytorch_ms, run_pytorch};
+use crate::bench::{
+    TrainBenchResult, print_results, pytorch_ms, run_pytorch, warn_param_mismatches,
+};
 use crate::device::{DeviceSpec, select_device};
 
 /// Arguments of `autokd bench segmentation`.
@@ -183,15 +185,7 @@ pub fn run(args: &SegBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             r.pytorch_ms = pytorch_ms(&reply, &r.name);
             r.ratio = r.pytorch_ms.map(|p| r.ms / p);
         }
-        for (model, ours) in &params {
-            let theirs = reply["params"][model.as_str()].as_u64();
-            if theirs != Some(*ours as u64) {
-                writeln!(
-                    out,
-                    "warning: {model} has {ours} parameters here and {theirs:?} in the PyTorch reference"
-                )?;
-            }
-        }
+        warn_param_mismatches(&reply, &params, out)?;
     }
     print_results(out, &results, torch_version.as_deref())?;
     if let Some(path) = &args.json {
