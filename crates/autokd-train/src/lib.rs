@@ -16,6 +16,7 @@ pub fn init_streams(seed: u64) -> (autokd_models::InitRng, autokd_models::InitRn
 pub(crate) mod testing;
 
 pub mod cache;
+pub mod detection;
 pub mod error;
 pub mod fit;
 pub mod full;
