@@ -11,6 +11,7 @@ pub mod annotation;
 pub mod augment;
 pub mod cifar;
 pub mod cityscapes;
+pub mod coco;
 pub mod dataset;
 pub mod dense;
 pub mod digits;
@@ -23,6 +24,7 @@ pub mod loader;
 pub mod scenes;
 pub mod spec;
 pub mod split;
+pub mod voc;
 pub mod vocseg;
 
 pub use annotation::{

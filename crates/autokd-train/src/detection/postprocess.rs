@@ -8,7 +8,7 @@
 //! shifted by `class · (largest coordinate + 1)`.
 
 use burn::prelude::*;
-use burn::vision::{Nms, NmsOptions};
+use burn_vision::{Nms, NmsOptions};
 
 use super::boxes::{BoxCoder, Xyxy, clip};
 use crate::error::{Result, TrainError};
