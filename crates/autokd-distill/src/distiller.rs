@@ -515,6 +515,7 @@ mod tests {
             logits: Prediction::Rows(logits),
             dist_logits: None,
             aux_logits: None,
+            box_deltas: None,
         }
     }
 
@@ -910,6 +911,7 @@ mod tests {
             logits: p,
             dist_logits: None,
             aux_logits: None,
+            box_deltas: None,
         };
         let ignored = [1usize, 4, 6, 9, 15];
         let mask: Vec<f32> = (0..16)
@@ -1134,6 +1136,7 @@ mod tests {
             logits: p,
             dist_logits: None,
             aux_logits: None,
+            box_deltas: None,
         };
         let rows = |m: &Tensor<4>| {
             // Pixel (b, y, x) is row b·8 + y·4 + x: its 3 class scores.

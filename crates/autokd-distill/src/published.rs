@@ -234,6 +234,7 @@ fn autokd_value(
         logits: Prediction::Rows(Tensor::zeros([2, 3], &device)),
         dist_logits: None,
         aux_logits: None,
+        box_deltas: None,
     };
     let out = d
         .loss(

@@ -262,6 +262,8 @@ pub struct Intermediates {
     /// Scores of an auxiliary head (DeepLabV3's FCN head on stage 3), which the task trains
     /// with its own loss at a lower weight; inference ignores it.
     pub aux_logits: Option<Prediction>,
+    /// Box deltas of a detector, `[B, ΣA, 4]` (anchors in the order of its class rows).
+    pub box_deltas: Option<Tensor<3>>,
 }
 
 impl Intermediates {
@@ -274,6 +276,7 @@ impl Intermediates {
             logits: Prediction::Rows(Tensor::zeros([batch, classes], device)),
             dist_logits: None,
             aux_logits: None,
+            box_deltas: None,
         }
     }
 
@@ -307,6 +310,7 @@ impl Intermediates {
             logits: self.logits.map_tensor(&f2, &f4),
             dist_logits: self.dist_logits.as_ref().map(|d| d.map_tensor(&f2, &f4)),
             aux_logits: self.aux_logits.as_ref().map(|d| d.map_tensor(&f2, &f4)),
+            box_deltas: self.box_deltas.as_ref().map(|d| f3(d.clone())),
         }
     }
 }
@@ -378,6 +382,7 @@ impl<'a> Collector<'a> {
             logits: Prediction::Rows(logits),
             dist_logits: None,
             aux_logits: None,
+            box_deltas: None,
         }
     }
 
@@ -389,6 +394,7 @@ impl<'a> Collector<'a> {
             logits: Prediction::Map(logits),
             dist_logits: None,
             aux_logits: None,
+            box_deltas: None,
         }
     }
 }

@@ -170,6 +170,11 @@ pub enum ConvInit {
     KaimingFanOut,
     /// PyTorch's default: weight and bias uniform in `±1/√fan_in`, `fan_in = in / groups · k²`.
     TorchDefault,
+    /// `kaiming_uniform_(a=1)`: weight uniform in `±√(3/fan_in)`, zero bias (torchvision's FPN
+    /// and its P6/P7 convolutions).
+    KaimingUniformUnit,
+    /// `normal_(std)`, zero bias (torchvision's RetinaNet heads: 0.01).
+    Normal(f64),
 }
 
 /// The geometry of a 2-D convolution with a square kernel and symmetric padding.
@@ -223,6 +228,17 @@ pub fn conv2d(shape: ConvShape, init: ConvInit, rng: &mut InitRng, device: &Devi
             let weight = rng.uniform(w, bound, device);
             (weight, bias.then(|| rng.uniform([out_ch], bound, device)))
         }
+        ConvInit::KaimingUniformUnit => {
+            let bound = (3.0 / ((in_ch / groups * k * k).max(1) as f64)).sqrt();
+            (
+                rng.uniform(w, bound, device),
+                bias.then(|| zeros([out_ch], device)),
+            )
+        }
+        ConvInit::Normal(std) => (
+            rng.normal(w, std, device),
+            bias.then(|| zeros([out_ch], device)),
+        ),
     };
     conv.weight = weight;
     conv.bias = b;

@@ -18,6 +18,7 @@ pub mod mobilenet_v2;
 pub mod params;
 pub mod registry;
 pub mod resnet;
+pub mod retinanet;
 pub mod shufflenet;
 pub mod vgg;
 pub mod weights;

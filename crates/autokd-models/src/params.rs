@@ -11,25 +11,39 @@ use crate::features::{Backbone, TapRequest};
 
 struct Trainable {
     path: Vec<String>,
+    /// The type of the module each entered field belongs to (`Struct:BatchNorm`, …).
+    containers: Vec<String>,
     count: usize,
 }
 
+/// The module type that holds a detector's ResNet with frozen batch norms
+/// ([`crate::retinanet::FrozenBnResNet`]): torchvision builds it with `FrozenBatchNorm2d`,
+/// whose four tensors are all buffers.
+const FROZEN_BN_BODY: &str = "Struct:FrozenBnResNet";
+
 impl ModuleVisitor for Trainable {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.path.pop();
+        self.containers.pop();
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         // Batch-norm running statistics are buffers, not parameters (PyTorch's
-        // `sum(p.numel() for p in model.parameters())` leaves them out).
+        // `sum(p.numel() for p in model.parameters())` leaves them out); so are the affine terms
+        // of a detector backbone's frozen batch norms.
         let buffer = matches!(
             self.path.last().map(String::as_str),
             Some("running_mean" | "running_var")
-        );
+        ) || (self
+            .containers
+            .last()
+            .is_some_and(|c| c == "Struct:BatchNorm")
+            && self.containers.iter().any(|c| c == FROZEN_BN_BODY));
         if !buffer {
             self.count += param.lazy_shape().num_elements();
         }
@@ -40,6 +54,7 @@ impl ModuleVisitor for Trainable {
 pub fn trainable_params<M: Module>(module: &M) -> usize {
     let mut v = Trainable {
         path: Vec::new(),
+        containers: Vec::new(),
         count: 0,
     };
     module.visit(&mut v);

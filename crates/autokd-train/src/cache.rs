@@ -266,6 +266,7 @@ impl TeacherCache {
                 .map_tensor(|t| t.select(0, idx.clone()), |t| t.select(0, idx.clone())),
             dist_logits: None,
             aux_logits: None,
+            box_deltas: None,
         })
     }
 }

@@ -327,6 +327,7 @@ mod tests {
             logits: Prediction::Map(logits.clone()),
             dist_logits: None,
             aux_logits: Some(Prediction::Map(logits.clone().mul_scalar(2.0))),
+            box_deltas: None,
         };
         let batch = Batch {
             images: Tensor::zeros([1, 1, 1, 3], &device),
@@ -395,6 +396,7 @@ mod tests {
                     logits: Prediction::Map(Tensor::cat(vec![half, x], 1)),
                     dist_logits: None,
                     aux_logits: None,
+                    box_deltas: None,
                 }
             }
         }

@@ -271,6 +271,7 @@ mod tests {
                 logits: Prediction::Rows(logits),
                 dist_logits: None,
                 aux_logits: None,
+                box_deltas: None,
             }
         }
     }
