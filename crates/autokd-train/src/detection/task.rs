@@ -1,0 +1,488 @@
+//! One-stage detection as a [`Task`]: RetinaNet's losses (`focal`, `box_l1`) on the anchors of
+//! the batch's padded input size, and COCO's box metrics on the evaluated split.
+//!
+//! The model gives class rows `[B·ΣA, K]` and `Intermediates::box_deltas` `[B, ΣA, 4]`, anchors
+//! in [`AnchorGenerator`] order for the input's feature sizes. Targets come from the batch's
+//! boxes (`DenseBatch::boxes`, in the padded frame); crowd boxes are left out of training.
+//! Evaluation decodes each image's detections ([`detect`], clipped to the image before padding)
+//! and scores them against its boxes in the evaluation pipeline's frame (mmdet rescales the
+//! detections to the original image instead; a pipeline without a resize gives the same).
+
+use std::collections::BTreeMap;
+
+use autokd_data::{Batch, BoxAnnotation, ItemTransform, Split};
+use autokd_models::{Backbone, Intermediates, TapRequest};
+use burn::prelude::*;
+
+use super::anchors::AnchorGenerator;
+use super::assign::MaxIouAssigner;
+use super::boxes::{BoxCoder, Xyxy};
+use super::coco_eval::{EvalImage, coco_metrics};
+use super::loss::{AnchorTargets, l1_box_loss, sigmoid_focal_loss};
+use super::postprocess::{Detections, LevelOutputs, PostProcess, detect};
+use crate::error::{Result, TrainError};
+use crate::task::{EvalOptions, EvalTally, Evaluation, Task};
+
+/// RetinaNet's task: anchors, assignment, coding, losses and post-processing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detection {
+    /// The anchors of the model's levels.
+    pub anchors: AnchorGenerator,
+    /// Anchor assignment.
+    pub assigner: MaxIouAssigner,
+    /// Box coding.
+    pub coder: BoxCoder,
+    /// Post-processing at evaluation.
+    pub post: PostProcess,
+    /// Focal loss γ.
+    pub gamma: f32,
+    /// Focal loss α.
+    pub alpha: f32,
+}
+
+impl Default for Detection {
+    /// torchvision's RetinaNet: its anchors, 0.5 / 0.4 assignment, unit coder weights, γ 2,
+    /// α 0.25.
+    fn default() -> Self {
+        Self {
+            anchors: AnchorGenerator::retinanet_torchvision(),
+            assigner: MaxIouAssigner::RETINANET,
+            coder: BoxCoder::default(),
+            post: PostProcess::RETINANET,
+            gamma: 2.0,
+            alpha: 0.25,
+        }
+    }
+}
+
+fn read_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
+    t.into_data()
+        .try_into_vec_as::<f32>()
+        .map_err(|e| TrainError::Config(format!("detection: reading the {what}: {e:?}")))
+}
+
+/// The rows `[B·ΣA, K]`, deltas `[B, ΣA, 4]` and boxes of a batch, checked against each other.
+struct Outputs {
+    logits: Tensor<2>,
+    deltas: Tensor<3>,
+    images: usize,
+    per_image: usize,
+    classes: usize,
+}
+
+impl Detection {
+    /// The anchors of an `height × width` input.
+    pub fn anchors_for(&self, height: usize, width: usize) -> Result<Vec<Xyxy>> {
+        self.anchors
+            .anchors(&self.anchors.feature_sizes(height, width))
+    }
+
+    fn outputs(&self, out: &Intermediates, batch: &Batch, anchors: usize) -> Result<Outputs> {
+        let deltas = out.box_deltas.clone().ok_or_else(|| {
+            TrainError::Config("detection needs a detector: this model gives no box deltas".into())
+        })?;
+        let [b, a, _] = deltas.dims();
+        let logits = out.logits.rows();
+        let [rows, k] = logits.dims();
+        if a != anchors || rows != b * a || batch.images.dims()[0] != b {
+            return Err(TrainError::Config(format!(
+                "detection: the model gives {rows} class rows and {a} box rows per image for {} \
+                 images, but the input has {anchors} anchors per image",
+                batch.images.dims()[0]
+            )));
+        }
+        Ok(Outputs {
+            logits,
+            deltas,
+            images: b,
+            per_image: a,
+            classes: k,
+        })
+    }
+
+    fn boxes_of(batch: &Batch) -> Result<&[Vec<BoxAnnotation>]> {
+        batch
+            .dense
+            .as_ref()
+            .map(|d| d.boxes.as_slice())
+            .ok_or_else(|| {
+                TrainError::Config(
+                "detection needs batches with boxes (a dataset of boxes through a dense pipeline)"
+                    .into(),
+            )
+            })
+    }
+
+    /// Per image: focal + L1, each over that image's positives (for evaluation's loss).
+    /// Also returns the batch's summed focal and L1 terms and its positive count.
+    fn losses(
+        &self,
+        o: &Outputs,
+        boxes: &[Vec<BoxAnnotation>],
+        anchors: &[Xyxy],
+    ) -> Result<(Tensor<1>, Tensor<1>, Vec<Tensor<1>>, usize)> {
+        let device = o.logits.device();
+        let (n, k) = (o.per_image, o.classes);
+        let mut classes = Vec::with_capacity(o.images * n * k);
+        let mut counted = Vec::with_capacity(o.images * n);
+        let mut positive = Vec::with_capacity(o.images * n);
+        let mut targets = Vec::with_capacity(o.images * n * 4);
+        let mut positives = Vec::with_capacity(o.images);
+        for image in 0..o.images {
+            let gt: Vec<(Xyxy, usize)> = boxes
+                .get(image)
+                .map(|b| {
+                    b.iter()
+                        .filter(|b| !b.crowd)
+                        .map(|b| (b.xyxy, usize::from(b.label)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let t = AnchorTargets::build(anchors, &gt, k, &self.assigner, &self.coder)?;
+            classes.extend(t.classes);
+            counted.extend(t.counted);
+            positive.extend(t.positive);
+            targets.extend(t.deltas);
+            positives.push(t.num_positive);
+        }
+        let r = o.images * n;
+        let t2 = |v: Vec<f32>, cols: usize| {
+            Tensor::<2>::from_data(TensorData::new(v, [r, cols]), &device)
+        };
+        let (classes, counted) = (t2(classes, k), t2(counted, 1));
+        let (positive, targets) = (t2(positive, 1), t2(targets, 4));
+        let deltas = o.deltas.clone().reshape([r, 4]);
+        let mut per_image = Vec::with_capacity(o.images);
+        let (mut focal_sum, mut l1_sum) = (None::<Tensor<1>>, None::<Tensor<1>>);
+        for (image, &pos) in positives.iter().enumerate() {
+            let rows = |t: &Tensor<2>| t.clone().narrow(0, image * n, n);
+            let focal = sigmoid_focal_loss(
+                rows(&o.logits),
+                rows(&classes),
+                rows(&counted),
+                self.gamma,
+                self.alpha,
+            )?;
+            let l1 = l1_box_loss(rows(&deltas), rows(&targets), rows(&positive))?;
+            let norm = pos.max(1) as f32;
+            per_image.push((focal.clone() + l1.clone()).div_scalar(norm).detach());
+            focal_sum = Some(focal_sum.map_or(focal.clone(), |s| s + focal));
+            l1_sum = Some(l1_sum.map_or(l1.clone(), |s| s + l1));
+        }
+        let zero = || Tensor::<1>::zeros([1], &device);
+        let total: usize = positives.iter().sum();
+        Ok((
+            focal_sum.unwrap_or_else(zero),
+            l1_sum.unwrap_or_else(zero),
+            per_image,
+            total,
+        ))
+    }
+}
+
+impl Task for Detection {
+    fn name(&self) -> &'static str {
+        "detection"
+    }
+
+    /// `focal` and `box_l1`, each summed over the batch and divided by its positive anchors
+    /// (at least 1), as mmdet's `RetinaHead`.
+    fn loss(&self, out: &Intermediates, batch: &Batch) -> Result<Vec<(String, Tensor<1>)>> {
+        let [_, _, h, w] = batch.images.dims();
+        let anchors = self.anchors_for(h, w)?;
+        let o = self.outputs(out, batch, anchors.len())?;
+        let (focal, l1, _, positives) = self.losses(&o, Self::boxes_of(batch)?, &anchors)?;
+        let norm = positives.max(1) as f32;
+        Ok(vec![
+            ("focal".to_string(), focal.div_scalar(norm)),
+            ("box_l1".to_string(), l1.div_scalar(norm)),
+        ])
+    }
+
+    fn evaluate(
+        &self,
+        net: &dyn Backbone,
+        split: &Split,
+        transform: &ItemTransform,
+        options: EvalOptions,
+        device: &Device,
+    ) -> Result<Evaluation> {
+        if !matches!(transform, ItemTransform::Dense(_)) {
+            return Err(TrainError::Config(
+                "detection evaluates through a dense pipeline (boxes), not a fixed-size transform"
+                    .into(),
+            ));
+        }
+        let loader = options.loader(split, transform)?;
+        let mut tally = EvalTally::default();
+        let mut images: Vec<((u32, u32), Vec<BoxAnnotation>, Detections)> = Vec::new();
+        let mut classes = 0;
+        for batch in loader.epoch(0, device) {
+            let batch = batch?;
+            let [_, _, h, w] = batch.images.dims();
+            let sizes = self.anchors.feature_sizes(h, w);
+            let anchors = self.anchors.anchors(&sizes)?;
+            let out = net.forward_intermediates(batch.images.clone(), &TapRequest::none());
+            let o = self.outputs(&out, &batch, anchors.len())?;
+            classes = o.classes;
+            let boxes = Self::boxes_of(&batch)?;
+            let (_, _, per_image, _) = self.losses(&o, boxes, &anchors)?;
+            tally.add(
+                Tensor::cat(per_image, 0),
+                &out.embedding,
+                options.embeddings,
+            )?;
+            let logits = read_f32(o.logits, "class logits")?;
+            let deltas = read_f32(o.deltas, "box deltas")?;
+            let dense = batch.dense.as_ref();
+            // Where each level's anchors start within an image's rows.
+            let a = self.anchors.per_position();
+            let mut starts = vec![0usize];
+            for &(fh, fw) in &sizes {
+                starts.push(starts.last().copied().unwrap_or(0) + fh * fw * a);
+            }
+            for image in 0..o.images {
+                let (ih, iw) = dense
+                    .and_then(|d| d.sizes.get(image).copied())
+                    .unwrap_or((h, w));
+                let levels: Vec<LevelOutputs<'_>> = starts
+                    .windows(2)
+                    .map(|s| {
+                        let base = image * o.per_image;
+                        LevelOutputs {
+                            logits: &logits[(base + s[0]) * o.classes..(base + s[1]) * o.classes],
+                            deltas: &deltas[(base + s[0]) * 4..(base + s[1]) * 4],
+                            anchors: &anchors[s[0]..s[1]],
+                        }
+                    })
+                    .collect();
+                let d = detect(
+                    &levels,
+                    o.classes,
+                    iw as f32,
+                    ih as f32,
+                    &self.coder,
+                    &self.post,
+                    device,
+                )?;
+                let truth = boxes.get(image).cloned().unwrap_or_default();
+                images.push(((iw as u32, ih as u32), truth, d));
+            }
+        }
+        let views: Vec<EvalImage<'_>> = images
+            .iter()
+            .map(|(size, truth, d)| EvalImage {
+                size: *size,
+                truth,
+                detections: d,
+            })
+            .collect();
+        let coco = coco_metrics(&views, classes)?;
+        let metrics: BTreeMap<String, f64> = coco
+            .named()
+            .iter()
+            .map(|(name, v)| (name.to_string(), *v))
+            .collect();
+        Ok(tally.finish(metrics))
+    }
+
+    fn score_metric(&self) -> &'static str {
+        "ap"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autokd_data::{
+        Annotation, DatasetInfo, DenseBatch, DensePipeline, DenseTransform, Image, ImageSource,
+    };
+    use autokd_models::{Prediction, TapInfo};
+    use std::sync::Arc;
+
+    /// One level of stride 16 with one 16×16 anchor per position: a 32×32 input has 4 anchors,
+    /// `[-8,-8,8,8]`, `[8,-8,24,8]`, `[-8,8,8,24]`, `[8,8,24,24]`.
+    fn task() -> Detection {
+        Detection {
+            anchors: AnchorGenerator {
+                strides: vec![16],
+                sizes: vec![vec![16.0]],
+                ratios: vec![1.0],
+                round: false,
+            },
+            ..Detection::default()
+        }
+    }
+
+    fn gt(xyxy: Xyxy, label: u16) -> BoxAnnotation {
+        BoxAnnotation {
+            xyxy,
+            label,
+            crowd: false,
+            area: (xyxy[2] - xyxy[0]) * (xyxy[3] - xyxy[1]),
+        }
+    }
+
+    /// A detector that says the same for every image: class 1 at the last anchor with logit
+    /// `hit`, every other anchor-class `miss`, and `deltas` at the last anchor.
+    #[derive(Debug)]
+    struct Fixed {
+        hit: f32,
+        miss: f32,
+        deltas: [f32; 4],
+    }
+
+    impl Backbone for Fixed {
+        fn feature_info(&self) -> Vec<TapInfo> {
+            Vec::new()
+        }
+        fn forward_intermediates(&self, x: Tensor<4>, _: &TapRequest) -> Intermediates {
+            let b = x.dims()[0];
+            let device = x.device();
+            let mut logits = Vec::new();
+            let mut deltas = Vec::new();
+            for _ in 0..b {
+                logits.extend([self.miss; 6]);
+                logits.extend([self.miss, self.hit]);
+                deltas.extend([0.0f32; 12]);
+                deltas.extend(self.deltas);
+            }
+            Intermediates {
+                features: Vec::new(),
+                embedding: Tensor::zeros([b, 1], &device),
+                logits: Prediction::Rows(Tensor::from_data(
+                    TensorData::new(logits, [b * 4, 2]),
+                    &device,
+                )),
+                dist_logits: None,
+                aux_logits: None,
+                box_deltas: Some(Tensor::from_data(
+                    TensorData::new(deltas, [b, 4, 4]),
+                    &device,
+                )),
+            }
+        }
+    }
+
+    /// All logits 0 (p = ½), one box `[8,8,24,24]` of class 1 per image (IoU 1 with the last
+    /// anchor, 0 with the others). Focal: 7 background elements at α_t (1 − p_t)² ln 2 =
+    /// 0.75 · 0.25 · ln 2 and one foreground at 0.25 · 0.25 · ln 2 → 1.375 ln 2 per image;
+    /// L1: |0.1| + |−0.2| + |0.3| + 0 = 0.6 per image; two images, two positives: the same.
+    #[test]
+    fn losses_by_hand() {
+        let device = Device::flex();
+        let net = Fixed {
+            hit: 0.0,
+            miss: 0.0,
+            deltas: [0.1, -0.2, 0.3, 0.0],
+        };
+        let boxes = vec![vec![gt([8.0, 8.0, 24.0, 24.0], 1)]; 2];
+        let batch = Batch {
+            images: Tensor::zeros([2, 1, 32, 32], &device),
+            targets: Tensor::zeros([2], &device),
+            positions: vec![0, 1],
+            dense: Some(DenseBatch {
+                valid: Tensor::ones([2, 32, 32], &device),
+                masks: None,
+                sizes: vec![(32, 32); 2],
+                boxes,
+            }),
+        };
+        let out = net.forward_intermediates(batch.images.clone(), &TapRequest::none());
+        let losses = task().loss(&out, &batch).unwrap();
+        let v: Vec<(String, f32)> = losses
+            .into_iter()
+            .map(|(n, t)| (n, t.into_scalar::<f32>()))
+            .collect();
+        assert_eq!(v[0].0, "focal");
+        assert!(
+            (f64::from(v[0].1) - 1.375 * 2f64.ln()).abs() < 1e-5,
+            "{v:?}"
+        );
+        assert_eq!(v[1].0, "box_l1");
+        assert!((v[1].1 - 0.6).abs() < 1e-6, "{v:?}");
+        // A model without box deltas, or with rows for another input size, is refused.
+        let mut bad = out.clone();
+        bad.box_deltas = None;
+        assert!(
+            task()
+                .loss(&bad, &batch)
+                .is_err_and(|e| e.to_string().contains("box deltas"))
+        );
+        let mut wide = batch.clone();
+        wide.images = Tensor::zeros([2, 1, 32, 64], &device);
+        assert!(
+            task()
+                .loss(&out, &wide)
+                .is_err_and(|e| e.to_string().contains("anchors"))
+        );
+    }
+
+    /// Two 32×32 images: both have a class-1 box at `[8,8,24,24]`, which the detector finds
+    /// (score σ(5)); the second also a class-0 box at `[0,0,8,8]`, which it misses. COCO AP:
+    /// class 1 is 1, class 0 is 0 → AP = AP50 = 0.5; AR@100 likewise 0.5.
+    #[test]
+    fn evaluation_scores_coco_ap() {
+        #[derive(Debug)]
+        struct Two;
+        impl ImageSource for Two {
+            fn len(&self) -> usize {
+                2
+            }
+            fn label(&self, _: usize) -> usize {
+                0
+            }
+            fn image(&self, _: usize) -> autokd_data::Result<Image> {
+                Image::new(1, 32, 32, vec![0; 32 * 32])
+            }
+            fn annotation(&self, i: usize) -> autokd_data::Result<Annotation> {
+                let mut b = vec![gt([8.0, 8.0, 24.0, 24.0], 1)];
+                if i == 1 {
+                    b.push(gt([0.0, 0.0, 8.0, 8.0], 0));
+                }
+                Ok(Annotation::Boxes(b))
+            }
+        }
+        let device = Device::flex();
+        let info = DatasetInfo {
+            name: "two".into(),
+            channels: 1,
+            height: 32,
+            width: 32,
+            num_classes: 2,
+            class_names: vec!["a".into(), "b".into()],
+            pixel_max: 255.0,
+            mean: vec![0.0],
+            std: vec![1.0],
+        };
+        let pipeline = DensePipeline {
+            steps: Vec::new(),
+            pad_multiple: 1,
+        };
+        let transform = ItemTransform::Dense(DenseTransform::new(&info, pipeline).unwrap());
+        let net = Fixed {
+            hit: 5.0,
+            miss: -5.0,
+            deltas: [0.0; 4],
+        };
+        let options = EvalOptions {
+            batch_size: 2,
+            workers: 0,
+            embeddings: 0,
+        };
+        let eval = task()
+            .evaluate(
+                &net,
+                &Split::all(Arc::new(Two)),
+                &transform,
+                options,
+                &device,
+            )
+            .unwrap();
+        assert!((eval.metric("ap") - 0.5).abs() < 1e-9, "{:?}", eval.metrics);
+        assert!((eval.metric("ap50") - 0.5).abs() < 1e-9);
+        assert!((eval.metric("ar100") - 0.5).abs() < 1e-9);
+        assert!(eval.loss.is_finite() && eval.loss > 0.0);
+        assert_eq!(task().score_metric(), "ap");
+    }
+}
