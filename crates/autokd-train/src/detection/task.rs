@@ -485,4 +485,164 @@ mod tests {
         assert!(eval.loss.is_finite() && eval.loss > 0.0);
         assert_eq!(task().score_metric(), "ap");
     }
+
+    /// A RetinaNet-R18 trains through the one loop ([`crate::Fit`]) with this task on eight
+    /// 64×64 images, each with one bright square (one class): the step losses are `focal` and
+    /// `box_l1`, finite, and their sum falls by more than 15% over the 16 steps (measured on
+    /// flex, AVX-512: 2.06 at the first step, the head's focal prior 0.25 · 0.99² · ln 100 ≈
+    /// 1.13 per positive anchor plus L1, to 1.56); each epoch's test evaluation gives COCO's
+    /// metrics in [0, 1] and the score `ap`.
+    #[test]
+    fn a_retinanet_trains_and_evaluates_through_fit() {
+        use crate::fit::{EvalSet, Fit, MaskSeeds, TeacherFeed, TrainEvent};
+        use crate::full::{Length, Recipe};
+        use crate::step::DistillStudent;
+        use autokd_data::{DataLoader, LoaderConfig};
+        use autokd_distill::{Distiller, DistillerSpec};
+        use autokd_models::InitRng;
+        use autokd_models::retinanet::RetinaNetConfig;
+
+        #[derive(Debug)]
+        struct Squares;
+        fn square(i: usize) -> [usize; 3] {
+            // x, y, side: sides 16 … 28, placed apart from the border.
+            [4 + 5 * i % 24, 6 + 7 * i % 20, 16 + 4 * (i % 4)]
+        }
+        impl ImageSource for Squares {
+            fn len(&self) -> usize {
+                8
+            }
+            fn label(&self, _: usize) -> usize {
+                0
+            }
+            fn image(&self, i: usize) -> autokd_data::Result<Image> {
+                let [x, y, s] = square(i);
+                let mut px = vec![0u8; 64 * 64];
+                for r in y..y + s {
+                    px[r * 64 + x..r * 64 + x + s].fill(255);
+                }
+                Image::new(1, 64, 64, px)
+            }
+            fn annotation(&self, i: usize) -> autokd_data::Result<Annotation> {
+                let [x, y, s] = square(i).map(|v| v as f32);
+                Ok(Annotation::Boxes(vec![gt([x, y, x + s, y + s], 0)]))
+            }
+        }
+        let device = Device::flex();
+        let ad = device.clone().autodiff();
+        let info = DatasetInfo {
+            name: "squares".into(),
+            channels: 1,
+            height: 64,
+            width: 64,
+            num_classes: 1,
+            class_names: vec!["square".into()],
+            pixel_max: 255.0,
+            mean: vec![0.1],
+            std: vec![0.3],
+        };
+        let pipeline = DensePipeline {
+            steps: Vec::new(),
+            pad_multiple: 32,
+        };
+        let transform: ItemTransform = DenseTransform::new(&info, pipeline).unwrap().into();
+        let split = Split::all(Arc::new(Squares));
+        let loader = DataLoader::with_transform(
+            split.clone(),
+            transform.clone(),
+            LoaderConfig {
+                batch_size: 4,
+                shuffle: true,
+                seed: 0,
+                workers: 0,
+                ..LoaderConfig::default()
+            },
+        )
+        .unwrap();
+        let mut rng = InitRng::new(0);
+        let config = RetinaNetConfig {
+            in_channels: 1,
+            ..RetinaNetConfig::resnet18(1)
+        };
+        let student = config.init(&mut rng, &ad);
+        let spec = DistillerSpec::baseline("vanilla").unwrap();
+        let distiller = Distiller::new(
+            &spec,
+            "retinanet",
+            &student.feature_info(),
+            "none",
+            &[],
+            &mut rng,
+            &ad,
+        )
+        .unwrap();
+        let recipe = Recipe {
+            length: Length::Epochs(8),
+            batch_size: 4,
+            lr: 0.01,
+            ..Recipe::preset("digits").unwrap()
+        };
+        let task = task_for_retinanet();
+        let fit = Fit {
+            task: &task,
+            loader: &loader,
+            recipe: &recipe,
+            teacher: TeacherFeed::None,
+            masks: MaskSeeds::Once(0),
+            devices: std::slice::from_ref(&device),
+            explode_factor: None,
+            eval: Some(EvalSet {
+                split: &split,
+                transform: &transform,
+                options: EvalOptions {
+                    batch_size: 4,
+                    workers: 0,
+                    embeddings: 0,
+                },
+            }),
+            eval_each_epoch: true,
+            select: None,
+            run_dir: None,
+            stop_after: None,
+        };
+        let mut epochs = Vec::new();
+        let mut first_loss = None;
+        let (_, outcome) = fit
+            .run(
+                DistillStudent { student, distiller },
+                recipe.optimizer(),
+                &mut |e| match e {
+                    TrainEvent::Step { loss, .. } => {
+                        first_loss.get_or_insert(loss);
+                    }
+                    TrainEvent::Epoch(m) => epochs.push(m.clone()),
+                },
+            )
+            .unwrap();
+        let names: Vec<&str> = outcome
+            .last_losses
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["focal", "box_l1"]);
+        assert!(outcome.last_losses.iter().all(|(_, v)| v.is_finite()));
+        let first = first_loss.unwrap();
+        let last: f64 = outcome.last_losses.iter().map(|(_, v)| v).sum();
+        assert!(
+            last < 0.85 * first,
+            "loss {first} → {last}: {:?}",
+            outcome.last_losses
+        );
+        assert_eq!(epochs.len(), 8);
+        for m in &epochs {
+            let ap = m.metric("ap");
+            assert!((0.0..=1.0).contains(&ap), "{m:?}");
+        }
+        assert!((0.0..=1.0).contains(&outcome.best));
+    }
+
+    /// RetinaNet's anchors (torchvision's), the default task.
+    fn task_for_retinanet() -> Detection {
+        Detection::default()
+    }
 }
