@@ -19,11 +19,13 @@ fn every_model_honours_the_features_contract() {
         // classes, so nothing depends on the reference sizes.
         let side = match name.family() {
             Family::Cifar => 32,
-            Family::ImageNet | Family::Segmentation => 64,
+            Family::ImageNet | Family::Segmentation | Family::Detection => 64,
         };
-        // A classifier predicts a row per image, a segmenter one per cell of its 1/8 grid.
+        // A classifier predicts a row per image, a segmenter one per cell of its 1/8 grid, a
+        // detector one per anchor: 9 at each position of P3–P7 (8², 4², 2², 1, 1 at 64×64).
         let rows = match name.family() {
             Family::Segmentation => 2 * (side / 8) * (side / 8),
+            Family::Detection => 2 * 9 * (64 + 16 + 4 + 1 + 1),
             _ => 2,
         };
         let spec = ModelSpec {
@@ -47,7 +49,9 @@ fn every_model_honours_the_features_contract() {
         for (tap, feature) in info.iter().zip(&all.features) {
             let expected = match tap.kind {
                 TapKind::FeatureMap => {
-                    vec![2, tap.channels, side / tap.stride, side / tap.stride]
+                    // ⌈·⌉: a detector's P7 (stride 128) is 1×1 at 64×64.
+                    let s = side.div_ceil(tap.stride);
+                    vec![2, tap.channels, s, s]
                 }
                 TapKind::Tokens => vec![2, (side / tap.stride).pow(2), tap.channels],
             };
@@ -146,7 +150,7 @@ fn convolutional_models_take_non_square_inputs() {
     for &name in ModelName::ALL {
         let (h, w) = match name.family() {
             Family::Cifar => (36, 52),
-            Family::ImageNet | Family::Segmentation => (72, 104),
+            Family::ImageNet | Family::Segmentation | Family::Detection => (72, 104),
         };
         if name.as_str().starts_with("deit") {
             continue;
@@ -164,6 +168,8 @@ fn convolutional_models_take_non_square_inputs() {
         let out = model.forward_intermediates(x, &TapRequest::all(&info));
         let logits = match name.family() {
             Family::Segmentation => vec![1, 5, h.div_ceil(8), w.div_ceil(8)],
+            // 9 anchors at each position of P3–P7: 9·13 + 5·7 + 3·4 + 2·2 + 1·1 = 169.
+            Family::Detection => vec![9 * 169, 5],
             _ => vec![1, 5],
         };
         assert_eq!(out.logits.dims(), logits, "{name}");
@@ -248,7 +254,7 @@ fn seeded_initialization_is_the_same_in_parallel_threads() {
         num_classes: 5,
         image_size: match name.family() {
             Family::Cifar => 32,
-            Family::ImageNet | Family::Segmentation => 64,
+            Family::ImageNet | Family::Segmentation | Family::Detection => 64,
         },
     };
     let build = |seed: u64| -> Vec<Vec<f32>> {

@@ -783,12 +783,13 @@ fn fidelity(results: &[DistillerResult], seeds: usize) -> Option<Fidelity> {
     })
 }
 
-/// The name of a model's test score: `mIoU` for a segmenter, `top-1` otherwise.
+/// The name of a model's test score: `mIoU` for a segmenter, `AP` (COCO's box AP) for a
+/// detector, `top-1` otherwise.
 pub fn score_name(model: autokd_models::ModelName) -> &'static str {
-    if model.family() == autokd_models::Family::Segmentation {
-        "mIoU"
-    } else {
-        "top-1"
+    match model.family() {
+        autokd_models::Family::Segmentation => "mIoU",
+        autokd_models::Family::Detection => "AP",
+        autokd_models::Family::Cifar | autokd_models::Family::ImageNet => "top-1",
     }
 }
 

@@ -58,10 +58,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     }
 }
 
-/// How a model's score reads: "mIoU" for a segmenter, "top-1" otherwise (and for an unknown name).
+/// How a model's score reads: "mIoU" for a segmenter, "AP" (COCO's box AP) for a detector,
+/// "top-1" otherwise (and for an unknown name).
 pub fn score_label(model: Option<autokd_models::ModelName>) -> &'static str {
-    match model.map(autokd_models::ModelName::family) {
-        Some(autokd_models::Family::Segmentation) => "mIoU",
-        _ => "top-1",
-    }
+    model.map_or("top-1", autokd_app::score_name)
 }

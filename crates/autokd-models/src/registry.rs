@@ -14,6 +14,7 @@ use crate::init::InitRng;
 use crate::mobilenet_v1::{MobileNetV1, MobileNetV1Config};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use crate::resnet::{ResNet, ResNetConfig};
+use crate::retinanet::{RetinaNet, RetinaNetConfig};
 use crate::shufflenet::{ShuffleNetV1, ShuffleNetV1Config, ShuffleNetV2, ShuffleNetV2Config};
 use crate::vgg::{Vgg, VggConfig};
 use crate::wrn::{WideResNet, WideResNetConfig};
@@ -83,6 +84,9 @@ model_names! {
     Deeplabv3Resnet50 => "deeplabv3_resnet50", Segmentation;
     Deeplabv3Resnet101 => "deeplabv3_resnet101", Segmentation;
     Deeplabv3Mobilenetv2 => "deeplabv3_mobilenetv2", Segmentation;
+    RetinanetResnet18 => "retinanet_resnet18_fpn", Detection;
+    RetinanetResnet50 => "retinanet_resnet50_fpn", Detection;
+    RetinanetResnet101 => "retinanet_resnet101_fpn", Detection;
 }
 
 /// Where an architecture comes from, which fixes its reference input and class count.
@@ -95,6 +99,11 @@ pub enum Family {
     /// Semantic segmentation (torchvision's DeepLabV3): 3×512×512, 21 classes (PASCAL VOC, at
     /// which torchvision counts its parameters); the prediction is a `[B, K, H/8, W/8]` map.
     Segmentation,
+    /// Object detection (torchvision's RetinaNet): 91 classes (COCO's category ids, at which
+    /// torchvision counts its parameters) at a 3×512×512 reference input (torchvision resizes
+    /// COCO to 800 × 1,333; a square 512 keeps `autokd info` affordable); the prediction is a
+    /// row of class logits per anchor, `[B·ΣA, K]`, with box deltas beside it.
+    Detection,
 }
 
 impl Family {
@@ -103,7 +112,7 @@ impl Family {
         match self {
             Family::Cifar => (3, 32),
             Family::ImageNet => (3, 224),
-            Family::Segmentation => (3, 512),
+            Family::Segmentation | Family::Detection => (3, 512),
         }
     }
 
@@ -113,6 +122,7 @@ impl Family {
             Family::Cifar => 100,
             Family::ImageNet => 1000,
             Family::Segmentation => 21,
+            Family::Detection => 91,
         }
     }
 }
@@ -289,6 +299,20 @@ impl ModelSpec {
             N::Deeplabv3Mobilenetv2 => Model::DeepLabV3MobileNet(
                 crate::deeplab_mobilenet::DeepLabV3MobileNetConfig::new(c, k).init(rng, device),
             ),
+            N::RetinanetResnet18 | N::RetinanetResnet50 | N::RetinanetResnet101 => {
+                let preset = match self.name {
+                    N::RetinanetResnet18 => RetinaNetConfig::resnet18(k),
+                    N::RetinanetResnet50 => RetinaNetConfig::resnet50(k),
+                    _ => RetinaNetConfig::resnet101(k),
+                };
+                Model::RetinaNet(
+                    RetinaNetConfig {
+                        in_channels: c,
+                        ..preset
+                    }
+                    .init(rng, device),
+                )
+            }
             N::DeitTiny | N::DeitTinyP4 => {
                 let patch = self.deit_patch().unwrap_or(16);
                 Model::Deit(
@@ -327,6 +351,8 @@ pub enum Model {
     DeepLabV3(DeepLabV3),
     /// DeepLabV3 on MobileNetV2 (segmentation).
     DeepLabV3MobileNet(crate::deeplab_mobilenet::DeepLabV3MobileNet),
+    /// RetinaNet (detection).
+    RetinaNet(RetinaNet),
 }
 
 macro_rules! dispatch {
@@ -342,6 +368,7 @@ macro_rules! dispatch {
             Model::Deit($m) => $e,
             Model::DeepLabV3($m) => $e,
             Model::DeepLabV3MobileNet($m) => $e,
+            Model::RetinaNet($m) => $e,
         }
     };
 }
@@ -407,6 +434,10 @@ mod tests {
         (ModelName::Deeplabv3Resnet50, 42_004_074),
         (ModelName::Deeplabv3Resnet101, 60_996_202),
         (ModelName::Deeplabv3Mobilenetv2, 5_135_186),
+        // torchvision 0.29, frozen batch norms (see `retinanet.rs`).
+        (ModelName::RetinanetResnet18, 21_038_871),
+        (ModelName::RetinanetResnet50, 34_014_999),
+        (ModelName::RetinanetResnet101, 52_954_903),
     ];
 
     #[test]

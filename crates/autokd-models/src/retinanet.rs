@@ -117,18 +117,18 @@ impl Fpn {
     /// P3–P7 of `[C3, C4, C5]`.
     fn forward(&self, c: &[Tensor<4>], p6_from_c5: bool) -> Vec<Tensor<4>> {
         let n = c.len();
-        let mut last = crate::common::conv2d(&self.inner_blocks[n - 1], c[n - 1].clone());
-        let mut out = vec![crate::common::conv2d(
+        let mut last = crate::params::conv_fwd(&self.inner_blocks[n - 1], c[n - 1].clone());
+        let mut out = vec![crate::params::conv_fwd(
             &self.layer_blocks[n - 1],
             last.clone(),
         )];
         for i in (0..n - 1).rev() {
-            let lateral = crate::common::conv2d(&self.inner_blocks[i], c[i].clone());
+            let lateral = crate::params::conv_fwd(&self.inner_blocks[i], c[i].clone());
             let [_, _, h, w] = lateral.dims();
             last = lateral + upsample_nearest(last, [h, w]);
             out.insert(
                 0,
-                crate::common::conv2d(&self.layer_blocks[i], last.clone()),
+                crate::params::conv_fwd(&self.layer_blocks[i], last.clone()),
             );
         }
         let source = if p6_from_c5 {
@@ -136,8 +136,8 @@ impl Fpn {
         } else {
             out[n - 1].clone()
         };
-        let p6 = crate::common::conv2d(&self.extra_blocks.p6, source);
-        let p7 = crate::common::conv2d(&self.extra_blocks.p7, relu(p6.clone()));
+        let p6 = crate::params::conv_fwd(&self.extra_blocks.p6, source);
+        let p7 = crate::params::conv_fwd(&self.extra_blocks.p7, relu(p6.clone()));
         out.push(p6);
         out.push(p7);
         out
@@ -156,9 +156,9 @@ impl HeadBranch {
     fn forward(&self, x: Tensor<4>, per_anchor: usize) -> Tensor<3> {
         let mut x = x;
         for c in &self.conv {
-            x = relu(crate::common::conv2d(c, x));
+            x = relu(crate::params::conv_fwd(c, x));
         }
-        let y = crate::common::conv2d(&self.out, x); // [B, A·n, H, W]
+        let y = crate::params::conv_fwd(&self.out, x); // [B, A·n, H, W]
         let [b, an, h, w] = y.dims();
         y.reshape([b, an / per_anchor, per_anchor, h, w])
             .permute([0, 3, 4, 1, 2]) // [B, H, W, A, n]

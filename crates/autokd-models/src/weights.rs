@@ -367,6 +367,35 @@ pub fn pytorch_key_patterns(name: ModelName) -> Vec<(String, String)> {
             add(r"\.(downsample|shortcut)\.1\.", ".downsample.bn.");
             add(r"^linear\.", "fc.");
         }
+        N::RetinanetResnet18 | N::RetinanetResnet50 | N::RetinanetResnet101 => {
+            // torchvision's `retinanet_resnet50_fpn` layout: `backbone.body` (IntermediateLayerGetter
+            // over the ResNet), `backbone.fpn` (Conv2dNormActivation wrappers: `.0`), the heads'
+            // `conv.{i}.0` stacks and their `cls_logits` / `bbox_reg` outputs.
+            for i in 1..=4 {
+                add(
+                    &format!(r"^backbone\.body\.layer{i}\."),
+                    &format!("backbone.body.layers.{}.", i - 1),
+                );
+            }
+            add(r"\.downsample\.0\.", ".downsample.conv.");
+            add(r"\.downsample\.1\.", ".downsample.bn.");
+            add(
+                r"^backbone\.fpn\.(inner_blocks|layer_blocks)\.(\d+)\.0\.",
+                "backbone.fpn.$1.$2.",
+            );
+            add(
+                r"^head\.(classification_head|regression_head)\.conv\.(\d+)\.0\.",
+                "head.$1.conv.$2.",
+            );
+            add(
+                r"^head\.classification_head\.cls_logits\.",
+                "head.classification_head.out.",
+            );
+            add(
+                r"^head\.regression_head\.bbox_reg\.",
+                "head.regression_head.out.",
+            );
+        }
         N::Wrn16_1 | N::Wrn16_2 | N::Wrn40_1 | N::Wrn40_2 => {
             for g in 1..=3 {
                 add(
