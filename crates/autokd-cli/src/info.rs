@@ -119,6 +119,21 @@ pub fn run(args: &InfoArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "  {:<22} segmentation scenes composed of real digits (48x48) or Fashion-MNIST items (64x64)",
         "scenes[:fashion-mnist[:DIR]]"
     )?;
+    writeln!(
+        out,
+        "  {:<22} the same scenes with their items' boxes (detection, 10 classes)",
+        "boxscenes[:fashion-mnist[:DIR]]"
+    )?;
+    writeln!(
+        out,
+        "  {:<22} PASCAL VOC detection: DIR/Annotations/*.xml with DIR/JPEGImages, or XML beside images",
+        "voc:DIR"
+    )?;
+    writeln!(
+        out,
+        "  {:<22} COCO detection: DIR/annotations/instances_train*.json (+ val) or one instances file",
+        "coco:DIR|FILE"
+    )?;
     writeln!(out)?;
     if args.models {
         model_table(out)?;

@@ -202,7 +202,12 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     // The task's score: top-1 for a classifier, mIoU for a segmenter.
     let label = crate::score_label(Some(args.model));
-    let metric = if label == "mIoU" { "miou" } else { "top1" };
+    // The score's key and a second metric of the task, for the epoch lines.
+    let (metric, second_key, second_label) = match label {
+        "mIoU" => ("miou", "pixel_acc", "pixel acc."),
+        "AP" => ("ap", "ap50", "AP50"),
+        _ => ("top1", "top5", "top-5"),
+    };
     let mut results = Vec::new();
     for &seed in &args.seeds {
         // A bar of the epoch's steps on a terminal (stderr); plain epoch lines otherwise.
@@ -272,11 +277,7 @@ pub fn run(args: &TrainArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                     } else {
                         String::new()
                     };
-                    let second = if metric == "top1" {
-                        format!("top-5 {}", pct("top5"))
-                    } else {
-                        format!("pixel acc. {}", pct("pixel_acc"))
-                    };
+                    let second = format!("{second_label} {}", pct(second_key));
                     let written = bar.suspend(|| {
                         writeln!(
                             out,

@@ -5,7 +5,10 @@
 //! embedded digits, upscaled ×3 with nearest pixels, or Fashion-MNIST's 28×28 images) are
 //! pasted at random places, later items over earlier ones. The mask gives every pixel its
 //! item's class + 1 where the item is bright enough (at least a tenth of the largest value) and
-//! 0 (background) elsewhere. **The composition is synthetic; the items are real.** Training
+//! 0 (background) elsewhere. Box scenes (`boxscenes`, [`compose_boxes`]) are the same scenes
+//! annotated instead with each item's box: the tight box of its bright pixels as placed (later
+//! items may cover part of it, as objects occlude each other), labelled with the item's class
+//! (no background class). **The composition is synthetic; the items are real.** Training
 //! scenes draw from the base's training split only, test scenes from its test split only. The
 //! same base gives the same scenes on every machine (a fixed seed per split).
 
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::annotation::{Annotation, ClassMask, MaskValues};
+use crate::annotation::{Annotation, BoxAnnotation, ClassMask, MaskValues};
 use crate::dataset::{Dataset, DatasetInfo, Split};
 use crate::error::{DataError, Result};
 use crate::image::{Image, ImageSource};
@@ -46,12 +49,15 @@ impl SceneLayout {
     };
 }
 
-/// Scenes in memory: grey images and their masks.
+/// Scenes in memory: grey images, their masks and their items' boxes.
 #[derive(Debug, Clone)]
 pub struct Scenes {
     side: usize,
     pixels: Vec<u8>,
     masks: Vec<u8>,
+    boxes: Vec<Vec<BoxAnnotation>>,
+    /// Annotate with the boxes instead of the masks.
+    as_boxes: bool,
 }
 
 impl Scenes {
@@ -82,8 +88,10 @@ impl Scenes {
         let plane = side * side;
         let mut pixels = vec![0u8; n * plane];
         let mut masks = vec![0u8; n * plane];
+        let mut boxes = Vec::with_capacity(n);
         for s in 0..n {
             let items = rng.random_range(2..=3);
+            let mut scene_boxes = Vec::with_capacity(items);
             for _ in 0..items {
                 let pos = rng.random_range(0..split.len());
                 let item = split.image(pos)?;
@@ -105,6 +113,8 @@ impl Scenes {
                     rng.random_range(0..=side - ih),
                     rng.random_range(0..=side - iw),
                 );
+                // The item's bright pixels' extent: [x_lo, x_hi) × [y_lo, y_hi).
+                let (mut x_lo, mut y_lo, mut x_hi, mut y_hi) = (usize::MAX, usize::MAX, 0, 0);
                 for y in 0..ih {
                     for x in 0..iw {
                         let v = item.at(0, y / layout.scale, x / layout.scale);
@@ -112,15 +122,29 @@ impl Scenes {
                             let at = s * plane + (y0 + y) * side + x0 + x;
                             pixels[at] = v;
                             masks[at] = class;
+                            (x_lo, y_lo) = (x_lo.min(x0 + x), y_lo.min(y0 + y));
+                            (x_hi, y_hi) = (x_hi.max(x0 + x + 1), y_hi.max(y0 + y + 1));
                         }
                     }
                 }
+                if x_hi > x_lo && y_hi > y_lo {
+                    let [a, b, c, d] = [x_lo, y_lo, x_hi, y_hi].map(|v| v as f32);
+                    scene_boxes.push(BoxAnnotation {
+                        xyxy: [a, b, c, d],
+                        label: u16::from(class - 1),
+                        crowd: false,
+                        area: (c - a) * (d - b),
+                    });
+                }
             }
+            boxes.push(scene_boxes);
         }
         Ok(Self {
             side,
             pixels,
             masks,
+            boxes,
+            as_boxes: false,
         })
     }
 
@@ -157,6 +181,9 @@ impl ImageSource for Scenes {
 
     fn annotation(&self, index: usize) -> Result<Annotation> {
         let r = self.check(index)?;
+        if self.as_boxes {
+            return Ok(Annotation::Boxes(self.boxes[index].clone()));
+        }
         Ok(Annotation::Mask(ClassMask::new(
             self.side,
             self.side,
@@ -166,11 +193,22 @@ impl ImageSource for Scenes {
 }
 
 /// Scenes composed from `base` (its training split for training scenes, its test split for
-/// test scenes).
+/// test scenes), annotated with masks.
 pub fn compose(base: &Dataset, layout: SceneLayout) -> Result<Dataset> {
+    compose_as(base, layout, false)
+}
+
+/// The same scenes annotated with their items' boxes; the classes are the base's.
+pub fn compose_boxes(base: &Dataset, layout: SceneLayout) -> Result<Dataset> {
+    compose_as(base, layout, true)
+}
+
+fn compose_as(base: &Dataset, layout: SceneLayout, as_boxes: bool) -> Result<Dataset> {
     let info = &base.info;
-    let train = Scenes::compose(&base.train, layout, layout.scenes.0, info.pixel_max, 0)?;
-    let test = Scenes::compose(&base.test, layout, layout.scenes.1, info.pixel_max, 1)?;
+    let mut train = Scenes::compose(&base.train, layout, layout.scenes.0, info.pixel_max, 0)?;
+    let mut test = Scenes::compose(&base.test, layout, layout.scenes.1, info.pixel_max, 1)?;
+    train.as_boxes = as_boxes;
+    test.as_boxes = as_boxes;
     // Normalization from the training scenes' own pixels.
     let scale = f64::from(info.pixel_max);
     let n = train.pixels.len().max(1) as f64;
@@ -186,11 +224,16 @@ pub fn compose(base: &Dataset, layout: SceneLayout) -> Result<Dataset> {
         .map(|&v| (f64::from(v) / scale - mean).powi(2))
         .sum::<f64>()
         / n;
-    let mut class_names = vec!["background".to_string()];
+    let mut class_names = if as_boxes {
+        Vec::new()
+    } else {
+        vec!["background".to_string()]
+    };
     class_names.extend(info.class_names.iter().cloned());
+    let kind = if as_boxes { "boxscenes" } else { "scenes" };
     Ok(Dataset {
         info: DatasetInfo {
-            name: format!("scenes:{}", info.name),
+            name: format!("{kind}:{}", info.name),
             channels: 1,
             height: layout.side,
             width: layout.side,
@@ -263,5 +306,52 @@ mod tests {
             seen.extend(m.class_counts().into_keys());
         }
         assert_eq!(seen.len(), 11, "{seen:?}");
+    }
+
+    /// Box scenes: the same pixels as the mask scenes; one box per item whose pixels reach the
+    /// threshold, each tight around pixels of its class in the mask where it is not covered
+    /// (at least one pixel of its class on each edge of the box, unless a later item covers
+    /// that edge), labels 0–9, 10 classes.
+    #[test]
+    fn box_scenes_bound_their_items() {
+        let base = DatasetSpec::Digits.load().unwrap();
+        let masks = compose(&base, SceneLayout::DIGITS).unwrap();
+        let boxes = compose_boxes(&base, SceneLayout::DIGITS).unwrap();
+        assert_eq!(boxes.info.num_classes, 10);
+        assert_eq!(boxes.info.class_names[0], base.info.class_names[0]);
+        let mut total = 0;
+        for i in 0..50 {
+            let m = masks.train.annotated(i).unwrap();
+            let b = boxes.train.annotated(i).unwrap();
+            assert_eq!(m.image, b.image);
+            let (Annotation::Mask(mask), Annotation::Boxes(bs)) = (&m.annotation, &b.annotation)
+            else {
+                panic!("scene {i}: not a mask and boxes")
+            };
+            assert!((2..=3).contains(&bs.len()), "scene {i}: {bs:?}");
+            for bx in bs {
+                let [x1, y1, x2, y2] = bx.xyxy.map(|v| v as usize);
+                assert!(x2 <= 48 && y2 <= 48 && x1 < x2 && y1 < y2 && bx.label < 10);
+                assert_eq!(bx.area, ((x2 - x1) * (y2 - y1)) as f32);
+                // No pixel of the item's class lies outside its box unless another item of
+                // the same class is in the scene.
+                let same = bs.iter().filter(|o| o.label == bx.label).count();
+                if same == 1 {
+                    for y in 0..48 {
+                        for x in 0..48 {
+                            if mask.at(y, x) == bx.label + 1 {
+                                assert!(
+                                    (x1..x2).contains(&x) && (y1..y2).contains(&y),
+                                    "scene {i}: pixel ({y}, {x}) of class {} outside {bx:?}",
+                                    bx.label
+                                );
+                            }
+                        }
+                    }
+                }
+                total += 1;
+            }
+        }
+        assert!(total >= 100);
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::cifar::{self, Cifar};
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
-use crate::{cityscapes, digits, fashion_mnist, folder, scenes, vocseg};
+use crate::{cityscapes, coco, digits, fashion_mnist, folder, scenes, voc, vocseg};
 
 /// Which dataset to read: `digits` (default), `fashion-mnist[:DIR]`, `cifar10:DIR`,
 /// `cifar100:DIR`, `imagefolder:DIR`, `vocseg:DIR`, `cityscapes:DIR`,
@@ -33,10 +33,16 @@ pub enum DatasetSpec {
     Cityscapes(PathBuf),
     /// Segmentation scenes composed of the items of a base set (the digits or Fashion-MNIST).
     Scenes(Box<DatasetSpec>),
+    /// The same scenes annotated with their items' boxes (detection).
+    BoxScenes(Box<DatasetSpec>),
+    /// PASCAL VOC object detection (XML boxes).
+    Voc(PathBuf),
+    /// COCO object detection (instances JSON).
+    Coco(PathBuf),
 }
 
 /// The forms of a dataset string, for help texts and error messages.
-pub const DATASET_FORMS: [&str; 8] = [
+pub const DATASET_FORMS: [&str; 11] = [
     "digits",
     "fashion-mnist[:DIR]",
     "cifar10:DIR",
@@ -45,6 +51,9 @@ pub const DATASET_FORMS: [&str; 8] = [
     "vocseg:DIR",
     "cityscapes:DIR",
     "scenes[:fashion-mnist[:DIR]]",
+    "boxscenes[:fashion-mnist[:DIR]]",
+    "voc:DIR",
+    "coco:DIR|FILE",
 ];
 
 /// The size a dataset declares, known without reading its files.
@@ -73,15 +82,23 @@ impl DatasetSpec {
             DatasetSpec::Cifar10(_) => ([3, 32, 32], 10, 5000),
             DatasetSpec::Cifar100(_) => ([3, 32, 32], 100, 500),
             // Scenes carry no image-level class: every scene counts under class 0.
-            DatasetSpec::Scenes(base) => {
+            DatasetSpec::Scenes(base) | DatasetSpec::BoxScenes(base) => {
                 let l = match **base {
                     DatasetSpec::Digits => scenes::SceneLayout::DIGITS,
                     _ => scenes::SceneLayout::FASHION,
                 };
-                ([1, l.side, l.side], 11, l.scenes.0)
+                let classes = if matches!(self, DatasetSpec::Scenes(_)) {
+                    11
+                } else {
+                    10
+                };
+                ([1, l.side, l.side], classes, l.scenes.0)
             }
             DatasetSpec::Cityscapes(_) => ([3, 512, 1024], 19, 2975),
-            DatasetSpec::ImageFolder(_) | DatasetSpec::VocSeg(_) => return None,
+            DatasetSpec::ImageFolder(_)
+            | DatasetSpec::VocSeg(_)
+            | DatasetSpec::Voc(_)
+            | DatasetSpec::Coco(_) => return None,
         };
         Some(DeclaredSize {
             input,
@@ -109,13 +126,19 @@ impl DatasetSpec {
             DatasetSpec::ImageFolder(dir) => folder::load(dir, image_size),
             DatasetSpec::VocSeg(dir) => vocseg::load(dir),
             DatasetSpec::Cityscapes(dir) => cityscapes::load(dir),
-            DatasetSpec::Scenes(base) => {
+            DatasetSpec::Scenes(base) | DatasetSpec::BoxScenes(base) => {
                 let layout = match **base {
                     DatasetSpec::Digits => scenes::SceneLayout::DIGITS,
                     _ => scenes::SceneLayout::FASHION,
                 };
-                scenes::compose(&base.load()?, layout)
+                if matches!(self, DatasetSpec::Scenes(_)) {
+                    scenes::compose(&base.load()?, layout)
+                } else {
+                    scenes::compose_boxes(&base.load()?, layout)
+                }
             }
+            DatasetSpec::Voc(dir) => voc::load(dir),
+            DatasetSpec::Coco(path) => coco::load(path),
         }
     }
 }
@@ -153,12 +176,16 @@ impl FromStr for DatasetSpec {
             }
             "vocseg" | "voc-seg" => Ok(DatasetSpec::VocSeg(need_dir("vocseg")?)),
             "cityscapes" => Ok(DatasetSpec::Cityscapes(need_dir("cityscapes")?)),
-            "scenes" => {
+            "scenes" | "boxscenes" => {
                 let base = match dir {
                     None => DatasetSpec::Digits,
                     Some(rest) => rest.parse()?,
                 };
+                let boxes = name.eq_ignore_ascii_case("boxscenes");
                 match base {
+                    DatasetSpec::Digits | DatasetSpec::FashionMnist(_) if boxes => {
+                        Ok(DatasetSpec::BoxScenes(Box::new(base)))
+                    }
                     DatasetSpec::Digits | DatasetSpec::FashionMnist(_) => {
                         Ok(DatasetSpec::Scenes(Box::new(base)))
                     }
@@ -167,6 +194,8 @@ impl FromStr for DatasetSpec {
                     ))),
                 }
             }
+            "voc" => Ok(DatasetSpec::Voc(need_dir("voc")?)),
+            "coco" => Ok(DatasetSpec::Coco(need_dir("coco")?)),
             other => Err(err(format!(
                 "unknown dataset `{other}`; expected one of: {}",
                 DATASET_FORMS.join(", ")
@@ -190,6 +219,12 @@ impl fmt::Display for DatasetSpec {
                 DatasetSpec::Digits => write!(f, "scenes"),
                 ref other => write!(f, "scenes:{other}"),
             },
+            DatasetSpec::BoxScenes(base) => match **base {
+                DatasetSpec::Digits => write!(f, "boxscenes"),
+                ref other => write!(f, "boxscenes:{other}"),
+            },
+            DatasetSpec::Voc(d) => write!(f, "voc:{}", d.display()),
+            DatasetSpec::Coco(d) => write!(f, "coco:{}", d.display()),
         }
     }
 }
@@ -242,6 +277,11 @@ mod tests {
             "scenes",
             "scenes:fashion-mnist",
             "scenes:fashion-mnist:/d/f",
+            "boxscenes",
+            "boxscenes:fashion-mnist",
+            "voc:/data/VOCdevkit/VOC2007",
+            "coco:/data/coco",
+            "coco:/data/coco/annotations/instances_val2017.json",
         ] {
             let spec: DatasetSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
@@ -277,6 +317,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("digits or Fashion-MNIST"), "{msg}");
+        assert!(
+            "voc"
+                .parse::<DatasetSpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("voc:DIR")
+        );
         let r: std::result::Result<DatasetSpec, _> = serde_json::from_str(r#""svhn:/x""#);
         assert!(r.unwrap_err().to_string().contains("unknown dataset"));
     }

@@ -19,6 +19,7 @@ use burn::optim::{AdamWConfig, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::detection::Detection;
 use crate::error::{Result, TrainError};
 use crate::fit::{EvalSet, Fit, MaskSeeds, RunDir, TeacherFeed, TrainEvent};
 use crate::segmentation::Segmentation;
@@ -523,6 +524,19 @@ pub fn accuracy(model: &Model, dataset: &Dataset, device: &Device) -> Result<f64
 /// a classifier, mIoU and pixel accuracy for a segmenter (through the evaluation pipeline of
 /// [`segmentation_pipelines`]).
 pub fn evaluate(model: &Model, dataset: &Dataset, device: &Device) -> Result<(f64, f64)> {
+    if matches!(model, Model::RetinaNet(_)) {
+        let task = Detection::default();
+        let (_, eval) = detection_pipelines(&dataset.info);
+        let transform: ItemTransform = DenseTransform::new(&dataset.info, eval)?.into();
+        let e = task.evaluate(
+            &model.valid(),
+            &dataset.test,
+            &transform,
+            DETECTION_EVAL,
+            device,
+        )?;
+        return Ok((e.metric(task.score_metric()), e.metric("ap50")));
+    }
     let (task, transform, second): (&dyn Task, ItemTransform, &str) =
         if matches!(model, Model::DeepLabV3(_) | Model::DeepLabV3MobileNet(_)) {
             let (_, eval) = segmentation_pipelines(&dataset.info);
@@ -548,6 +562,33 @@ const TEST_EVAL: EvalOptions = EvalOptions {
     workers: 1,
     embeddings: 0,
 };
+
+/// How a detector's test split is evaluated (images up to 800 × 1,333: smaller batches).
+const DETECTION_EVAL: EvalOptions = EvalOptions {
+    batch_size: 8,
+    workers: 1,
+    embeddings: 0,
+};
+
+/// The dense pipelines of a detector on `info` (mmdet's and torchvision's): training resizes
+/// with the ratio kept to the dataset's size (short side `min(H, W)`, long side at most
+/// `max(H, W)`: 800 × 1,333 for VOC and COCO, the scene size for box scenes) and flips half the
+/// images; evaluation only resizes; both pad to a multiple of 32 (the FPN's P5 stride).
+pub fn detection_pipelines(info: &autokd_data::DatasetInfo) -> (DensePipeline, DensePipeline) {
+    let resize = DenseStep::Resize {
+        short: info.height.min(info.width),
+        max_long: info.height.max(info.width),
+    };
+    let train = DensePipeline {
+        steps: vec![resize.clone(), DenseStep::Flip { p: 0.5 }],
+        pad_multiple: 32,
+    };
+    let eval = DensePipeline {
+        steps: vec![resize],
+        pad_multiple: 32,
+    };
+    (train, eval)
+}
 
 /// The end of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -655,7 +696,8 @@ pub(crate) fn init_student(
 /// once, at the end, on the last and the best epoch's weights. `stop_after` ends the call after
 /// that many epochs (as a kill would; tests). The student's family picks the task: a
 /// segmentation model ([`autokd_models::Family::Segmentation`]) trains with [`Segmentation`]
-/// through [`segmentation_pipelines`], every other with [`Classification`].
+/// through [`segmentation_pipelines`], a detector ([`autokd_models::Family::Detection`]) with
+/// [`Detection`] through [`detection_pipelines`], every other with [`Classification`].
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     student: &ModelSpec,
@@ -687,23 +729,40 @@ pub fn train(
         &device.clone().autodiff(),
     )?;
     let frozen = teacher.as_ref().map(|t| t.model.valid());
-    // The student's family picks the task: a segmenter trains on masks through dense pipelines.
-    let segmentation = student.name.family() == autokd_models::Family::Segmentation;
-    let (task, train_transform, test_transform): (&dyn Task, ItemTransform, ItemTransform) =
-        if segmentation {
+    // The student's family picks the task: a segmenter trains on masks, a detector on boxes,
+    // both through dense pipelines.
+    let detection = Detection::default();
+    let (task, train_transform, test_transform, eval_options): (
+        &dyn Task,
+        ItemTransform,
+        ItemTransform,
+        EvalOptions,
+    ) = match student.name.family() {
+        autokd_models::Family::Segmentation => {
             let (train, eval) = segmentation_pipelines(&dataset.info);
             (
                 &SEGMENTATION,
                 DenseTransform::new(&dataset.info, train)?.into(),
                 DenseTransform::new(&dataset.info, eval)?.into(),
+                TEST_EVAL,
             )
-        } else {
+        }
+        autokd_models::Family::Detection => {
+            let (train, eval) = detection_pipelines(&dataset.info);
             (
-                &Classification,
-                Transform::train(&dataset.info, Augment::for_dataset(&dataset.info))?.into(),
-                Transform::eval(&dataset.info)?.into(),
+                &detection,
+                DenseTransform::new(&dataset.info, train)?.into(),
+                DenseTransform::new(&dataset.info, eval)?.into(),
+                DETECTION_EVAL,
             )
-        };
+        }
+        autokd_models::Family::Cifar | autokd_models::Family::ImageNet => (
+            &Classification,
+            Transform::train(&dataset.info, Augment::for_dataset(&dataset.info))?.into(),
+            Transform::eval(&dataset.info)?.into(),
+            TEST_EVAL,
+        ),
+    };
     let loader = DataLoader::with_transform(
         dataset.train.clone(),
         train_transform,
@@ -728,14 +787,14 @@ pub fn train(
         eval: Some(EvalSet {
             split: &dataset.test,
             transform: &test_transform,
-            options: TEST_EVAL,
+            options: eval_options,
         }),
         // With a validation part, the test set is read only where the outcome needs it.
         eval_each_epoch: validation.is_none(),
         select: validation.map(|split| EvalSet {
             split,
             transform: &test_transform,
-            options: TEST_EVAL,
+            options: eval_options,
         }),
         run_dir: Some(RunDir {
             path: run_dir,
@@ -1234,6 +1293,67 @@ mod tests {
         assert!(s.best_top1 > 0.3, "{s:?}");
         assert_eq!(evaluate(&m, &ds, &device).unwrap().0, s.last_top1);
         assert!(dir.path().join("checkpoint/state.json").is_file());
+    }
+
+    /// A RetinaNet-R18 trains on box scenes from scratch through `train`: the loss has `focal`
+    /// and `box_l1`, the validation part chooses the best epoch by COCO AP, and the test split
+    /// reports AP and AP50 in [0, 1].
+    #[test]
+    fn a_detector_trains_on_box_scenes() {
+        let device = Device::flex();
+        let mut ds = DatasetSpec::BoxScenes(Box::new(DatasetSpec::Digits))
+            .load()
+            .unwrap();
+        let val = ds.train.subset(&(16..24).collect::<Vec<_>>()).unwrap();
+        ds.train = ds.train.subset(&(0..16).collect::<Vec<_>>()).unwrap();
+        ds.test = ds.test.subset(&(0..8).collect::<Vec<_>>()).unwrap();
+        let spec = ModelSpec {
+            name: ModelName::RetinanetResnet18,
+            in_channels: 1,
+            num_classes: 10,
+            image_size: 48,
+        };
+        let recipe = Recipe {
+            length: Length::Epochs(2),
+            batch_size: 8,
+            lr: 0.01,
+            ..Recipe::preset("digits").unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (model, s) = train(
+            &spec,
+            None,
+            &ds,
+            Some(&val),
+            &recipe,
+            1,
+            dir.path(),
+            false,
+            None,
+            std::slice::from_ref(&device),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.metric, "ap");
+        assert!((0.0..=1.0).contains(&s.best_top1), "{s:?}");
+        let lines: Vec<EpochMetrics> = std::fs::read_to_string(dir.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        let loss = |k: &str| {
+            lines[1]
+                .losses
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| *v)
+        };
+        for k in ["focal", "box_l1"] {
+            assert!(loss(k).is_some_and(f64::is_finite), "{k}: {:?}", lines[1]);
+        }
+        let (ap, ap50) = evaluate(&model, &ds, &device).unwrap();
+        assert!((0.0..=1.0).contains(&ap) && (0.0..=1.0).contains(&ap50));
     }
 
     /// A DeepLabV3 student trains on digit scenes with the segmentation task, from scratch and

@@ -437,6 +437,13 @@ impl ProxyEvaluator {
                 "proxy: per_class must be at least 1".into(),
             ));
         }
+        if student.name.family() == autokd_models::Family::Detection {
+            // The teacher cache stores a row of logits per image; a detector has one per anchor.
+            return Err(TrainError::Config(format!(
+                "proxy trials of detectors ({}) are not supported yet; train a detector with                  `autokd train`",
+                student.name
+            )));
+        }
         config.recipe.validate()?;
         let classes = dataset.info.num_classes;
         let (rest, held_out) = stratified_split(&dataset.train, classes, config.val_fraction, 0)?;
