@@ -26,6 +26,7 @@ use crate::dataset::{Dataset, DatasetInfo, Split};
 use crate::error::{DataError, Result};
 use crate::folder::decode_rgb;
 use crate::image::{Image, ImageSource};
+use crate::vocseg::split_names;
 
 /// PASCAL VOC's 20 object classes.
 pub const VOC_DETECTION_CLASSES: [&str; 20] = [
@@ -239,16 +240,6 @@ impl ImageSource for BoxedFiles {
     }
 }
 
-fn lines(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(String::from)
-        .collect())
-}
-
 /// The image of an XML file (see the module documentation).
 fn image_path(xml: &Path, parsed: &VocFile, images: &Path) -> Result<PathBuf> {
     let decodable = |p: &Path| {
@@ -291,11 +282,11 @@ pub fn load(dir: &Path) -> Result<Dataset> {
         if voc_layout && sets.join("train.txt").is_file() {
             let val = sets.join("val.txt");
             let test = if val.is_file() {
-                lines(&val)?
+                split_names(&val)?
             } else {
                 Vec::new()
             };
-            (lines(&sets.join("train.txt"))?, test)
+            (split_names(&sets.join("train.txt"))?, test)
         } else {
             let mut names: Vec<String> = std::fs::read_dir(&xml_dir)
                 .map_err(|e| DataError::io(&xml_dir, e))?
@@ -322,7 +313,7 @@ pub fn load(dir: &Path) -> Result<Dataset> {
     }
     let class_file = dir.join("class_names.txt");
     let class_names: Vec<String> = if class_file.is_file() {
-        let mut names = lines(&class_file)?;
+        let mut names = split_names(&class_file)?;
         if names.first().is_some_and(|n| n == "_background_") {
             names.remove(0);
         }

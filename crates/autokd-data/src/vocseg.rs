@@ -156,8 +156,8 @@ impl ImageSource for MaskedFiles {
     }
 }
 
-/// The names listed in a VOC split file, one per line.
-fn split_names(path: &Path) -> Result<Vec<String>> {
+/// The names listed in a VOC split file (or a class-name file), one per line.
+pub(crate) fn split_names(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
     Ok(text
         .lines()
