@@ -18,7 +18,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 
 use crate::error::{Result, TrainError};
-use crate::task::{EvalOptions, EvalTally, Evaluation, Task};
+use crate::task::{EvalOptions, EvalTally, Evaluation, Task, require_dense};
 
 /// A `K × K` confusion matrix of pixels: rows the ground truth, columns the prediction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,12 +201,7 @@ impl Task for Segmentation {
         options: EvalOptions,
         device: &Device,
     ) -> Result<Evaluation> {
-        if !matches!(transform, ItemTransform::Dense(_)) {
-            return Err(TrainError::Config(
-                "segmentation evaluates through a dense pipeline (masks), not a fixed-size transform"
-                    .into(),
-            ));
-        }
+        require_dense(transform, "segmentation", "masks")?;
         let loader = options.loader(split, transform)?;
         let mut matrix: Option<ConfusionMatrix> = None;
         let mut tally = EvalTally::default();

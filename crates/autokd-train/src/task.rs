@@ -129,6 +129,18 @@ impl EvalTally {
     }
 }
 
+/// Refuses a fixed-size transform for a dense task: `task` (`segmentation`) evaluates `what`
+/// (`masks`) through a dense pipeline.
+pub(crate) fn require_dense(transform: &ItemTransform, task: &str, what: &str) -> Result<()> {
+    if matches!(transform, ItemTransform::Dense(_)) {
+        Ok(())
+    } else {
+        Err(crate::error::TrainError::Config(format!(
+            "{task} evaluates through a dense pipeline ({what}), not a fixed-size transform"
+        )))
+    }
+}
+
 /// A task the training loop serves.
 pub trait Task: Send + Sync + std::fmt::Debug {
     /// Name, e.g. `classification`.

@@ -21,7 +21,7 @@ use super::coco_eval::{EvalImage, coco_metrics};
 use super::loss::{AnchorTargets, l1_box_loss, sigmoid_focal_loss};
 use super::postprocess::{Detections, LevelOutputs, PostProcess, detect};
 use crate::error::{Result, TrainError};
-use crate::task::{EvalOptions, EvalTally, Evaluation, Task};
+use crate::task::{EvalOptions, EvalTally, Evaluation, Task, require_dense};
 
 /// RetinaNet's task: anchors, assignment, coding, losses and post-processing.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,12 +207,7 @@ impl Task for Detection {
         options: EvalOptions,
         device: &Device,
     ) -> Result<Evaluation> {
-        if !matches!(transform, ItemTransform::Dense(_)) {
-            return Err(TrainError::Config(
-                "detection evaluates through a dense pipeline (boxes), not a fixed-size transform"
-                    .into(),
-            ));
-        }
+        require_dense(transform, "detection", "boxes")?;
         let loader = options.loader(split, transform)?;
         let mut tally = EvalTally::default();
         let mut images: Vec<((u32, u32), Vec<BoxAnnotation>, Detections)> = Vec::new();
