@@ -518,11 +518,20 @@ fn shipped_configs_can_start() {
         let all: Vec<usize> = (0..teacher.feature_info().len()).collect();
         let (p, every) = (plan(&taps), plan(&all));
         let val_images = (held_out * declared.num_classes).min(autokd_train::proxy::GAP_IMAGES);
+        // The gap's validation embeddings: `D` floats per image (the teacher's prediction is
+        // not kept with them).
+        let [c, h, w] = declared.input;
+        let width = teacher
+            .forward_intermediates(
+                burn::prelude::Tensor::<4>::zeros([1, c, h, w], &device),
+                &autokd_models::TapRequest::none(),
+            )
+            .embedding
+            .dims()[1];
         let resident = match p.source {
             TeacherSource::Cache => p.bytes,
             TeacherSource::Online => 0,
-        } + val_images
-            * autokd_train::bytes_per_image(&teacher, &[], declared.input, &device).unwrap();
+        } + val_images * width * 4;
         eprintln!(
             "{}: {} → {}, {images} proxy images, taps {taps:?}: cache {} MiB ({:?}; all {} taps would be {} MiB), resident {} MiB",
             path.strip_prefix(&root).unwrap().display(),
@@ -541,7 +550,7 @@ fn shipped_configs_can_start() {
         );
         // The CIFAR and small-data configs cache their teacher (before, caching every tap put
         // resnet32x4, wrn_40_2 and vgg13 over the budget and the search refused to start);
-        // Cityscapes' whole-image maps do not fit, and its teacher runs online.
+        // Cityscapes' whole-image maps do not fit, and its teacher runs online; so do COCO's.
         if cfg.dataset.declared_size().is_some()
             && cfg.student.family() != autokd_models::Family::Segmentation
         {

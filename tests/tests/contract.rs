@@ -169,7 +169,7 @@ fn convolutional_models_take_non_square_inputs() {
         let logits = match name.family() {
             Family::Segmentation => vec![1, 5, h.div_ceil(8), w.div_ceil(8)],
             // 9 anchors at each position of P3–P7: 9·13 + 5·7 + 3·4 + 2·2 + 1·1 = 169.
-            Family::Detection => vec![9 * 169, 5],
+            Family::Detection => vec![1, 9 * 169, 5],
             _ => vec![1, 5],
         };
         assert_eq!(out.logits.dims(), logits, "{name}");

@@ -797,7 +797,7 @@ pub fn score_name(model: autokd_models::ModelName) -> &'static str {
 pub fn results_markdown(r: &ExperimentReport) -> String {
     let (train, val, test) = r.images;
     let m = &r.metric;
-    let what = if m == "mIoU" { "mIoU" } else { "accuracy" };
+    let what = if m == "top-1" { "accuracy" } else { m.as_str() };
     let mut s = format!(
         "# autokd experiment\n\n{} (test {m} {:.2}%) → {} on `{}`: {train} training images, {val} held out to choose each training's best epoch, {test} test images. Recipe: {} at lr {}, batch {}.{}\n\n{} is the test {what} at the epoch with the best validation {what}; \"last\" after the last epoch; mean ± standard deviation over seeds.\n\n| distiller | kind | proxy reward (rank) | {m} | last | seeds | s/run | loss |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
         r.teacher,

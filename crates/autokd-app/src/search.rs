@@ -347,12 +347,12 @@ pub(crate) fn teacher(
         std::slice::from_ref(device),
         |event| {
             if let autokd_train::TrainEvent::Epoch(m) = event {
-                // The task's score: top-1 for a classifier, mIoU for a segmenter.
-                let metric = if m.metrics.contains_key("miou") {
-                    "miou"
-                } else {
-                    "top1"
-                };
+                // The task's score: top-1 for a classifier, mIoU for a segmenter, AP for a
+                // detector.
+                let metric = ["miou", "ap"]
+                    .into_iter()
+                    .find(|k| m.metrics.contains_key(*k))
+                    .unwrap_or("top1");
                 tracing::info!(epoch = m.epoch, metric, score = m.metric(metric), "teacher");
             }
         },

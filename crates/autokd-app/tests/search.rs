@@ -205,3 +205,38 @@ fn rescoring_a_searched_distiller_gives_its_reward() {
         assert_eq!(r.outcome.reward, o.reward, "{}", r.spec);
     }
 }
+
+/// A detector searched end to end on tiny inputs: a RetinaNet-R18 teacher trained for two
+/// iterations on box scenes, then proxy trials of RetinaNet-R18 students (the online teacher
+/// and the cached one) with feature terms over the FPN group and a sigmoid prediction term
+/// over the anchors, scored by validation loss (focal + L1) and gap; AP is their accuracy.
+#[test]
+fn a_detector_is_searched_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    for cache in [false, true] {
+        let config: SearchConfig = toml::from_str(&format!(
+            "dataset = \"boxscenes\"\nteacher = \"retinanet_resnet18_fpn\"\nstudent = \"retinanet_resnet18_fpn\"\ntrials = 2\nnamed_baselines = [\"kd\"]\n[teacher_training]\niterations = 2\nbatch_size = 4\nlr = 0.01\nmilestones = []\n[proxy]\nper_class = 4\nval_per_class = 4\nepochs = 1\nbatch_size = 4\nlr = 0.01\ncache_teacher = {cache}\n[space]\nstudent_tap = \"fpn\"\nteacher_tap = \"fpn\"\n"
+        ))
+        .unwrap();
+        let request = SearchRequest {
+            config,
+            dir: dir.path().join(format!("run-{cache}")),
+            devices: vec![Device::flex()],
+            exact_device: Device::flex(),
+            cache_dir: dir.path().join("cache"),
+        };
+        let report = run_search(&request, &mut |_| Ok(())).unwrap();
+        assert_eq!(report.records.len(), 2);
+        for r in &report.records {
+            let o = &r.outcome;
+            if let Some(reward) = o.reward {
+                assert!(reward.is_finite() && o.val_ce > 0.0, "{o:?}");
+                assert!((0.0..=1.0).contains(&o.accuracy), "{o:?}");
+            }
+        }
+        assert!(report.best().is_some(), "no trial was accepted");
+        let kd = &report.named_baselines[0];
+        assert_eq!(kd.name, "kd");
+        assert!(kd.outcome.reward.is_some_and(f64::is_finite), "{kd:?}");
+    }
+}

@@ -352,6 +352,7 @@ fn synthetic_cifar(n: usize) -> anyhow::Result<Dataset> {
             pixel_max: 255.0,
             mean: vec![0.5071, 0.4865, 0.4409],
             std: vec![0.2673, 0.2564, 0.2762],
+            anchor_base: None,
         },
         train: Split::all(src.clone()),
         test: Split::all(src),

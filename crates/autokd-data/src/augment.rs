@@ -323,6 +323,7 @@ mod tests {
             pixel_max: 255.0,
             mean: vec![0.5; c],
             std: vec![0.25; c],
+            anchor_base: None,
         }
     }
 

@@ -179,6 +179,7 @@ pub fn load(kind: Cifar, dir: &Path) -> Result<Dataset> {
             pixel_max: 255.0,
             mean,
             std,
+            anchor_base: None,
         },
         train: Split::all(train.shared()),
         test: Split::all(test.shared()),

@@ -132,6 +132,7 @@ pub fn load(dir: &Path) -> Result<Dataset> {
             pixel_max: 255.0,
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
+            anchor_base: None,
         },
         train: split(dir, "train")?,
         test: split(dir, "val")?,

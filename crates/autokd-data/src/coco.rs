@@ -213,6 +213,7 @@ pub fn load(path: &Path) -> Result<Dataset> {
             pixel_max: 255.0,
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
+            anchor_base: None,
         },
         train: Split::all(Arc::new(BoxedFiles::new(train))),
         test: Split::all(Arc::new(BoxedFiles::new(test))),

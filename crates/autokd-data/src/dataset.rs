@@ -29,6 +29,11 @@ pub struct DatasetInfo {
     pub mean: Vec<f32>,
     /// Per-channel standard deviation of pixel values scaled to `[0, 1]`.
     pub std: Vec<f32>,
+    /// For detection: the side in input pixels of the smallest anchor (the ratio-1 box of the
+    /// first size on the finest level) that this dataset's objects call for; `None`: the
+    /// detector's own (32 for RetinaNet on P3). Small CPU-scale scenes declare theirs, as an
+    /// mmdet config sets `octave_base_scale` per dataset.
+    pub anchor_base: Option<f32>,
 }
 
 impl DatasetInfo {

@@ -454,6 +454,7 @@ mod tests {
             pixel_max: 255.0,
             mean: vec![0.5; channels],
             std: vec![0.25; channels],
+            anchor_base: None,
         }
     }
 

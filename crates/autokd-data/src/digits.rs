@@ -57,6 +57,7 @@ pub fn load() -> Result<Dataset> {
             pixel_max: 16.0,
             mean: vec![MEAN],
             std: vec![STD],
+            anchor_base: None,
         },
         train,
         test,

@@ -72,6 +72,7 @@ pub fn load(dir: &Path) -> Result<Dataset> {
             // torchvision-based Fashion-MNIST recipes).
             mean: vec![0.2860],
             std: vec![0.3530],
+            anchor_base: None,
         },
         train: Split::all(train.shared()),
         test: Split::all(test.shared()),

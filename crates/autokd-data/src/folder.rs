@@ -170,6 +170,7 @@ pub fn load(dir: &Path, image_size: usize) -> Result<Dataset> {
             // ImageNet statistics, the convention for image-folder training.
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
+            anchor_base: None,
         },
         train: Split::all(std::sync::Arc::new(train)),
         test: Split::all(std::sync::Arc::new(val)),

@@ -513,6 +513,7 @@ mod tests {
             pixel_max: 255.0,
             mean: vec![0.0],
             std: vec![1.0],
+            anchor_base: None,
         };
         (
             Split::all(InMemory::new(1, 2, 2, pixels, labels).unwrap().shared()),

@@ -49,6 +49,10 @@ impl SceneLayout {
     };
 }
 
+/// The smallest anchor box scenes declare ([`DatasetInfo::anchor_base`]): their items are 8–28
+/// pixels wide and high, so RetinaNet's anchors start at 16 px on P3 instead of 32.
+pub const BOX_SCENE_ANCHOR: f32 = 16.0;
+
 /// Scenes in memory: grey images, their masks and their items' boxes.
 #[derive(Debug, Clone)]
 pub struct Scenes {
@@ -242,6 +246,8 @@ fn compose_as(base: &Dataset, layout: SceneLayout, as_boxes: bool) -> Result<Dat
             pixel_max: info.pixel_max,
             mean: vec![mean as f32],
             std: vec![var.sqrt().max(1e-3) as f32],
+            // Items of 8–28 px: anchors from 16 px on P3 (half RetinaNet's 32).
+            anchor_base: as_boxes.then_some(BOX_SCENE_ANCHOR),
         },
         train: Split::all(train.shared()),
         test: Split::all(test.shared()),

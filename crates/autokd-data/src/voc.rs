@@ -377,6 +377,7 @@ pub fn load(dir: &Path) -> Result<Dataset> {
             // ImageNet's statistics, as mmdet's and torchvision's detection pipelines normalize.
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
+            anchor_base: None,
         },
         train: Split::all(Arc::new(BoxedFiles::new(items))),
         test: Split::all(Arc::new(BoxedFiles::new(test_items))),

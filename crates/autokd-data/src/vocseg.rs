@@ -238,6 +238,7 @@ pub fn load(dir: &Path) -> Result<Dataset> {
             // ImageNet's statistics, as torchvision's and mmseg's VOC pipelines normalize.
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
+            anchor_base: None,
         },
         train: source(&train)?,
         test: source(&test)?,

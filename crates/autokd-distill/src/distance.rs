@@ -14,7 +14,7 @@
 //! (ICKD's `Σ(G_s − G_t)² / (C·B)` over `B·C` rows).
 
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::{log_sigmoid, log_softmax, sigmoid, softmax};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, same_shape};
@@ -186,6 +186,25 @@ pub fn kl_logits(s: Tensor<2>, t: Tensor<2>, temperature: f64) -> Tensor<1> {
     let log_p_t = log_softmax(t.clone().div_scalar(temperature), 1);
     let p_t = softmax(t.div_scalar(temperature), 1);
     (p_t * (log_p_t - log_p_s))
+        .sum_dim(1)
+        .mean()
+        .mul_scalar(temperature * temperature)
+}
+
+/// `T² · Σ_k KL(Bernoulli(σ(t_k/T)) ‖ Bernoulli(σ(s_k/T)))`, summed over the classes of a row
+/// and averaged over the rows: Hinton's KD for classes that are independent sigmoids (a dense
+/// detector's focal-loss head). Up to the teacher's entropy, which has no gradient, it is the
+/// binary cross-entropy against the teacher's soft probabilities.
+///
+/// # Shapes
+/// - `s`, `t`: `[R, K]` → `[1]`
+pub fn binary_kl_logits(s: Tensor<2>, t: Tensor<2>, temperature: f64) -> Tensor<1> {
+    let (s, t) = (s.div_scalar(temperature), t.div_scalar(temperature));
+    let p_t = sigmoid(t.clone());
+    let (log_p_t, log_q_t) = (log_sigmoid(t.clone()), log_sigmoid(t.neg()));
+    let (log_p_s, log_q_s) = (log_sigmoid(s.clone()), log_sigmoid(s.neg()));
+    let q_t = p_t.clone().neg().add_scalar(1.0);
+    (p_t * (log_p_t - log_p_s) + q_t * (log_q_t - log_q_s))
         .sum_dim(1)
         .mean()
         .mul_scalar(temperature * temperature)

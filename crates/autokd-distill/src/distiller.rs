@@ -4,7 +4,9 @@
 //! task's own loss (CE, focal, …) and its targets never reach it; the training step adds them.
 //! A term on a tap group is the mean over its member pairs, each with its own connector and
 //! generator. Ground truth that a term may weight by (foreground masks, as FGD and DetKDS do)
-//! comes as a [`GroundTruth`].
+//! comes as a [`GroundTruth`]. The prediction term compares rows (a classifier's images, a
+//! segmenter's pixels, a detector's anchors); for a detector's anchors
+//! (`Prediction::Anchors`) each class is its own sigmoid ([`crate::LogitsDistance::apply_sigmoid`]).
 //!
 //! Per feature term: tokens `[B, N, C]` become maps `[B, C, √N, √N]` (or `[B, C, N, 1]`); a
 //! connector (1×1 conv + BN) maps student channels to teacher channels when they differ (or
@@ -421,11 +423,9 @@ impl Distiller {
             terms.push((format!("feat{i}"), v.mul_scalar(r.term.weight.get())));
         }
         if let Some(l) = &self.spec.logits {
-            let mut s = student
-                .dist_logits
-                .as_ref()
-                .unwrap_or(&student.logits)
-                .rows();
+            let prediction = student.dist_logits.as_ref().unwrap_or(&student.logits);
+            let sigmoid = prediction.is_sigmoid();
+            let mut s = prediction.rows();
             let mut t = teacher.logits.rows().without_autodiff();
             if let Some(rows) = truth.counted_rows(s.dims()[0])? {
                 if rows.is_empty() {
@@ -439,10 +439,13 @@ impl Distiller {
                 s = s.select(0, idx.clone());
                 t = t.select(0, idx.to_device(&t_device));
             }
-            let v = l
-                .distance
-                .apply(s, t, l.temperature.get())?
-                .mul_scalar(l.weight.get());
+            // A detector's anchors score each class by its own sigmoid.
+            let v = if sigmoid {
+                l.distance.apply_sigmoid(s, t, l.temperature.get())?
+            } else {
+                l.distance.apply(s, t, l.temperature.get())?
+            };
+            let v = v.mul_scalar(l.weight.get());
             terms.push(("logits".to_string(), v));
         }
         Ok(LossTerms { terms })
@@ -1171,5 +1174,49 @@ mod tests {
             by_rows.terms[0].1.clone().into_scalar(),
         );
         assert!(a > 0.0 && (a - b).abs() < 1e-6 * a, "{a} vs {b}");
+    }
+
+    /// A detector's anchors `[B, ΣA, K]` are its `[B·ΣA, K]` rows with one sigmoid per class:
+    /// the KD term (kd: T = 4, weight 1) is the Bernoulli KL of those rows, not the softmax KL.
+    #[test]
+    fn the_prediction_term_reads_anchors_with_sigmoids() {
+        let device = Device::flex();
+        let spec = DistillerSpec::baseline("kd").unwrap();
+        let d = build(&spec, "s", &[], "t", &[], &device).unwrap();
+        let (s, t) = (tensor([2, 5, 3], 1, &device), tensor([2, 5, 3], 2, &device));
+        let out = |p: Prediction| Intermediates {
+            features: vec![],
+            embedding: tensor([2, 1], 0, &device),
+            logits: p,
+            dist_logits: None,
+            aux_logits: None,
+            box_deltas: Some(Tensor::zeros([2, 5, 4], &device)),
+        };
+        let v: f32 = d
+            .loss(
+                &out(Prediction::Anchors(s.clone())),
+                &out(Prediction::Anchors(t.clone())),
+                &GroundTruth::default(),
+            )
+            .unwrap()
+            .terms[0]
+            .1
+            .clone()
+            .into_scalar();
+        let l = spec.logits.unwrap();
+        let temperature = l.temperature.get();
+        let rows = |x: Tensor<3>| x.reshape([10, 3]);
+        let want: f32 = l
+            .distance
+            .apply_sigmoid(rows(s.clone()), rows(t.clone()), temperature)
+            .unwrap()
+            .into_scalar();
+        let softmax: f32 = l
+            .distance
+            .apply(rows(s), rows(t), temperature)
+            .unwrap()
+            .into_scalar();
+        assert!(v > 0.0 && (v - want).abs() < 1e-6 * v, "{v} vs {want}");
+        assert!((v - softmax).abs() > 1e-3, "{v} vs softmax {softmax}");
     }
 }

@@ -3,10 +3,10 @@
 //! L2 on the logits.
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{sigmoid, softmax};
 use serde::{Deserialize, Serialize};
 
-use crate::distance::{kl_logits, l2, pearson};
+use crate::distance::{binary_kl_logits, kl_logits, l2, pearson};
 use crate::error::{Result, same_shape};
 
 /// A logits distance.
@@ -52,6 +52,28 @@ impl LogitsDistance {
             LogitsDistance::Dist => {
                 let ys = softmax(s.div_scalar(temperature), 1);
                 let yt = softmax(t.div_scalar(temperature), 1);
+                let inter = pearson(ys.clone(), yt.clone());
+                let intra = pearson(ys.transpose(), yt.transpose());
+                (inter + intra).mul_scalar(temperature * temperature)
+            }
+            LogitsDistance::L2 => l2(s, t),
+        })
+    }
+
+    /// The distance for class scores that are independent sigmoids (a dense detector's
+    /// anchors, `Prediction::Anchors`): KL becomes the sum over classes of the Bernoulli KL
+    /// ([`binary_kl_logits`]), DIST correlates `σ(·/T)` instead of `softmax(·/T)` (inter: over
+    /// the classes of each anchor; intra: over the anchors of each class), L2 is unchanged.
+    ///
+    /// # Shapes
+    /// - `s`, `t`: `[R, K]` (a row per anchor) → `[1]`
+    pub fn apply_sigmoid(self, s: Tensor<2>, t: Tensor<2>, temperature: f64) -> Result<Tensor<1>> {
+        same_shape("logits distance", &s, &t)?;
+        Ok(match self {
+            LogitsDistance::Kl => binary_kl_logits(s, t, temperature),
+            LogitsDistance::Dist => {
+                let ys = sigmoid(s.div_scalar(temperature));
+                let yt = sigmoid(t.div_scalar(temperature));
                 let inter = pearson(ys.clone(), yt.clone());
                 let intra = pearson(ys.transpose(), yt.transpose());
                 (inter + intra).mul_scalar(temperature * temperature)
@@ -124,6 +146,79 @@ mod tests {
         assert!((v - 0.130_812).abs() < 1e-5, "{v}");
     }
 
+    fn sigmoid64(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+
+    /// The sigmoid form against f64: KL as the sum over classes of Bernoulli KLs, averaged
+    /// over rows, times T²; DIST on σ(·/T).
+    #[test]
+    fn sigmoid_forms_match_their_f64_references() {
+        let device = Device::flex();
+        let (s, t) = (f64_rows(5, 3, 3), f64_rows(5, 3, 4));
+        let temp = 2.0;
+        let bern = |p: f64, q: f64| p * (p / q).ln() + (1.0 - p) * ((1.0 - p) / (1.0 - q)).ln();
+        let kl = s
+            .iter()
+            .zip(&t)
+            .map(|(rs, rt)| {
+                rs.iter()
+                    .zip(rt)
+                    .map(|(a, b)| bern(sigmoid64(b / temp), sigmoid64(a / temp)))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / 5.0
+            * temp
+            * temp;
+        let sig = |m: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+            m.iter()
+                .map(|r| r.iter().map(|x| sigmoid64(x / temp)).collect())
+                .collect()
+        };
+        let (ps, pt) = (sig(&s), sig(&t));
+        let inter = ps
+            .iter()
+            .zip(&pt)
+            .map(|(a, b)| 1.0 - corr(a, b))
+            .sum::<f64>()
+            / 5.0;
+        let col = |m: &Vec<Vec<f64>>, j: usize| m.iter().map(|r| r[j]).collect::<Vec<_>>();
+        let intra = (0..3)
+            .map(|j| 1.0 - corr(&col(&ps, j), &col(&pt, j)))
+            .sum::<f64>()
+            / 3.0;
+        let dist = temp * temp * (inter + intra);
+        for (d, want) in [(LogitsDistance::Kl, kl), (LogitsDistance::Dist, dist)] {
+            let got: f32 = d
+                .apply_sigmoid(rows(&s, &device), rows(&t, &device), temp)
+                .unwrap()
+                .into_scalar();
+            assert!(
+                (f64::from(got) - want).abs() < 1e-4 * want.max(1.0),
+                "{d:?}: {got} vs {want}"
+            );
+        }
+        // By hand: one class, student 0 (σ = ½), teacher ln 3 (σ = ¾) at T = 1:
+        // ¾ ln(3/2) + ¼ ln(1/2) = 0.130812 (the two-class softmax KD of `kd_by_hand`).
+        let v: f32 = LogitsDistance::Kl
+            .apply_sigmoid(
+                Tensor::<1>::from_floats([0.0], &device).reshape([1, 1]),
+                Tensor::<1>::from_floats([3f32.ln()], &device).reshape([1, 1]),
+                1.0,
+            )
+            .unwrap()
+            .into_scalar();
+        assert!((v - 0.130_812).abs() < 1e-5, "{v}");
+        // Finite at logits far in the tails (a focal head's background is near −5).
+        let far = Tensor::<1>::from_floats([-60.0, 60.0], &device).reshape([1, 2]);
+        let v: f32 = LogitsDistance::Kl
+            .apply_sigmoid(far.clone(), far.neg(), 1.0)
+            .unwrap()
+            .into_scalar();
+        assert!(v.is_finite() && (v - 120.0).abs() < 1e-2, "{v}");
+    }
+
     #[test]
     fn zero_when_equal_and_gradients() {
         let device = Device::flex();
@@ -136,6 +231,14 @@ mod tests {
             assert!(v.abs() < 1e-5, "{d:?}: {v}");
             grad_check(&format!("{d:?}"), [3, 5], |s, t| {
                 d.apply(s, t, 4.0).unwrap()
+            });
+            let v: f32 = d
+                .apply_sigmoid(rows(&s, &device), rows(&s, &device), 4.0)
+                .unwrap()
+                .into_scalar();
+            assert!(v.abs() < 1e-5, "{d:?} sigmoid: {v}");
+            grad_check(&format!("{d:?} sigmoid"), [3, 5], |s, t| {
+                d.apply_sigmoid(s, t, 4.0).unwrap()
             });
         }
     }

@@ -337,3 +337,92 @@ fn a_term_without_connector_needs_matching_channels() {
         "{err}"
     );
 }
+
+/// mmrazor's `PKDLoss.norm` of one map: each channel over the batch and positions, less its
+/// mean, over its unbiased standard deviation plus 10⁻⁶; returned as `[C][B·H·W]`.
+fn pkd_norm(x: &Map) -> Vec<Vec<f64>> {
+    let [b, c, h, w] = x.dims;
+    (0..c)
+        .map(|k| {
+            let v: Vec<f64> = (0..b)
+                .flat_map(|i| (0..h * w).map(move |p| (i, p)))
+                .map(|(i, p)| x.get(i, k, p))
+                .collect();
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let sd = (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+            v.iter().map(|a| (a - mean) / (sd + 1e-6)).collect()
+        })
+        .collect()
+}
+
+/// PKD (mmrazor's `PKDLoss`, loss weight 10 as its RetinaNet config) over an FPN group of three
+/// levels: `10 · Σ_levels F.mse_loss(norm(S), norm(T)) / 2`, computed in f64; the FPNs share
+/// their width, so no connector is built.
+#[test]
+fn pkd_computes_its_published_loss() {
+    let device = Device::flex();
+    let shapes = [[2, 4, 4, 4], [2, 4, 2, 2], [2, 4, 1, 1]];
+    let info: Vec<TapInfo> = [("p3", 8), ("p4", 16), ("p5", 32)]
+        .iter()
+        .map(|&(n, stride)| TapInfo {
+            name: format!("fpn.{n}"),
+            channels: 4,
+            stride,
+            kind: TapKind::FeatureMap,
+        })
+        .collect();
+    let maps = |seed: u64| -> Vec<Tensor<4>> {
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &sh)| tensor(sh, seed + i as u64, &device))
+            .collect()
+    };
+    let (s, t) = (maps(30), maps(40));
+    let ad = Device::flex().autodiff();
+    let spec = DistillerSpec::baseline("pkd").unwrap();
+    let d = Distiller::new(
+        &spec,
+        "retinanet_resnet18_fpn",
+        &info,
+        "retinanet_resnet50_fpn",
+        &info,
+        &mut InitRng::new(3),
+        &ad,
+    )
+    .unwrap();
+    assert!(d.connector_weights().is_empty());
+    let outputs = |maps: &[Tensor<4>]| Intermediates {
+        features: maps
+            .iter()
+            .map(|m| Feature::Map(m.clone().to_device(&ad)))
+            .collect(),
+        embedding: Tensor::zeros([2, 1], &ad),
+        logits: Prediction::Rows(Tensor::zeros([2, 3], &ad)),
+        dist_logits: None,
+        aux_logits: None,
+        box_deltas: None,
+    };
+    let out = d
+        .loss(&outputs(&s), &outputs(&t), &GroundTruth::default())
+        .unwrap();
+    let got = f64::from(out.terms[0].1.clone().into_scalar::<f32>());
+    let want = 10.0
+        * s.iter()
+            .zip(&t)
+            .map(|(a, b)| {
+                let (na, nb) = (pkd_norm(&Map::of(a.clone())), pkd_norm(&Map::of(b.clone())));
+                let (sum, n) = na
+                    .iter()
+                    .flatten()
+                    .zip(nb.iter().flatten())
+                    .fold((0.0, 0.0), |(s, n), (p, q)| (s + (p - q).powi(2), n + 1.0));
+                sum / n / 2.0
+            })
+            .sum::<f64>();
+    assert!(
+        (got - want).abs() <= 1e-4 * want,
+        "pkd: autokd {got} vs reference {want}"
+    );
+}

@@ -184,7 +184,7 @@ pub struct DistillerSpec {
 }
 
 /// The hand-designed recipes that search must beat, in autokd's conventions (ARCHITECTURE §4).
-pub const BASELINES: [&str; 9] = [
+pub const BASELINES: [&str; 10] = [
     "vanilla",
     "kd",
     "at",
@@ -194,6 +194,7 @@ pub const BASELINES: [&str; 9] = [
     "cwd_logits",
     "dist",
     "fitnet",
+    "pkd",
 ];
 
 impl FeatureTerm {
@@ -420,6 +421,25 @@ impl DistillerSpec {
                     temperature: Real(4.0),
                     weight: Real(1.0),
                 }),
+            ),
+            // PKD (Cao et al. 2022; mmrazor's `PKDLoss` and its RetinaNet config): on each FPN
+            // level, half the MSE between the standardized channels, weight 10, summed over the
+            // levels; no connector where the FPNs share their width (a 1×1 conv + BN where
+            // they do not, as our space's). Half of 10 is the weight here.
+            "pkd" => (
+                vec![FeatureTerm {
+                    student_tap: Some("fpn".into()),
+                    teacher_tap: Some("fpn".into()),
+                    group: GroupReduction::Sum,
+                    ..feature(
+                        GlobalTransform::None,
+                        Relation::ChannelStandardized,
+                        Distance::Mse,
+                        1.0,
+                        5.0,
+                    )
+                }],
+                None,
             ),
             "fitnet" => (
                 vec![FeatureTerm {

@@ -130,18 +130,22 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// A model's class scores, as rows or as a map.
+/// A model's class scores: a row per image, a map, or a row per anchor.
 #[derive(Debug, Clone)]
 pub enum Prediction {
-    /// One row per image: `[B, K]` (classification; dense detection heads give `[ΣA, K]`).
+    /// One row per image: `[B, K]` (classification), softmax over the classes.
     Rows(Tensor<2>),
-    /// One row per pixel: `[B, K, H, W]` (segmentation).
+    /// One row per pixel: `[B, K, H, W]` (segmentation), softmax over the classes.
     Map(Tensor<4>),
+    /// One row per anchor of a dense detector: `[B, ΣA, K]` (levels in turn), each class an
+    /// independent sigmoid (RetinaNet's focal-loss head).
+    Anchors(Tensor<3>),
 }
 
 impl Prediction {
     /// The scores as rows `[R, K]`: the rows themselves, or `[B·H·W, K]` for a map (pixels of
     /// each image in row-major order). Prediction terms of distillers compare these.
+    /// An anchor prediction gives `[B·ΣA, K]` (the anchors of each image together).
     pub fn rows(&self) -> Tensor<2> {
         match self {
             Prediction::Rows(r) => r.clone(),
@@ -149,7 +153,17 @@ impl Prediction {
                 let [b, k, h, w] = m.dims();
                 m.clone().permute([0, 2, 3, 1]).reshape([b * h * w, k])
             }
+            Prediction::Anchors(a) => {
+                let [b, n, k] = a.dims();
+                a.clone().reshape([b * n, k])
+            }
         }
+    }
+
+    /// Whether each class is an independent sigmoid (a detector's anchors) rather than one
+    /// softmax over the classes.
+    pub fn is_sigmoid(&self) -> bool {
+        matches!(self, Prediction::Anchors(_))
     }
 
     /// The tensor's dimensions.
@@ -157,19 +171,23 @@ impl Prediction {
         match self {
             Prediction::Rows(t) => t.dims().to_vec(),
             Prediction::Map(t) => t.dims().to_vec(),
+            Prediction::Anchors(t) => t.dims().to_vec(),
         }
     }
 
-    /// The same prediction with `f` applied to its tensor whatever its rank (e.g. moving it to
-    /// another device, or taking images `start..start + len`: both ranks lead with the batch).
+    /// The same prediction with `f2`, `f3` or `f4` applied to its tensor by rank (e.g. moving
+    /// it to another device, or taking images `start..start + len`: every rank leads with the
+    /// batch).
     pub fn map_tensor(
         &self,
-        f: impl Fn(Tensor<2>) -> Tensor<2>,
-        g: impl Fn(Tensor<4>) -> Tensor<4>,
+        f2: impl Fn(Tensor<2>) -> Tensor<2>,
+        f3: impl Fn(Tensor<3>) -> Tensor<3>,
+        f4: impl Fn(Tensor<4>) -> Tensor<4>,
     ) -> Self {
         match self {
-            Prediction::Rows(t) => Prediction::Rows(f(t.clone())),
-            Prediction::Map(t) => Prediction::Map(g(t.clone())),
+            Prediction::Rows(t) => Prediction::Rows(f2(t.clone())),
+            Prediction::Map(t) => Prediction::Map(f4(t.clone())),
+            Prediction::Anchors(t) => Prediction::Anchors(f3(t.clone())),
         }
     }
 }
@@ -255,7 +273,7 @@ pub struct Intermediates {
     /// The pooled embedding `[B, D]` (of a classifier: what its head reads).
     pub embedding: Tensor<2>,
     /// The prediction: class scores `[B, K]` for a classifier, a `[B, K, H, W]` map for a
-    /// segmenter.
+    /// segmenter, `[B, ΣA, K]` per anchor for a detector.
     pub logits: Prediction,
     /// Scores of a distillation-token head (DeiT), trained against the teacher.
     pub dist_logits: Option<Prediction>,
@@ -307,9 +325,15 @@ impl Intermediates {
                 })
                 .collect(),
             embedding: f2(self.embedding.clone()),
-            logits: self.logits.map_tensor(&f2, &f4),
-            dist_logits: self.dist_logits.as_ref().map(|d| d.map_tensor(&f2, &f4)),
-            aux_logits: self.aux_logits.as_ref().map(|d| d.map_tensor(&f2, &f4)),
+            logits: self.logits.map_tensor(&f2, &f3, &f4),
+            dist_logits: self
+                .dist_logits
+                .as_ref()
+                .map(|d| d.map_tensor(&f2, &f3, &f4)),
+            aux_logits: self
+                .aux_logits
+                .as_ref()
+                .map(|d| d.map_tensor(&f2, &f3, &f4)),
             box_deltas: self.box_deltas.as_ref().map(|d| f3(d.clone())),
         }
     }
@@ -383,6 +407,24 @@ impl<'a> Collector<'a> {
             dist_logits: None,
             aux_logits: None,
             box_deltas: None,
+        }
+    }
+
+    /// The outputs of a dense detector: class scores per anchor `[B, ΣA, K]` and box deltas
+    /// `[B, ΣA, 4]`.
+    pub(crate) fn finish_anchors(
+        self,
+        embedding: Tensor<2>,
+        logits: Tensor<3>,
+        box_deltas: Tensor<3>,
+    ) -> Intermediates {
+        Intermediates {
+            features: self.slots.into_iter().flatten().collect(),
+            embedding,
+            logits: Prediction::Anchors(logits),
+            dist_logits: None,
+            aux_logits: None,
+            box_deltas: Some(box_deltas),
         }
     }
 

@@ -10,9 +10,9 @@
 //!   convolution to `A·K` class logits (bias `−ln((1 − 0.01)/0.01)`, the focal loss' prior) or
 //!   `A·4` box deltas; weights `N(0, 0.01²)`.
 //!
-//! Outputs: the class logits of every anchor as rows `[B·ΣA, K]` (image-major, then levels P3 →
-//! P7, positions row by row, anchors in the order of `autokd_train::detection::anchors`) and
-//! the box deltas in
+//! Outputs: the class logits of every anchor, `Prediction::Anchors` `[B, ΣA, K]` (levels P3 →
+//! P7, positions row by row, anchors in the order of `autokd_train::detection::anchors`; its
+//! `rows()` are `[B·ΣA, K]`, image-major) and the box deltas in
 //! `Intermediates::box_deltas` `[B, ΣA, 4]`. Taps: `backbone.stage1` … `backbone.stage4` (C2–C5,
 //! strides 4–32) and the FPN group `fpn.p3` … `fpn.p7` (strides 8–128).
 //!
@@ -427,7 +427,7 @@ impl Backbone for RetinaNet {
 
     /// # Shapes
     /// - `x`: `[B, C, H, W]`
-    /// - logits: rows `[B·ΣA, K]`; `box_deltas`: `[B, ΣA, 4]`, with `ΣA = A · Σ_l ⌈H/s_l⌉⌈W/s_l⌉`
+    /// - logits: `Prediction::Anchors` `[B, ΣA, K]`; `box_deltas`: `[B, ΣA, 4]`, with `ΣA = A · Σ_l ⌈H/s_l⌉⌈W/s_l⌉`
     fn forward_intermediates(&self, x: Tensor<4>, request: &TapRequest) -> Intermediates {
         let mut taps = Collector::new(request);
         let c = self.backbone.body.forward(x, &mut taps); // C2..C5
@@ -444,11 +444,7 @@ impl Backbone for RetinaNet {
             );
             deltas.push(self.head.regression_head.forward(level.clone(), 4));
         }
-        let logits = Tensor::cat(logits, 1); // [B, ΣA, K]
-        let [b, a, k] = logits.dims();
-        let mut out = taps.finish(embedding, logits.reshape([b * a, k]));
-        out.box_deltas = Some(Tensor::cat(deltas, 1));
-        out
+        taps.finish_anchors(embedding, Tensor::cat(logits, 1), Tensor::cat(deltas, 1))
     }
 }
 
@@ -540,7 +536,7 @@ mod tests {
         for ((tap, f), (h, w)) in info.iter().zip(&out.features).zip(sizes) {
             assert_eq!(f.dims(), vec![2, tap.channels, h, w], "{}", tap.name);
         }
-        assert_eq!(out.logits.dims(), vec![2 * 594, 3]);
+        assert_eq!(out.logits.dims(), vec![2, 594, 3]);
         let deltas = out.box_deltas.unwrap();
         assert_eq!(deltas.dims(), [2, 594, 4]);
         let p = burn::tensor::activation::sigmoid(out.logits.rows());

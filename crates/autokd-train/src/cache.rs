@@ -21,22 +21,25 @@ pub struct TeacherCache {
     len: usize,
 }
 
-/// Concatenates batches of predictions along the batch (all of one kind: a model gives rows or
-/// maps, never both).
+/// Concatenates batches of predictions along the batch (all of one kind: a model gives rows,
+/// maps or anchors, never two of them).
 fn cat_predictions(parts: Vec<Prediction>) -> Result<Prediction> {
     let mut rows = Vec::new();
+    let mut anchors = Vec::new();
     let mut maps = Vec::new();
     for p in parts {
         match p {
             Prediction::Rows(r) => rows.push(r),
+            Prediction::Anchors(a) => anchors.push(a),
             Prediction::Map(m) => maps.push(m),
         }
     }
-    match (rows.is_empty(), maps.is_empty()) {
-        (false, true) => Ok(Prediction::Rows(Tensor::cat(rows, 0))),
-        (true, false) => Ok(Prediction::Map(Tensor::cat(maps, 0))),
+    match (rows.is_empty(), anchors.is_empty(), maps.is_empty()) {
+        (false, true, true) => Ok(Prediction::Rows(Tensor::cat(rows, 0))),
+        (true, false, true) => Ok(Prediction::Anchors(Tensor::cat(anchors, 0))),
+        (true, true, false) => Ok(Prediction::Map(Tensor::cat(maps, 0))),
         _ => Err(TrainError::Config(
-            "teacher cache: the teacher gave no prediction, or rows and maps mixed".into(),
+            "teacher cache: the teacher gave no prediction, or predictions of several kinds".into(),
         )),
     }
 }
@@ -224,6 +227,41 @@ impl TeacherCache {
         })
     }
 
+    /// The pooled embeddings `[N, D]` of `teacher` (frozen) over `split` through `transform`,
+    /// and nothing else: what the representation gap reads. Unlike a cache, images may differ in
+    /// size, and a dense model's prediction (a detector's is `ΣA × K` floats per image) is not
+    /// kept.
+    pub fn embeddings_of(
+        teacher: &Model,
+        split: &Split,
+        transform: ItemTransform,
+        batch_size: usize,
+        device: &Device,
+    ) -> Result<Tensor<2>> {
+        let frozen = teacher.valid();
+        let loader = DataLoader::with_transform(
+            split.clone(),
+            transform,
+            LoaderConfig {
+                batch_size,
+                shuffle: false,
+                workers: 1,
+                ..LoaderConfig::default()
+            },
+        )?;
+        let mut emb = Vec::new();
+        for batch in loader.epoch(0, device) {
+            let out = frozen.forward_intermediates(batch?.images, &TapRequest::none());
+            emb.push(out.embedding);
+        }
+        if emb.is_empty() {
+            return Err(TrainError::Config(
+                "teacher embeddings: the split holds no image".into(),
+            ));
+        }
+        Ok(Tensor::cat(emb, 0))
+    }
+
     /// Images cached.
     pub fn len(&self) -> usize {
         self.len
@@ -261,9 +299,11 @@ impl TeacherCache {
         Ok(Intermediates {
             features,
             embedding: self.embedding.clone().select(0, idx.clone()),
-            logits: self
-                .logits
-                .map_tensor(|t| t.select(0, idx.clone()), |t| t.select(0, idx.clone())),
+            logits: self.logits.map_tensor(
+                |t| t.select(0, idx.clone()),
+                |t| t.select(0, idx.clone()),
+                |t| t.select(0, idx.clone()),
+            ),
             dist_logits: None,
             aux_logits: None,
             box_deltas: None,

@@ -282,7 +282,7 @@ impl Fit<'_> {
             let epoch_steps = steps_per_epoch.min(total_steps.saturating_sub(done));
             let rate = |step: usize| {
                 self.recipe
-                    .lr_at(if per_step { done + step } else { epoch })
+                    .lr_at_step(if per_step { done + step } else { epoch }, done + step)
             };
             let clock = Instant::now();
             let mut sums: Vec<(String, f64)> = Vec::new();

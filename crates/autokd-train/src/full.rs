@@ -133,6 +133,34 @@ pub struct Recipe {
     /// segmentation model: torchvision's `weights_backbone`, CIRKD's `--student-pretrained-base`;
     /// [`autokd_models::load_backbone`]); `None`: from scratch.
     pub backbone_weights: Option<std::path::PathBuf>,
+    /// Linear warm-up of the first optimizer steps, on top of the schedule (the detection
+    /// recipes').
+    pub warmup: Option<Warmup>,
+    /// Gradient clipping by L2 norm: each parameter tensor's gradient is scaled down to this
+    /// norm when above it (burn's `GradientClipping::Norm`; PyTorch's `clip_grad_norm_`, as
+    /// mmdet's `grad_clip`, scales all gradients by their joint norm instead).
+    pub clip_grad_norm: Option<f64>,
+}
+
+/// mmdet's linear warm-up (`warmup = 'linear'`): at optimizer step `i < iterations` the rate is
+/// the schedule's times `1 − (1 − ratio)·(1 − i / iterations)`, from `ratio` at the first step
+/// to 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Warmup {
+    /// Steps of the warm-up.
+    pub iterations: usize,
+    /// Factor of the first step.
+    pub ratio: f64,
+}
+
+impl Warmup {
+    /// The factor of optimizer step `step` (0-based; 1 from `iterations` on).
+    pub fn factor(&self, step: usize) -> f64 {
+        if step >= self.iterations {
+            return 1.0;
+        }
+        1.0 - (1.0 - self.ratio) * (1.0 - step as f64 / self.iterations as f64)
+    }
 }
 
 /// Optimizer names in a recipe file.
@@ -205,6 +233,15 @@ pub struct RecipeFile {
     /// An ImageNet classification checkpoint of the backbone to start from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_weights: Option<std::path::PathBuf>,
+    /// Optimizer steps of a linear warm-up (0: none), over any schedule.
+    #[serde(skip_serializing_if = "is_default")]
+    pub warmup_iterations: usize,
+    /// The warm-up's factor at its first step.
+    #[serde(skip_serializing_if = "is_default_warmup_ratio")]
+    pub warmup_ratio: f64,
+    /// Gradient clipping by norm (per parameter tensor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -216,6 +253,13 @@ const POLY_POWER: f64 = 0.9;
 
 fn is_default_power(p: &f64) -> bool {
     *p == POLY_POWER
+}
+
+/// mmdet's warm-up ratio.
+const WARMUP_RATIO: f64 = 0.001;
+
+fn is_default_warmup_ratio(r: &f64) -> bool {
+    *r == WARMUP_RATIO
 }
 
 impl Default for RecipeFile {
@@ -275,6 +319,9 @@ impl From<Recipe> for RecipeFile {
             power,
             min_lr,
             backbone_weights: r.backbone_weights,
+            warmup_iterations: r.warmup.map_or(0, |w| w.iterations),
+            warmup_ratio: r.warmup.map_or(WARMUP_RATIO, |w| w.ratio),
+            clip_grad_norm: r.clip_grad_norm,
         }
     }
 }
@@ -323,6 +370,11 @@ impl TryFrom<RecipeFile> for Recipe {
             schedule,
             seed: f.seed,
             backbone_weights: f.backbone_weights,
+            warmup: (f.warmup_iterations > 0).then_some(Warmup {
+                iterations: f.warmup_iterations,
+                ratio: f.warmup_ratio,
+            }),
+            clip_grad_norm: f.clip_grad_norm,
         };
         recipe.validate().map_err(|e| e.to_string())?;
         Ok(recipe)
@@ -330,13 +382,14 @@ impl TryFrom<RecipeFile> for Recipe {
 }
 
 /// Names of the recipe presets.
-pub const PRESETS: [&str; 6] = [
+pub const PRESETS: [&str; 7] = [
     "cifar100",
     "imagenet",
     "deit",
     "digits",
     "fashion-mnist",
     "cityscapes",
+    "coco-2x",
 ];
 
 impl Recipe {
@@ -357,6 +410,8 @@ impl Recipe {
             },
             seed: 0,
             backbone_weights: None,
+            warmup: None,
+            clip_grad_norm: None,
         }
     }
 
@@ -379,6 +434,8 @@ impl Recipe {
             schedule,
             seed: 0,
             backbone_weights: None,
+            warmup: None,
+            clip_grad_norm: None,
         };
         Ok(match name {
             "cifar100" => recipe(240, 64, 0.05, sgd(5e-4), steps(&[150, 180, 210])),
@@ -406,6 +463,18 @@ impl Recipe {
                 },
                 seed: 0,
                 backbone_weights: None,
+                warmup: None,
+                clip_grad_norm: None,
+            },
+            // mmdet's 2× detection schedule (RetinaNet, Faster R-CNN; the supplementary's COCO
+            // runs): 24 epochs, batch 16, SGD 0.01 with momentum 0.9 and weight decay 1e-4,
+            // steps at 16 and 22, linear warm-up over 500 steps from 0.001; no clipping.
+            "coco-2x" => Self {
+                warmup: Some(Warmup {
+                    iterations: 500,
+                    ratio: WARMUP_RATIO,
+                }),
+                ..recipe(24, 16, 0.01, sgd(1e-4), steps(&[16, 22]))
             },
             other => {
                 return Err(TrainError::Config(format!(
@@ -449,15 +518,27 @@ impl Recipe {
         }
     }
 
-    /// A fresh optimizer of the recipe.
+    /// The learning rate of optimizer step `step` (0-based, over the whole run) in unit `t`
+    /// of the schedule ([`Recipe::lr_at`]), with the warm-up's factor.
+    pub fn lr_at_step(&self, t: usize, step: usize) -> f64 {
+        self.lr_at(t) * self.warmup.map_or(1.0, |w| w.factor(step))
+    }
+
+    /// A fresh optimizer of the recipe, clipping gradients when it says so.
     pub fn optimizer(&self) -> ModuleOptimizer {
+        let clip = self
+            .clip_grad_norm
+            .map(|n| burn::grad_clipping::GradientClippingConfig::Norm(n as f32));
         match &self.optimizer {
             OptimizerKind::Sgd {
                 momentum,
                 weight_decay,
-            } => sgd(*momentum, *weight_decay),
+            } => sgd_config(*momentum, *weight_decay)
+                .with_gradient_clipping(clip)
+                .init(),
             OptimizerKind::AdamW { weight_decay } => AdamWConfig::new()
                 .with_weight_decay(*weight_decay as f32)
+                .with_grad_clipping(clip)
                 .init(),
         }
     }
@@ -497,6 +578,17 @@ impl Recipe {
                 ))
             }
             _ => Ok(()),
+        }?;
+        if let Some(w) = self.warmup
+            && !(w.ratio > 0.0 && w.ratio <= 1.0)
+        {
+            return bad(format!("warmup_ratio {} must lie in (0, 1]", w.ratio));
+        }
+        match self.clip_grad_norm {
+            Some(n) if !(n.is_finite() && n > 0.0) => {
+                bad(format!("clip_grad_norm {n} must be a positive number"))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -504,6 +596,10 @@ impl Recipe {
 /// SGD with momentum (no dampening, as PyTorch's default) and L2 weight decay: the optimizer
 /// of the CIFAR/ImageNet recipes, teachers and the proxy.
 pub fn sgd(momentum: f64, weight_decay: f64) -> ModuleOptimizer {
+    sgd_config(momentum, weight_decay).init()
+}
+
+fn sgd_config(momentum: f64, weight_decay: f64) -> SgdConfig {
     SgdConfig::new()
         .with_momentum(Some(
             MomentumConfig::new()
@@ -511,7 +607,6 @@ pub fn sgd(momentum: f64, weight_decay: f64) -> ModuleOptimizer {
                 .with_dampening(0.0),
         ))
         .with_weight_decay(Some(WeightDecayConfig::new(weight_decay as f32)))
-        .init()
 }
 
 /// The score of `model` (its `valid()` copy) on the test split of `dataset`: top-1 accuracy
@@ -525,7 +620,7 @@ pub fn accuracy(model: &Model, dataset: &Dataset, device: &Device) -> Result<f64
 /// [`segmentation_pipelines`]).
 pub fn evaluate(model: &Model, dataset: &Dataset, device: &Device) -> Result<(f64, f64)> {
     if matches!(model, Model::RetinaNet(_)) {
-        let task = Detection::default();
+        let task = Detection::for_dataset(&dataset.info);
         let (_, eval) = detection_pipelines(&dataset.info);
         let transform: ItemTransform = DenseTransform::new(&dataset.info, eval)?.into();
         let e = task.evaluate(
@@ -731,7 +826,7 @@ pub fn train(
     let frozen = teacher.as_ref().map(|t| t.model.valid());
     // The student's family picks the task: a segmenter trains on masks, a detector on boxes,
     // both through dense pipelines.
-    let detection = Detection::default();
+    let detection = Detection::for_dataset(&dataset.info);
     let (task, train_transform, test_transform, eval_options): (
         &dyn Task,
         ItemTransform,
@@ -1137,6 +1232,53 @@ mod tests {
                 .to_string()
                 .contains("unknown recipe `mnist`")
         );
+        // coco-2x: mmdet's linear warm-up, 1 − (1 − 0.001)(1 − i/500) of the rate at step i:
+        // 1e-5 at step 0, 0.01 · (1 − 0.999 · 0.5) = 0.005005 at step 250, the rate from step
+        // 500 on; steps at epochs 16 and 22.
+        let coco = Recipe::preset("coco-2x").unwrap();
+        assert_eq!((coco.length, coco.batch_size), (Length::Epochs(24), 16));
+        assert_eq!(coco.clip_grad_norm, None);
+        for (t, step, want) in [
+            (0, 0, 1e-5),
+            (0, 250, 0.005_005),
+            (0, 500, 0.01),
+            (15, 9_000, 0.01),
+            (16, 9_000, 0.001),
+            (22, 9_000, 1e-4),
+        ] {
+            let got = coco.lr_at_step(t, step);
+            assert!((got - want).abs() < 1e-12, "epoch {t} step {step}: {got}");
+        }
+        // In a file: the warm-up and clipping keys round-trip, and are absent when unset (the
+        // keys of cached teachers stay as they were).
+        let text = toml::to_string(&RecipeFile::from(Recipe {
+            clip_grad_norm: Some(35.0),
+            ..coco.clone()
+        }))
+        .unwrap();
+        assert!(
+            text.contains("warmup_iterations = 500") && text.contains("clip_grad_norm = 35.0"),
+            "{text}"
+        );
+        assert!(!text.contains("warmup_ratio"), "{text}");
+        let back = Recipe::try_from(toml::from_str::<RecipeFile>(&text).unwrap()).unwrap();
+        assert_eq!(back.warmup, coco.warmup);
+        assert_eq!(back.clip_grad_norm, Some(35.0));
+        let plain = toml::to_string(&RecipeFile::from(Recipe::digits())).unwrap();
+        assert!(
+            !plain.contains("warmup_iterations") && !plain.contains("clip"),
+            "{plain}"
+        );
+        for (key, what) in [
+            (
+                "warmup_iterations = 10\nwarmup_ratio = 0.0",
+                "warmup_ratio 0",
+            ),
+            ("clip_grad_norm = -1.0", "clip_grad_norm -1"),
+        ] {
+            let err = Recipe::try_from(toml::from_str::<RecipeFile>(key).unwrap()).unwrap_err();
+            assert!(err.contains(what), "{err}");
+        }
     }
 
     /// A killed run resumed from its checkpoint reaches exactly the weights of an uninterrupted

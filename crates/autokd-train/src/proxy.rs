@@ -160,6 +160,19 @@ pub struct ProxyFile {
     /// from ([`Recipe::backbone_weights`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone_weights: Option<std::path::PathBuf>,
+    /// Optimizer steps of a linear warm-up (0: none; [`Recipe::warmup`]).
+    #[serde(skip_serializing_if = "is_default")]
+    pub warmup_iterations: usize,
+    /// The warm-up's factor at its first step.
+    #[serde(skip_serializing_if = "is_default_warmup_ratio")]
+    pub warmup_ratio: f64,
+    /// Gradient clipping by norm ([`Recipe::clip_grad_norm`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
+}
+
+fn is_default_warmup_ratio(r: &f64) -> bool {
+    *r == RecipeFile::default().warmup_ratio
 }
 
 fn is_default_gamma(g: &f64) -> bool {
@@ -210,6 +223,9 @@ impl From<ProxyConfig> for ProxyFile {
             min_lr: r.min_lr,
             bn_recalibration: c.bn_recalibration,
             backbone_weights: r.backbone_weights,
+            warmup_iterations: r.warmup_iterations,
+            warmup_ratio: r.warmup_ratio,
+            clip_grad_norm: r.clip_grad_norm,
         }
     }
 }
@@ -248,6 +264,9 @@ impl TryFrom<ProxyFile> for ProxyConfig {
             power: f.power,
             min_lr: f.min_lr,
             backbone_weights: f.backbone_weights,
+            warmup_iterations: f.warmup_iterations,
+            warmup_ratio: f.warmup_ratio,
+            clip_grad_norm: f.clip_grad_norm,
         })
         .map_err(|e| format!("proxy: {e}"))?;
         Ok(Self {
@@ -300,6 +319,8 @@ impl Default for ProxyConfig {
                 },
                 seed: 0,
                 backbone_weights: None,
+                warmup: None,
+                clip_grad_norm: None,
             },
             per_class: 40,
             val_fraction: 0.2,
@@ -401,8 +422,18 @@ pub struct ProxyEvaluator {
     teacher: Model,
     config: ProxyConfig,
     device: Device,
-    /// A segmentation student (a dense pipeline and the segmentation task) or a classifier.
-    segmentation: bool,
+    /// The task the student trains and is scored with, by its family.
+    task: ProxyTask,
+}
+
+/// A proxy's task, by the student's family: a segmenter or a detector trains through the
+/// dense evaluation pipeline (whole images with their masks or boxes), a classifier through
+/// the evaluation transform.
+#[derive(Debug)]
+enum ProxyTask {
+    Classification,
+    Segmentation,
+    Detection(crate::detection::Detection),
 }
 
 /// `‖Ĝₛ − Ĝₜ‖_F / N` over the first [`GAP_IMAGES`] rows.
@@ -437,13 +468,6 @@ impl ProxyEvaluator {
                 "proxy: per_class must be at least 1".into(),
             ));
         }
-        if student.name.family() == autokd_models::Family::Detection {
-            // The teacher cache stores a row of logits per image; a detector has one per anchor.
-            return Err(TrainError::Config(format!(
-                "proxy trials of detectors ({}) are not supported yet; train a detector with                  `autokd train`",
-                student.name
-            )));
-        }
         config.recipe.validate()?;
         let classes = dataset.info.num_classes;
         let (rest, held_out) = stratified_split(&dataset.train, classes, config.val_fraction, 0)?;
@@ -452,16 +476,33 @@ impl ProxyEvaluator {
             None => held_out,
         };
         let train = stratified_subset(&rest, classes, config.per_class, 0)?;
-        // A segmentation student trains and validates on whole images with their masks (no
+        // A dense student trains and validates on whole images with their masks or boxes (no
         // random steps, so that the teacher's cached outputs stay valid).
-        let segmentation = student.name.family() == autokd_models::Family::Segmentation;
-        let transform: ItemTransform = if segmentation {
-            let (_, eval) = crate::full::segmentation_pipelines(&dataset.info);
-            DenseTransform::new(&dataset.info, eval)?.into()
-        } else {
-            Transform::eval(&dataset.info)?.into()
+        let mut shape = dataset.info.input_shape();
+        let (task, transform): (ProxyTask, ItemTransform) = match student.name.family() {
+            autokd_models::Family::Segmentation => {
+                let (_, eval) = crate::full::segmentation_pipelines(&dataset.info);
+                let t = DenseTransform::new(&dataset.info, eval)?;
+                (ProxyTask::Segmentation, t.into())
+            }
+            autokd_models::Family::Detection => {
+                let (_, eval) = crate::full::detection_pipelines(&dataset.info);
+                // The pipeline pads to its multiple: the teacher sees the padded size.
+                let pad = eval.pad_multiple.max(1);
+                shape = [
+                    shape[0],
+                    shape[1].div_ceil(pad) * pad,
+                    shape[2].div_ceil(pad) * pad,
+                ];
+                let t = DenseTransform::new(&dataset.info, eval)?;
+                let task = crate::detection::Detection::for_dataset(&dataset.info);
+                (ProxyTask::Detection(task), t.into())
+            }
+            autokd_models::Family::Cifar | autokd_models::Family::ImageNet => (
+                ProxyTask::Classification,
+                Transform::eval(&dataset.info)?.into(),
+            ),
         };
-        let shape = dataset.info.input_shape();
         let plan = TeacherPlan::new(
             teacher,
             teacher_taps,
@@ -494,14 +535,11 @@ impl ProxyEvaluator {
         .valid();
         // The gap reads the first GAP_IMAGES validation embeddings only.
         let first: Vec<usize> = (0..val.len().min(GAP_IMAGES)).collect();
-        let val_cache = TeacherCache::build(
+        let val_embeddings = TeacherCache::embeddings_of(
             teacher,
-            &[],
             &val.subset(&first)?,
             transform.clone(),
-            shape,
             64,
-            usize::MAX,
             device,
         )?;
         Ok(Self {
@@ -514,11 +552,11 @@ impl ProxyEvaluator {
             transform,
             plan,
             cache,
-            val_embeddings: val_cache.embeddings(),
+            val_embeddings,
             teacher: teacher.valid(),
             config,
             device: device.clone(),
-            segmentation,
+            task,
         })
     }
 
@@ -547,11 +585,11 @@ impl ProxyEvaluator {
     }
 
     /// The task the student is trained and scored with.
-    fn task(&self) -> &'static dyn Task {
-        if self.segmentation {
-            &crate::full::SEGMENTATION
-        } else {
-            &Classification
+    fn task(&self) -> &dyn Task {
+        match &self.task {
+            ProxyTask::Classification => &Classification,
+            ProxyTask::Segmentation => &crate::full::SEGMENTATION,
+            ProxyTask::Detection(d) => d,
         }
     }
 

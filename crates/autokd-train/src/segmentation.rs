@@ -132,9 +132,9 @@ fn masks_of(batch: &Batch) -> Result<Tensor<3, Int>> {
 fn map_of(p: &Prediction) -> Result<Tensor<4>> {
     match p {
         Prediction::Map(m) => Ok(m.clone()),
-        Prediction::Rows(r) => Err(TrainError::Config(format!(
-            "segmentation needs a model that predicts a map [B, K, H, W]; this one gives rows {:?}",
-            r.dims()
+        other => Err(TrainError::Config(format!(
+            "segmentation needs a model that predicts a map [B, K, H, W]; this one gives {:?}",
+            other.dims()
         ))),
     }
 }
@@ -406,6 +406,7 @@ mod tests {
             pixel_max: 255.0,
             mean: vec![0.0],
             std: vec![1.0],
+            anchor_base: None,
         };
         // No steps, pad to a multiple of 1: the images as they are.
         let pipeline = DensePipeline {

@@ -306,6 +306,7 @@ mod tests {
             pixel_max: 255.0,
             mean: vec![0.0],
             std: vec![1.0],
+            anchor_base: None,
         };
         let transform = ItemTransform::from(autokd_data::Transform::eval(&info).unwrap());
         let eval = Classification

@@ -12,10 +12,13 @@
 //!   `F / ‖F‖` per channel → `[B·C, HW]`.
 //! - none: `[B, CHW]`.
 //!
-//! Two more, outside the paper's space, are the relations as the published code writes them,
+//! Three more, outside the paper's space, are the relations as the published code writes them,
 //! for the named baselines: SP's similarity (`F.normalize(Ã Ãᵀ)`: each row of the `B × B` Gram
-//! matrix scaled to unit norm) and ICKD's inter-channel correlation (`F.normalize(F Fᵀ, dim=2)`:
-//! each row of each sample's `C × C` Gram matrix scaled to unit norm).
+//! matrix scaled to unit norm), ICKD's inter-channel correlation (`F.normalize(F Fᵀ, dim=2)`:
+//! each row of each sample's `C × C` Gram matrix scaled to unit norm) and PKD's normalization
+//! (mmrazor's `PKDLoss.norm`: each channel's values over the batch and the positions, `[C,
+//! B·H·W]`, less their mean, divided by their standard deviation (unbiased, as `torch.std`)
+//! plus 10⁻⁶; half their MSE is `(n − 1)/n · (1 − r)` per channel, Pearson's r).
 
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -47,6 +50,9 @@ pub enum Relation {
     /// ICKD's code: each sample's `C × C` Gram matrix of the channels, each row scaled to unit
     /// L2 norm.
     ChannelCorrelationRowNorm,
+    /// PKD's code: each channel over the batch and the positions, `[C, B·H·W]`, standardized
+    /// (mean 0, divided by the unbiased standard deviation plus 10⁻⁶).
+    ChannelStandardized,
 }
 
 impl Relation {
@@ -63,9 +69,10 @@ impl Relation {
 
     /// The relations only the published baselines use (not in the default search space; a
     /// space's `relation` list may still name them).
-    pub const PUBLISHED: [Relation; 2] = [
+    pub const PUBLISHED: [Relation; 3] = [
         Relation::SampleCorrelationRowNorm,
         Relation::ChannelCorrelationRowNorm,
+        Relation::ChannelStandardized,
     ];
 
     /// Name used in formulas.
@@ -80,6 +87,7 @@ impl Relation {
             Relation::ChannelL2Norm => "channel_l2norm",
             Relation::SampleCorrelationRowNorm => "sample_corr_rownorm",
             Relation::ChannelCorrelationRowNorm => "channel_corr_rownorm",
+            Relation::ChannelStandardized => "channel_standardized",
         }
     }
 
@@ -134,9 +142,23 @@ impl Relation {
                 let g = f.clone().matmul(f.swap_dims(1, 2)); // [B, C, C]
                 row_normalized(g.reshape([b * c, c]))
             }
+            Relation::ChannelStandardized => {
+                let n = b * h * w;
+                let f = x.swap_dims(0, 1).reshape([c, n]); // [C, B·H·W]
+                let centred = f.clone() - f.mean_dim(1);
+                let var = centred
+                    .clone()
+                    .powi_scalar(2)
+                    .sum_dim(1)
+                    .div_scalar(n.saturating_sub(1).max(1) as f64);
+                centred / var.sqrt().add_scalar(PKD_EPS)
+            }
         }
     }
 }
+
+/// Added to PKD's standard deviation (mmrazor's `PKDLoss.norm`).
+const PKD_EPS: f64 = 1e-6;
 
 fn frobenius_normalized(g: Tensor<2>) -> Tensor<2> {
     let norm = g.clone().powi_scalar(2).sum().add_scalar(NORM_EPS).sqrt(); // [1]
@@ -219,6 +241,15 @@ mod tests {
                 .collect(),
             Relation::SampleL2Norm => flat.iter().map(|v| unit(v)).collect(),
             Relation::ChannelL2Norm => x.iter().flat_map(|s| s.iter().map(|c| unit(c))).collect(),
+            Relation::ChannelStandardized => (0..x[0].len())
+                .map(|c| {
+                    let v: Vec<f64> = x.iter().flat_map(|s| s[c].iter().copied()).collect();
+                    let n = v.len() as f64;
+                    let mean = v.iter().sum::<f64>() / n;
+                    let sd = (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+                    v.iter().map(|a| (a - mean) / (sd + 1e-6)).collect()
+                })
+                .collect(),
         }
     }
 

@@ -66,6 +66,16 @@ impl AnchorGenerator {
         }
     }
 
+    /// The same anchors with every size times `factor` (strides and ratios kept).
+    pub fn scaled(mut self, factor: f32) -> Self {
+        for level in &mut self.sizes {
+            for size in level {
+                *size *= factor;
+            }
+        }
+        self
+    }
+
     /// Checks that every level has a stride and at least one size, with the same count of sizes.
     pub fn validate(&self) -> Result<()> {
         let per_level = self.sizes.first().map_or(0, Vec::len);

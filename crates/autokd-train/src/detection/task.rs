@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use autokd_data::{Batch, BoxAnnotation, ItemTransform, Split};
+use autokd_distill::GroundTruth;
 use autokd_models::{Backbone, Intermediates, TapRequest};
 use burn::prelude::*;
 
@@ -61,6 +62,29 @@ fn read_f32<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>> {
         .map_err(|e| TrainError::Config(format!("detection: reading the {what}: {e:?}")))
 }
 
+/// `images × h × w` values: 1 where a pixel's centre `(x + ½, y + ½)` lies inside a box of its
+/// image that is not crowd, 0 elsewhere.
+fn foreground(boxes: &[Vec<BoxAnnotation>], images: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut fg = vec![0.0f32; images * h * w];
+    // The pixels whose centres lie in [lo, hi], clipped to 0..n.
+    let span = |lo: f32, hi: f32, n: usize| {
+        let first = (lo - 0.5).ceil().clamp(0.0, n as f32) as usize;
+        let end = ((hi - 0.5).floor() + 1.0).clamp(0.0, n as f32) as usize;
+        first..end.max(first)
+    };
+    for (image, list) in boxes.iter().enumerate().take(images) {
+        for b in list.iter().filter(|b| !b.crowd) {
+            let [x1, y1, x2, y2] = b.xyxy;
+            let xs = span(x1, x2, w);
+            for y in span(y1, y2, h) {
+                let row = (image * h + y) * w;
+                fg[row + xs.start..row + xs.end].fill(1.0);
+            }
+        }
+    }
+    fg
+}
+
 /// The rows `[B·ΣA, K]`, deltas `[B, ΣA, 4]` and boxes of a batch, checked against each other.
 struct Outputs {
     logits: Tensor<2>,
@@ -71,6 +95,23 @@ struct Outputs {
 }
 
 impl Detection {
+    /// torchvision's RetinaNet ([`Detection::default`]) with its anchors scaled to the smallest
+    /// anchor `info` declares ([`autokd_data::DatasetInfo::anchor_base`]; 32 px on P3 when it
+    /// declares none).
+    pub fn for_dataset(info: &autokd_data::DatasetInfo) -> Self {
+        let default = Self::default();
+        match info.anchor_base {
+            Some(base) => {
+                let smallest = default.anchors.sizes[0][0];
+                Self {
+                    anchors: default.anchors.clone().scaled(base / smallest),
+                    ..default
+                }
+            }
+            None => default,
+        }
+    }
+
     /// The anchors of an `height × width` input.
     pub fn anchors_for(&self, height: usize, width: usize) -> Result<Vec<Xyxy>> {
         self.anchors
@@ -197,6 +238,26 @@ impl Task for Detection {
             ("focal".to_string(), focal.div_scalar(norm)),
             ("box_l1".to_string(), l1.div_scalar(norm)),
         ])
+    }
+
+    /// The foreground of the batch's boxes, `[B, H, W]` at the input's size: 1 at a pixel whose
+    /// centre lies inside a box that is not crowd, 0 elsewhere (a distiller's term pools it to
+    /// the share of each cell of its map). FGD weights its foreground by the inverse of each
+    /// box's area and its background by the inverse of the background's; our space's regions
+    /// weight by the share alone (ARCHITECTURE §4). Every anchor's row counts in the prediction
+    /// term (`valid_rows` is `None`), as in detection KD over all anchors.
+    fn ground_truth(&self, batch: &Batch, _out: &Intermediates) -> GroundTruth {
+        let Ok(boxes) = Self::boxes_of(batch) else {
+            return GroundTruth::default();
+        };
+        let [b, _, h, w] = batch.images.dims();
+        GroundTruth {
+            foreground: Some(Tensor::from_data(
+                TensorData::new(foreground(boxes, b, h, w), [b, h, w]),
+                &batch.images.device(),
+            )),
+            valid_rows: None,
+        }
     }
 
     fn evaluate(
@@ -413,6 +474,45 @@ mod tests {
         );
     }
 
+    /// The foreground a distiller's region terms read: pixels whose centres lie in a box that
+    /// is not crowd. `[1, 1, 3, 2.6]` covers centres x ∈ {1.5, 2.5}, y ∈ {1.5, 2.5}; a crowd
+    /// box and a box outside the image add nothing; the second image has no box.
+    #[test]
+    fn ground_truth_foreground_by_hand() {
+        let device = Device::flex();
+        let mut crowd = gt([0.0, 0.0, 4.0, 4.0], 0);
+        crowd.crowd = true;
+        let boxes = vec![
+            vec![
+                gt([1.0, 1.0, 3.0, 2.6], 1),
+                crowd,
+                gt([10.0, 10.0, 12.0, 12.0], 0),
+            ],
+            Vec::new(),
+        ];
+        let batch = Batch {
+            images: Tensor::zeros([2, 1, 4, 4], &device),
+            targets: Tensor::zeros([2], &device),
+            positions: vec![0, 1],
+            dense: Some(DenseBatch {
+                valid: Tensor::ones([2, 4, 4], &device),
+                masks: None,
+                sizes: vec![(4, 4); 2],
+                boxes,
+            }),
+        };
+        let out = Intermediates::no_teacher(2, 2, &device);
+        let truth = task().ground_truth(&batch, &out);
+        assert!(truth.valid_rows.is_none());
+        let fg = truth.foreground.unwrap();
+        assert_eq!(fg.dims(), [2, 4, 4]);
+        let mut want = vec![0.0f32; 32];
+        for i in [5, 6, 9, 10] {
+            want[i] = 1.0;
+        }
+        assert_eq!(fg.into_data().try_to_vec::<f32>().unwrap(), want);
+    }
+
     /// Two 32×32 images: both have a class-1 box at `[8,8,24,24]`, which the detector finds
     /// (score σ(5)); the second also a class-0 box at `[0,0,8,8]`, which it misses. COCO AP:
     /// class 1 is 1, class 0 is 0 → AP = AP50 = 0.5; AR@100 likewise 0.5.
@@ -449,6 +549,7 @@ mod tests {
             pixel_max: 255.0,
             mean: vec![0.0],
             std: vec![1.0],
+            anchor_base: None,
         };
         let pipeline = DensePipeline {
             steps: Vec::new(),
@@ -535,6 +636,7 @@ mod tests {
             pixel_max: 255.0,
             mean: vec![0.1],
             std: vec![0.3],
+            anchor_base: None,
         };
         let pipeline = DensePipeline {
             steps: Vec::new(),
@@ -634,6 +736,22 @@ mod tests {
             assert!((0.0..=1.0).contains(&ap), "{m:?}");
         }
         assert!((0.0..=1.0).contains(&outcome.best));
+    }
+
+    /// A dataset that declares its smallest anchor gets torchvision's anchors scaled to it:
+    /// box scenes declare 16 px, so P3's sizes are 16, 20, 25 and P4's half of torchvision's
+    /// 64, 80, 101; without a declaration they stay torchvision's (32, 40, 50 on P3).
+    #[test]
+    fn anchors_follow_the_dataset() {
+        let ds = autokd_data::DatasetSpec::BoxScenes(Box::new(autokd_data::DatasetSpec::Digits))
+            .load()
+            .unwrap();
+        let t = Detection::for_dataset(&ds.info);
+        assert_eq!(t.anchors.sizes[0], vec![16.0, 20.0, 25.0]);
+        assert_eq!(t.anchors.sizes[1], vec![32.0, 40.0, 50.5]);
+        assert_eq!(t.anchors.strides, Detection::default().anchors.strides);
+        let plain = autokd_data::DatasetSpec::Digits.load().unwrap();
+        assert_eq!(Detection::for_dataset(&plain.info), Detection::default());
     }
 
     /// RetinaNet's anchors (torchvision's), the default task.
