@@ -206,6 +206,12 @@ pub struct RetinaNetConfig {
     /// with pretrained backbones), … 5 all.
     #[config(default = 2)]
     pub frozen_stages: usize,
+    /// Base channels of the ResNet's four stages (narrow variants: tests).
+    #[config(default = "vec![64, 128, 256, 512]")]
+    pub planes: Vec<usize>,
+    /// Channels of the ResNet's stem.
+    #[config(default = 64)]
+    pub stem_channels: usize,
 }
 
 impl RetinaNetConfig {
@@ -246,8 +252,8 @@ impl RetinaNetConfig {
     /// `kaiming_uniform_(a=1)`, the head with `N(0, 0.01²)`.
     pub fn init(&self, rng: &mut InitRng, device: &Device) -> RetinaNet {
         let exp = if self.bottleneck { 4 } else { 1 };
-        let planes = [64usize, 128, 256, 512];
-        let mut inplanes = 64;
+        let planes = &self.planes;
+        let mut inplanes = self.stem_channels;
         let mut layers = Vec::new();
         for (i, (&p, &n)) in planes.iter().zip(&self.blocks).enumerate() {
             let stride = if i == 0 { 1 } else { 2 };
@@ -269,8 +275,18 @@ impl RetinaNetConfig {
             layers.push(stage);
         }
         let mut body = FrozenBnResNet {
-            conv1: conv(self.in_channels, 64, 7, 2, 3, 1, false, rng, device),
-            bn1: bn(64, device),
+            conv1: conv(
+                self.in_channels,
+                self.stem_channels,
+                7,
+                2,
+                3,
+                1,
+                false,
+                rng,
+                device,
+            ),
+            bn1: bn(self.stem_channels, device),
             maxpool: MaxPool2dConfig::new([3, 3])
                 .with_strides([2, 2])
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))

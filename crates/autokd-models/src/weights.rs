@@ -133,15 +133,19 @@ pub fn load(mut model: Model, name: ModelName, path: &Path) -> Result<Model, Mod
 
 /// Loads an ImageNet classification checkpoint of the backbone (torchvision's `resnet18` /
 /// `resnet50` / `resnet101` state dict: `conv1`, `bn1`, `layer1` … `layer4`, `fc`) into a
-/// segmentation model's backbone, as torchvision's `weights_backbone` and CIRKD's
-/// `--student-pretrained-base` do; the heads keep their initialization.
+/// segmentation model's or a detector's backbone, as torchvision's `weights_backbone` and
+/// CIRKD's `--student-pretrained-base` do; the heads (and a detector's FPN) keep their
+/// initialization.
 ///
 /// Strict on the backbone: every backbone tensor must come from the file with its shape, and
 /// the file may hold nothing else but the classifier (`fc.*`; MobileNetV2's `features.18` and
 /// `classifier`); an error lists the keys. A model
 /// that is not a segmentation model is refused (load its weights with [`load`]).
 pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<Model, ModelError> {
-    if !matches!(model, Model::DeepLabV3(_) | Model::DeepLabV3MobileNet(_)) {
+    if !matches!(
+        model,
+        Model::DeepLabV3(_) | Model::DeepLabV3MobileNet(_) | Model::RetinaNet(_)
+    ) {
         return Err(weights_err(
             path,
             format!("{name} has no separate backbone; load its weights whole"),
@@ -150,10 +154,15 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
     if !path.is_file() {
         return Err(weights_err(path, "file not found"));
     }
+    let detector = matches!(model, Model::RetinaNet(_));
     let backbone = |p: &str| {
-        ["conv1.", "bn1.", "layers.", "stem.", "groups."]
-            .iter()
-            .any(|b| p.starts_with(b))
+        if detector {
+            p.starts_with("backbone.body.")
+        } else {
+            ["conv1.", "bn1.", "layers.", "stem.", "groups."]
+                .iter()
+                .any(|b| p.starts_with(b))
+        }
     };
     // Only the backbone's keys are renamed: a classifier's own keys (`fc.*`; MobileNetV2's
     // `features.18.*` and `classifier.*`) stay as they are and are left out.
@@ -301,6 +310,18 @@ pub fn backbone_key_patterns(name: ModelName) -> Vec<(String, String)> {
             for i in 1..=4 {
                 add(&format!(r"^layer{i}\."), &format!("layers.{}.", i - 1));
             }
+            add(r"\.downsample\.0\.", ".downsample.conv.");
+            add(r"\.downsample\.1\.", ".downsample.bn.");
+        }
+        N::RetinanetResnet18 | N::RetinanetResnet50 | N::RetinanetResnet101 => {
+            // The ResNet is the detector's `backbone.body`.
+            for i in 1..=4 {
+                add(
+                    &format!(r"^layer{i}\."),
+                    &format!("backbone.body.layers.{}.", i - 1),
+                );
+            }
+            add(r"^(conv1|bn1)\.", "backbone.body.$1.");
             add(r"\.downsample\.0\.", ".downsample.conv.");
             add(r"\.downsample\.1\.", ".downsample.bn.");
         }
@@ -689,6 +710,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no separate backbone"), "{err}");
+    }
+
+    /// The same checkpoint into a RetinaNet's backbone (torchvision's `weights_backbone`): the
+    /// stage-1 features equal the classifier's (the detector's frozen batch norms use the
+    /// file's statistics, as the classifier's inference does); the FPN and heads are not read.
+    #[test]
+    fn an_imagenet_checkpoint_loads_into_a_detectors_backbone() {
+        let device = Device::flex();
+        let pth = fixtures().join("resnet18_narrow.pth");
+        let retinanet = || {
+            let cfg = crate::retinanet::RetinaNetConfig::resnet18(4)
+                .with_planes(vec![8, 16, 32, 64])
+                .with_stem_channels(8)
+                .with_channels(16);
+            Model::RetinaNet(cfg.init(&mut crate::init::InitRng::new(0), &device))
+        };
+        let det = load_backbone(retinanet(), ModelName::RetinanetResnet18, &pth).unwrap();
+        let cls = load(narrow_resnet18(&device), ModelName::Resnet18, &pth).unwrap();
+        let stage1 = |m: &Model| {
+            let info = m.feature_info();
+            let req = crate::TapRequest::by_names("m", &info, &["stage1"]).unwrap();
+            let out = m.valid().forward_intermediates(fixed_input(&device), &req);
+            match &out.features[0] {
+                crate::Feature::Map(x) => x.clone().into_data().try_to_vec::<f32>().unwrap(),
+                crate::Feature::Tokens(_) => panic!("a map"),
+            }
+        };
+        let (a, b) = (stage1(&det), stage1(&cls));
+        assert_eq!(a.len(), 2 * 8 * 8 * 8);
+        assert_eq!(a, b);
+        assert_ne!(stage1(&retinanet()), b);
     }
 
     #[test]

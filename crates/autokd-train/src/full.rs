@@ -750,10 +750,19 @@ pub struct TeacherSetup<'a> {
 }
 
 /// `model` with the backbone of [`Recipe::backbone_weights`] when the recipe names one.
+///
+/// A detector without pretrained weights trains as torchvision builds one when neither `weights`
+/// nor `weights_backbone` is given: batch norms that normalize with the batch's statistics and
+/// learn their affine terms (`BatchNorm2d`, not `FrozenBatchNorm2d`) and no frozen stage
+/// (`trainable_backbone_layers = 5`). Frozen batch norms whose running statistics were never
+/// trained would leave a scratch backbone unnormalized.
 pub(crate) fn with_backbone(model: Model, spec: &ModelSpec, recipe: &Recipe) -> Result<Model> {
     Ok(match &recipe.backbone_weights {
         Some(path) => autokd_models::load_backbone(model, spec.name, path)?,
-        None => model,
+        None => match model {
+            Model::RetinaNet(m) => Model::RetinaNet(m.unfreeze()),
+            other => other,
+        },
     })
 }
 
@@ -1440,6 +1449,57 @@ mod tests {
     /// A RetinaNet-R18 trains on box scenes from scratch through `train`: the loss has `focal`
     /// and `box_l1`, the validation part chooses the best epoch by COCO AP, and the test split
     /// reports AP and AP50 in [0, 1].
+    /// torchvision's rule for a detector without pretrained weights: every parameter gets a
+    /// gradient (the stem and stage 1 too, and the batch norms' affine terms), also after the
+    /// proxy's `valid()` → `train()` round trip; the registry's model keeps the pretrained
+    /// layout (frozen stem, stage 1 and batch norms: no gradient there).
+    #[test]
+    fn a_scratch_detector_trains_every_parameter() {
+        use burn::optim::GradientsParams;
+        struct Count<'a>(&'a GradientsParams, usize, usize);
+        impl burn::module::ModuleVisitor for Count<'_> {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                if self.0.get::<D>(p.id).is_some() {
+                    self.1 += 1;
+                } else {
+                    self.2 += 1;
+                }
+            }
+        }
+        let ad = Device::flex().autodiff();
+        // (with a gradient, without) after one backward pass.
+        let count = |m: &Model| {
+            let out = m.forward_intermediates(
+                Tensor::<4>::ones([2, 1, 64, 64], &ad),
+                &autokd_models::TapRequest::none(),
+            );
+            let loss = out.logits.rows().sum() + out.box_deltas.unwrap().sum();
+            let grads = GradientsParams::from_grads(loss.backward(), m);
+            let mut v = Count(&grads, 0, 0);
+            m.visit(&mut v);
+            (v.1, v.2)
+        };
+        let spec = ModelSpec {
+            name: ModelName::RetinanetResnet18,
+            in_channels: 1,
+            num_classes: 3,
+            image_size: 64,
+        };
+        let pretrained_layout = spec.init(&ad).unwrap();
+        let (trained, frozen) = count(&pretrained_layout);
+        // Without a gradient in the pretrained layout: the stem conv, stage 1's four convs, the
+        // 20 batch norms' affine terms, and their running statistics (which burn visits as
+        // float values too, and which never have one).
+        let running = 20 * 2;
+        assert_eq!(frozen, 1 + 4 + 20 * 2 + running);
+        let scratch = with_backbone(pretrained_layout, &spec, &Recipe::digits()).unwrap();
+        assert_eq!(count(&scratch), (trained + frozen - running, running));
+        assert_eq!(
+            count(&scratch.valid().train()),
+            (trained + frozen - running, running)
+        );
+    }
+
     #[test]
     fn a_detector_trains_on_box_scenes() {
         let device = Device::flex();
