@@ -4,7 +4,11 @@ steps as autokd's benchmark, written the way mdistiller / RepDistiller training 
 With `--seg MODELS` the reference of `autokd bench segmentation`: torchvision's DeepLabV3
 (`deeplabv3_resnet50/101`; on ResNet-18, torchvision's heads on a ResNet-18 whose stages 3 and 4
 trade stride for dilation, as mmseg's and CIRKD's are, since torchvision's BasicBlock refuses
-dilation), one SGD step of pixel CE + 0.4 × the auxiliary head's, and inference.
+dilation), one SGD step of pixel CE + 0.4 × the auxiliary head's, and inference. With `--det
+MODELS` the reference of `autokd bench detection`: torchvision's `RetinaNet` on a ResNet-18/50/101
+FPN as `retinanet_resnet50_fpn` builds it with a pretrained backbone (FrozenBatchNorm2d, stem and
+layer1 frozen, P6/P7 on P5), its transform set not to resize (min and max size = the input's),
+one SGD step of its focal and L1 losses on random boxes, and inference with its post-processing.
 
 Needs PyTorch (`pip install torch`), only for benchmarking; the tests never need it. Prints one
 JSON object on stdout:
@@ -233,13 +237,17 @@ def main():
     p.add_argument("--ops", action="store_true", help="time single operations instead (bench ops)")
     p.add_argument("--seg", help="segmentation models to time instead (bench segmentation)")
     p.add_argument("--size", default="512x512", help="segmentation input HxW")
-    p.add_argument("--classes", type=int, default=19, help="segmentation classes")
+    p.add_argument("--classes", type=int, default=19, help="segmentation or detection classes")
+    p.add_argument("--det", help="detectors to time instead (bench detection)")
+    p.add_argument("--boxes", type=int, default=8, help="ground-truth boxes per image (detection)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     if a.ops:
         return ops(a)
     if a.seg:
         return seg(a)
+    if a.det:
+        return det(a)
     torch.manual_seed(0)
     x = torch.randn(a.batch, 3, 32, 32)
     y = torch.arange(a.batch) % 100
@@ -416,6 +424,74 @@ def seg(a):
                 return m(x)["out"]
 
         record(f"seg inference {name}", timed(infer, a.steps))
+    json.dump({"torch": torch.__version__, "threads": a.threads, "params": params, "results": results}, sys.stdout)
+    print()
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+def build_det(name, classes, h, w):
+    from torchvision.models import resnet18, resnet50, resnet101
+    from torchvision.models.detection import RetinaNet
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import misc as misc_nn_ops
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    depth = {"retinanet_resnet18_fpn": resnet18, "retinanet_resnet50_fpn": resnet50,
+             "retinanet_resnet101_fpn": resnet101}
+    if name not in depth:
+        raise SystemExit(f"--det: unknown model {name}")
+    body = depth[name](weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(body, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    return RetinaNet(backbone, classes, min_size=min(h, w), max_size=max(h, w))
+
+
+def random_boxes(images, per_image, classes, h, w, gen):
+    """Sides 32 to a third of the image, inside it, random classes (autokd draws its own)."""
+    out = []
+    for _ in range(images):
+        bw = torch.randint(32, max(w // 3, 33) + 1, (per_image,), generator=gen).float()
+        bh = torch.randint(32, max(h // 3, 33) + 1, (per_image,), generator=gen).float()
+        x = torch.rand(per_image, generator=gen) * (w - bw).clamp(min=1)
+        y = torch.rand(per_image, generator=gen) * (h - bh).clamp(min=1)
+        out.append({"boxes": torch.stack([x, y, x + bw, y + bh], 1),
+                    "labels": torch.randint(0, classes, (per_image,), generator=gen)})
+    return out
+
+
+def det(a):
+    h, w = (int(v) for v in a.size.split("x"))
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    x = [torch.randn(3, h, w) for _ in range(a.batch)]
+    targets = random_boxes(a.batch, a.boxes, a.classes, h, w, gen)
+    results, params = [], {}
+
+    def record(name, ms):
+        results.append({"name": name, "ms": ms})
+        print(f"{name:<40} {ms:10.1f} ms", file=sys.stderr)
+
+    for name in a.det.split(","):
+        m = build_det(name, a.classes, h, w).train()
+        params[name] = sum(p.numel() for p in m.parameters())
+        opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01,
+                              momentum=0.9, weight_decay=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            losses = m(x, targets)
+            sum(losses.values()).backward()
+            opt.step()
+
+        record(f"det focal step {name}", timed(step, a.steps))
+        m.eval()
+
+        def infer():
+            with torch.no_grad():
+                return m(x)
+
+        record(f"det inference {name}", timed(infer, a.steps))
     json.dump({"torch": torch.__version__, "threads": a.threads, "params": params, "results": results}, sys.stdout)
     print()
 

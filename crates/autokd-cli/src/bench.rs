@@ -52,6 +52,9 @@ pub enum BenchWhat {
     /// A DeepLabV3 training step (pixel CE + auxiliary head) and inference at a segmentation
     /// crop (512×512, batch 2); side by side with PyTorch with `--pytorch`.
     Segmentation(crate::bench_seg::SegBenchArgs),
+    /// A RetinaNet training step (focal + L1 on random boxes) and inference with
+    /// post-processing (512×512, batch 2); side by side with torchvision's with `--pytorch`.
+    Detection(crate::bench_seg::DetBenchArgs),
 }
 
 /// Arguments of `autokd bench ops`.
@@ -375,6 +378,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         BenchWhat::Search(a) => crate::bench_search::run(a, out),
         BenchWhat::Fidelity(a) => crate::bench_fidelity::run(a, out),
         BenchWhat::Segmentation(a) => crate::bench_seg::run(a, out),
+        BenchWhat::Detection(a) => crate::bench_seg::run_detection(a, out),
     }
 }
 

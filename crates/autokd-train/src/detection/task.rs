@@ -118,18 +118,18 @@ impl Detection {
             .anchors(&self.anchors.feature_sizes(height, width))
     }
 
-    fn outputs(&self, out: &Intermediates, batch: &Batch, anchors: usize) -> Result<Outputs> {
+    /// The outputs of `images` images, checked against `anchors` anchors per image.
+    fn outputs(&self, out: &Intermediates, images: usize, anchors: usize) -> Result<Outputs> {
         let deltas = out.box_deltas.clone().ok_or_else(|| {
             TrainError::Config("detection needs a detector: this model gives no box deltas".into())
         })?;
         let [b, a, _] = deltas.dims();
         let logits = out.logits.rows();
         let [rows, k] = logits.dims();
-        if a != anchors || rows != b * a || batch.images.dims()[0] != b {
+        if a != anchors || rows != b * a || images != b {
             return Err(TrainError::Config(format!(
-                "detection: the model gives {rows} class rows and {a} box rows per image for {} \
-                 images, but the input has {anchors} anchors per image",
-                batch.images.dims()[0]
+                "detection: the model gives {rows} class rows and {a} box rows per image for \
+                 {images} images, but the input has {anchors} anchors per image"
             )));
         }
         Ok(Outputs {
@@ -139,6 +139,73 @@ impl Detection {
             per_image: a,
             classes: k,
         })
+    }
+
+    /// The detections of a batch the model `out`put for an input of `height × width` (padded):
+    /// image `i`'s boxes decoded from its anchors, post-processed ([`PostProcess`]) and clipped
+    /// to `image_sizes[i]` (`(height, width)` before padding).
+    pub fn detect_batch(
+        &self,
+        out: &Intermediates,
+        (height, width): (usize, usize),
+        image_sizes: &[(usize, usize)],
+    ) -> Result<Vec<Detections>> {
+        let sizes = self.anchors.feature_sizes(height, width);
+        let anchors = self.anchors.anchors(&sizes)?;
+        let deltas = out.box_deltas.clone().ok_or_else(|| {
+            TrainError::Config("detection needs a detector: this model gives no box deltas".into())
+        })?;
+        let (device, images) = (deltas.device(), deltas.dims()[0]);
+        let o = self.outputs(out, images, anchors.len())?;
+        if image_sizes.len() != images {
+            return Err(TrainError::Config(format!(
+                "detection: {} image sizes for {images} images",
+                image_sizes.len()
+            )));
+        }
+        self.detect_outputs(o, &sizes, &anchors, image_sizes, &device)
+    }
+
+    /// Each image's detections from checked outputs, levels of `sizes`, anchors `anchors`.
+    fn detect_outputs(
+        &self,
+        o: Outputs,
+        sizes: &[(usize, usize)],
+        anchors: &[Xyxy],
+        image_sizes: &[(usize, usize)],
+        device: &Device,
+    ) -> Result<Vec<Detections>> {
+        let logits = read_f32(o.logits, "class logits")?;
+        let deltas = read_f32(o.deltas, "box deltas")?;
+        // Where each level's anchors start within an image's rows.
+        let a = self.anchors.per_position();
+        let mut starts = vec![0usize];
+        for &(fh, fw) in sizes {
+            starts.push(starts.last().copied().unwrap_or(0) + fh * fw * a);
+        }
+        (0..o.images)
+            .zip(image_sizes)
+            .map(|(image, &(ih, iw))| {
+                let base = image * o.per_image;
+                let levels: Vec<LevelOutputs<'_>> = starts
+                    .windows(2)
+                    .map(|s| LevelOutputs {
+                        logits: &logits[(base + s[0]) * o.classes..(base + s[1]) * o.classes],
+                        deltas: &deltas[(base + s[0]) * 4..(base + s[1]) * 4],
+                        anchors: &anchors[s[0]..s[1]],
+                    })
+                    .collect();
+                detect(
+                    &levels,
+                    o.classes,
+                    iw as f32,
+                    ih as f32,
+                    &self.coder,
+                    &self.post,
+                    device,
+                )
+            })
+            .collect()
     }
 
     fn boxes_of(batch: &Batch) -> Result<&[Vec<BoxAnnotation>]> {
@@ -231,7 +298,7 @@ impl Task for Detection {
     fn loss(&self, out: &Intermediates, batch: &Batch) -> Result<Vec<(String, Tensor<1>)>> {
         let [_, _, h, w] = batch.images.dims();
         let anchors = self.anchors_for(h, w)?;
-        let o = self.outputs(out, batch, anchors.len())?;
+        let o = self.outputs(out, batch.images.dims()[0], anchors.len())?;
         let (focal, l1, _, positives) = self.losses(&o, Self::boxes_of(batch)?, &anchors)?;
         let norm = positives.max(1) as f32;
         Ok(vec![
@@ -279,7 +346,7 @@ impl Task for Detection {
             let sizes = self.anchors.feature_sizes(h, w);
             let anchors = self.anchors.anchors(&sizes)?;
             let out = net.forward_intermediates(batch.images.clone(), &TapRequest::none());
-            let o = self.outputs(&out, &batch, anchors.len())?;
+            let o = self.outputs(&out, batch.images.dims()[0], anchors.len())?;
             classes = o.classes;
             let boxes = Self::boxes_of(&batch)?;
             let (_, _, per_image, _) = self.losses(&o, boxes, &anchors)?;
@@ -288,39 +355,16 @@ impl Task for Detection {
                 &out.embedding,
                 options.embeddings,
             )?;
-            let logits = read_f32(o.logits, "class logits")?;
-            let deltas = read_f32(o.deltas, "box deltas")?;
             let dense = batch.dense.as_ref();
-            // Where each level's anchors start within an image's rows.
-            let a = self.anchors.per_position();
-            let mut starts = vec![0usize];
-            for &(fh, fw) in &sizes {
-                starts.push(starts.last().copied().unwrap_or(0) + fh * fw * a);
-            }
-            for image in 0..o.images {
-                let (ih, iw) = dense
-                    .and_then(|d| d.sizes.get(image).copied())
-                    .unwrap_or((h, w));
-                let levels: Vec<LevelOutputs<'_>> = starts
-                    .windows(2)
-                    .map(|s| {
-                        let base = image * o.per_image;
-                        LevelOutputs {
-                            logits: &logits[(base + s[0]) * o.classes..(base + s[1]) * o.classes],
-                            deltas: &deltas[(base + s[0]) * 4..(base + s[1]) * 4],
-                            anchors: &anchors[s[0]..s[1]],
-                        }
-                    })
-                    .collect();
-                let d = detect(
-                    &levels,
-                    o.classes,
-                    iw as f32,
-                    ih as f32,
-                    &self.coder,
-                    &self.post,
-                    device,
-                )?;
+            let sizes_of: Vec<(usize, usize)> = (0..o.images)
+                .map(|i| {
+                    dense
+                        .and_then(|d| d.sizes.get(i).copied())
+                        .unwrap_or((h, w))
+                })
+                .collect();
+            let found = self.detect_outputs(o, &sizes, &anchors, &sizes_of, device)?;
+            for (image, (d, &(ih, iw))) in found.into_iter().zip(&sizes_of).enumerate() {
                 let truth = boxes.get(image).cloned().unwrap_or_default();
                 images.push(((iw as u32, ih as u32), truth, d));
             }
@@ -471,6 +515,36 @@ mod tests {
             task()
                 .loss(&out, &wide)
                 .is_err_and(|e| e.to_string().contains("anchors"))
+        );
+    }
+
+    /// `detect_batch` decodes each image's outputs: the fixed detector's one confident anchor
+    /// (class 1 at `[8, 8, 24, 24]`, σ(5)) is each image's only detection, clipped to the
+    /// image's size before padding (the second image is 20×20: the box ends at 20).
+    #[test]
+    fn detect_batch_decodes_each_image() {
+        let device = Device::flex();
+        let net = Fixed {
+            hit: 5.0,
+            miss: -10.0,
+            deltas: [0.0; 4],
+        };
+        let out =
+            net.forward_intermediates(Tensor::zeros([2, 1, 32, 32], &device), &TapRequest::none());
+        let found = task()
+            .detect_batch(&out, (32, 32), &[(32, 32), (20, 20)])
+            .unwrap();
+        assert_eq!(found.len(), 2);
+        let sigma = 1.0 / (1.0 + (-5.0f32).exp());
+        for (d, end) in found.iter().zip([24.0, 20.0]) {
+            assert_eq!(d.labels, vec![1]);
+            assert_eq!(d.boxes, vec![[8.0, 8.0, end, end]]);
+            assert!((d.scores[0] - sigma).abs() < 1e-6, "{:?}", d.scores);
+        }
+        assert!(
+            task()
+                .detect_batch(&out, (32, 32), &[(32, 32)])
+                .is_err_and(|e| e.to_string().contains("1 image sizes for 2 images"))
         );
     }
 
