@@ -140,61 +140,22 @@ pub fn run(args: &SegBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }),
     };
     let task = Segmentation::default();
-    let mut results = Vec::new();
-    let mut params = Vec::new();
-    for &name in &args.models {
-        let spec = ModelSpec {
-            name,
-            in_channels: 3,
-            num_classes: k,
-            image_size: h,
-        };
-        let student = spec.init(&ad)?;
-        params.push((name, autokd_models::trainable_params(&student)));
-        let distiller = autokd_distill::Distiller::new(
-            &DistillerSpec::baseline("vanilla")?,
-            name.as_str(),
-            &student.feature_info(),
-            "none",
-            &[],
-            &mut autokd_models::InitRng::new(0),
-            &ad,
-        )?;
-        // PyTorch's SGD as the reference script runs it: momentum 0.9, decay 5e-4.
-        let mut optim = autokd_train::sgd(0.9, 5e-4);
-        let none = autokd_models::Intermediates::no_teacher(b, k, &plain);
-        let mut net = Some(DistillStudent { student, distiller });
-        let step = crate::bench::timed(args.steps, &ad, || {
-            let m = net
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
-            let (m, _) = distill_step(m, &mut optim, 0.01, &task, &batch, &none)?;
-            net = Some(m);
-            Ok(())
-        })?;
-        results.push(TrainBenchResult::new(
-            format!("seg ce step {name}"),
-            step,
-            b,
-        ));
-        let frozen = net
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("lost the model"))?
-            .student
-            .valid();
-        let infer = crate::bench::timed(args.steps, &plain, || {
+    // PyTorch's SGD as the reference script runs it: momentum 0.9, decay 5e-4.
+    let (results, params) = measure(
+        &args.models,
+        &task,
+        &batch,
+        [b, k, h, args.steps],
+        ("seg ce step", "seg inference", 5e-4),
+        (&plain, &ad),
+        |frozen| {
             let out = frozen.forward_intermediates(images.clone(), &TapRequest::none());
             if let autokd_models::Prediction::Map(m) = out.logits {
                 let _ = autokd_models::deeplab::upsample_bilinear(m, [h, w]).into_data();
             }
             Ok(())
-        })?;
-        results.push(TrainBenchResult::new(
-            format!("seg inference {name}"),
-            infer,
-            b,
-        ));
-    }
+        },
+    )?;
     let reference = Reference {
         python: args.pytorch.as_deref(),
         script: &args.pytorch_script,
@@ -258,62 +219,23 @@ pub fn run_detection(args: &DetBenchArgs, out: &mut dyn Write) -> anyhow::Result
     };
     // torchvision's anchors, assignment, coder and post-processing.
     let task = Detection::default();
-    let mut results = Vec::new();
-    let mut params = Vec::new();
-    for &name in &args.models {
-        let spec = ModelSpec {
-            name,
-            in_channels: 3,
-            num_classes: k,
-            image_size: h,
-        };
-        // The layout of a detector with a pretrained backbone, as the reference builds it
-        // (frozen batch norms, stem and stage 1).
-        let student = spec.init(&ad)?;
-        params.push((name, autokd_models::trainable_params(&student)));
-        let distiller = autokd_distill::Distiller::new(
-            &DistillerSpec::baseline("vanilla")?,
-            name.as_str(),
-            &student.feature_info(),
-            "none",
-            &[],
-            &mut autokd_models::InitRng::new(0),
-            &ad,
-        )?;
-        // torchvision's detection reference: SGD, momentum 0.9, weight decay 1e-4.
-        let mut optim = autokd_train::sgd(0.9, 1e-4);
-        let none = autokd_models::Intermediates::no_teacher(b, k, &plain);
-        let mut net = Some(DistillStudent { student, distiller });
-        let step = crate::bench::timed(args.steps, &ad, || {
-            let m = net
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
-            let (m, _) = distill_step(m, &mut optim, 0.01, &task, &batch, &none)?;
-            net = Some(m);
-            Ok(())
-        })?;
-        results.push(TrainBenchResult::new(
-            format!("det focal step {name}"),
-            step,
-            b,
-        ));
-        let frozen = net
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("lost the model"))?
-            .student
-            .valid();
-        let sizes = vec![(h, w); b];
-        let infer = crate::bench::timed(args.steps, &plain, || {
+    let sizes = vec![(h, w); b];
+    // The models in the layout of a detector with a pretrained backbone, as the reference
+    // builds it (frozen batch norms, stem and stage 1); torchvision's detection reference's
+    // SGD: momentum 0.9, weight decay 1e-4.
+    let (results, params) = measure(
+        &args.models,
+        &task,
+        &batch,
+        [b, k, h, args.steps],
+        ("det focal step", "det inference", 1e-4),
+        (&plain, &ad),
+        |frozen| {
             let out = frozen.forward_intermediates(images.clone(), &TapRequest::none());
             let _ = task.detect_batch(&out, (h, w), &sizes)?;
             Ok(())
-        })?;
-        results.push(TrainBenchResult::new(
-            format!("det inference {name}"),
-            infer,
-            b,
-        ));
-    }
+        },
+    )?;
     let reference = Reference {
         python: args.pytorch.as_deref(),
         script: &args.pytorch_script,
@@ -332,6 +254,71 @@ pub fn run_detection(args: &DetBenchArgs, out: &mut dyn Write) -> anyhow::Result
         args.steps,
         args.json.as_deref(),
     )
+}
+
+/// Times each of `models` (built for `k` classes at side `h`, trained from scratch with SGD at
+/// lr 0.01, momentum 0.9 and `weight_decay`): a training step of `task` on `batch`, then
+/// `infer` on its frozen copy; results named `<step> <model>` and `<inference> <model>`, with
+/// each model's parameter count.
+#[allow(clippy::type_complexity)]
+fn measure(
+    models: &[ModelName],
+    task: &dyn autokd_train::Task,
+    batch: &Batch,
+    [b, k, h, steps]: [usize; 4],
+    (step_name, infer_name, weight_decay): (&str, &str, f64),
+    (plain, ad): (&Device, &Device),
+    infer: impl Fn(&autokd_models::Model) -> anyhow::Result<()>,
+) -> anyhow::Result<(Vec<TrainBenchResult>, Vec<(ModelName, usize)>)> {
+    let mut results = Vec::new();
+    let mut params = Vec::new();
+    for &name in models {
+        let spec = ModelSpec {
+            name,
+            in_channels: 3,
+            num_classes: k,
+            image_size: h,
+        };
+        let student = spec.init(ad)?;
+        params.push((name, autokd_models::trainable_params(&student)));
+        let distiller = autokd_distill::Distiller::new(
+            &DistillerSpec::baseline("vanilla")?,
+            name.as_str(),
+            &student.feature_info(),
+            "none",
+            &[],
+            &mut autokd_models::InitRng::new(0),
+            ad,
+        )?;
+        let mut optim = autokd_train::sgd(0.9, weight_decay);
+        let none = autokd_models::Intermediates::no_teacher(b, k, plain);
+        let mut net = Some(DistillStudent { student, distiller });
+        let step = crate::bench::timed(steps, ad, || {
+            let m = net
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("lost the model"))?;
+            let (m, _) = distill_step(m, &mut optim, 0.01, task, batch, &none)?;
+            net = Some(m);
+            Ok(())
+        })?;
+        results.push(TrainBenchResult::new(
+            format!("{step_name} {name}"),
+            step,
+            b,
+        ));
+        let frozen = net
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("lost the model"))?
+            .student
+            .valid();
+        let time = crate::bench::timed(steps, plain, || infer(&frozen))?;
+        results.push(TrainBenchResult::new(
+            format!("{infer_name} {name}"),
+            time,
+            b,
+        ));
+    }
+    Ok((results, params))
 }
 
 /// `per_image` random boxes of each of `images` images, seeded: sides 32 to a third of the
