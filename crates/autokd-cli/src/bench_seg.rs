@@ -34,25 +34,9 @@ pub struct SegBenchArgs {
     /// Classes (Cityscapes: 19).
     #[arg(long, default_value_t = 19)]
     pub classes: usize,
-    /// Timed steps per measurement, after two warm-up steps; the median is reported.
-    #[arg(long, default_value_t = 3)]
-    pub steps: usize,
-    /// Also run the PyTorch reference with this Python interpreter (which must have torch and
-    /// torchvision) in the same invocation, and print autokd/PyTorch ratios.
-    #[arg(long)]
-    pub pytorch: Option<std::path::PathBuf>,
-    /// The PyTorch reference script.
-    #[arg(long, default_value = "benches/reference/torch_bench.py")]
-    pub pytorch_script: std::path::PathBuf,
-    /// Threads PyTorch may use (set it to what autokd's backend uses: the cores).
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Device.
-    #[arg(long, default_value = "flex")]
-    pub device: DeviceSpec,
-    /// Also write the results as JSON to this file.
-    #[arg(long)]
-    pub json: Option<std::path::PathBuf>,
+    /// Steps, the PyTorch reference, device and output.
+    #[command(flatten)]
+    pub run: DenseBenchRun,
 }
 
 /// Arguments of `autokd bench detection`.
@@ -73,6 +57,15 @@ pub struct DetBenchArgs {
     /// Ground-truth boxes per image (random, seeded).
     #[arg(long, default_value_t = 8)]
     pub boxes: usize,
+    /// Steps, the PyTorch reference, device and output.
+    #[command(flatten)]
+    pub run: DenseBenchRun,
+}
+
+/// The options both dense benches share: how many steps, the PyTorch reference, the device and
+/// the JSON output.
+#[derive(Debug, clap::Args)]
+pub struct DenseBenchRun {
     /// Timed steps per measurement, after two warm-up steps; the median is reported.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
@@ -96,7 +89,7 @@ pub struct DetBenchArgs {
 
 /// Runs the benchmark.
 pub fn run(args: &SegBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(args.run.steps > 0, "--steps must be at least 1");
     anyhow::ensure!(
         args.batch_size > 1,
         "--batch-size must be at least 2 (BatchNorm of the image-pooling branch needs two values per channel)"
@@ -108,13 +101,13 @@ pub fn run(args: &SegBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             "--models: {m} is not a segmentation model"
         );
     }
-    let plain = select_device(&args.device)?;
+    let plain = select_device(&args.run.device)?;
     let ad = plain.clone().autodiff();
     let ((h, w), b, k) = (args.size, args.batch_size, args.classes);
     writeln!(
         out,
         "segmentation bench: batch {b}, 3x{h}x{w}, {k} classes, device {}, median of {} steps after 2 warm-up steps",
-        args.device, args.steps
+        args.run.device, args.run.steps
     )?;
     let images = Tensor::<4>::random(
         [b, 3, h, w],
@@ -145,7 +138,7 @@ pub fn run(args: &SegBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         &args.models,
         &task,
         &batch,
-        [b, k, h, args.steps],
+        [b, k, h, args.run.steps],
         ("seg ce step", "seg inference", 5e-4),
         (&plain, &ad),
         |frozen| {
@@ -156,30 +149,20 @@ pub fn run(args: &SegBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             Ok(())
         },
     )?;
-    let reference = Reference {
-        python: args.pytorch.as_deref(),
-        script: &args.pytorch_script,
-        flag: "--seg",
-        models: &args.models,
-        extra: Vec::new(),
-        threads: args.threads,
-    };
     report(
         out,
         results,
         &params,
-        &reference,
+        &args.run,
+        ("--seg", &args.models, Vec::new()),
         [h, w, b, k],
-        &args.device,
-        args.steps,
-        args.json.as_deref(),
     )
 }
 
 /// Runs `detector` on a random batch: one training step (focal + L1 against `boxes` random
 /// ground-truth boxes per image, SGD as the reference) and inference with post-processing.
 pub fn run_detection(args: &DetBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    anyhow::ensure!(args.steps > 0, "--steps must be at least 1");
+    anyhow::ensure!(args.run.steps > 0, "--steps must be at least 1");
     anyhow::ensure!(args.classes > 0, "--classes must be at least 1");
     anyhow::ensure!(args.boxes > 0, "--boxes must be at least 1");
     for m in &args.models {
@@ -188,7 +171,7 @@ pub fn run_detection(args: &DetBenchArgs, out: &mut dyn Write) -> anyhow::Result
             "--models: {m} is not a detector"
         );
     }
-    let plain = select_device(&args.device)?;
+    let plain = select_device(&args.run.device)?;
     let ad = plain.clone().autodiff();
     let ((h, w), b, k) = (args.size, args.batch_size, args.classes);
     anyhow::ensure!(
@@ -198,7 +181,7 @@ pub fn run_detection(args: &DetBenchArgs, out: &mut dyn Write) -> anyhow::Result
     writeln!(
         out,
         "detection bench: batch {b}, 3x{h}x{w}, {k} classes, {} boxes per image, device {}, median of {} steps after 2 warm-up steps",
-        args.boxes, args.device, args.steps
+        args.boxes, args.run.device, args.run.steps
     )?;
     let images = Tensor::<4>::random(
         [b, 3, h, w],
@@ -227,7 +210,7 @@ pub fn run_detection(args: &DetBenchArgs, out: &mut dyn Write) -> anyhow::Result
         &args.models,
         &task,
         &batch,
-        [b, k, h, args.steps],
+        [b, k, h, args.run.steps],
         ("det focal step", "det inference", 1e-4),
         (&plain, &ad),
         |frozen| {
@@ -236,23 +219,17 @@ pub fn run_detection(args: &DetBenchArgs, out: &mut dyn Write) -> anyhow::Result
             Ok(())
         },
     )?;
-    let reference = Reference {
-        python: args.pytorch.as_deref(),
-        script: &args.pytorch_script,
-        flag: "--det",
-        models: &args.models,
-        extra: vec!["--boxes".into(), args.boxes.to_string()],
-        threads: args.threads,
-    };
     report(
         out,
         results,
         &params,
-        &reference,
+        &args.run,
+        (
+            "--det",
+            &args.models,
+            vec!["--boxes".into(), args.boxes.to_string()],
+        ),
         [h, w, b, k],
-        &args.device,
-        args.steps,
-        args.json.as_deref(),
     )
 }
 
@@ -352,41 +329,26 @@ fn random_boxes(
         .collect()
 }
 
-/// The PyTorch reference a dense bench runs, if any.
-struct Reference<'a> {
-    python: Option<&'a std::path::Path>,
-    script: &'a std::path::Path,
-    /// `--seg` or `--det`.
-    flag: &'a str,
-    models: &'a [ModelName],
-    extra: Vec<String>,
-    threads: Option<usize>,
-}
-
-/// Runs the reference (when asked), pairs its timings with ours, prints the table and writes the
-/// JSON.
-#[allow(clippy::too_many_arguments)]
+/// Runs the PyTorch reference when `run` names one (`flag` `--seg` or `--det` for `models`,
+/// then `extra`), pairs its timings with ours, prints the table and writes the JSON.
 fn report(
     out: &mut dyn Write,
     mut results: Vec<TrainBenchResult>,
     params: &[(ModelName, usize)],
-    reference: &Reference<'_>,
+    run: &DenseBenchRun,
+    (flag, models, extra): (&str, &[ModelName], Vec<String>),
     [h, w, b, k]: [usize; 4],
-    device: &DeviceSpec,
-    steps: usize,
-    json: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let mut torch_version = None;
-    if let Some(python) = reference.python {
-        let threads = reference
+    if let Some(python) = &run.pytorch {
+        let threads = run
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let mut cmd = std::process::Command::new(python);
-        cmd.arg(reference.script)
-            .arg(reference.flag)
+        cmd.arg(&run.pytorch_script)
+            .arg(flag)
             .arg(
-                reference
-                    .models
+                models
                     .iter()
                     .map(|m| m.as_str())
                     .collect::<Vec<_>>()
@@ -399,11 +361,11 @@ fn report(
             .arg("--batch")
             .arg(b.to_string())
             .arg("--steps")
-            .arg(steps.to_string())
+            .arg(run.steps.to_string())
             .arg("--threads")
             .arg(threads.to_string())
-            .args(&reference.extra);
-        let reply = run_pytorch(cmd, reference.script, out)?;
+            .args(&extra);
+        let reply = run_pytorch(cmd, &run.pytorch_script, out)?;
         torch_version = reply["torch"].as_str().map(String::from);
         for r in &mut results {
             r.pytorch_ms = pytorch_ms(&reply, &r.name);
@@ -412,9 +374,9 @@ fn report(
         warn_param_mismatches(&reply, params, out)?;
     }
     print_results(out, &results, torch_version.as_deref())?;
-    if let Some(path) = json {
+    if let Some(path) = &run.json {
         let json = serde_json::json!({
-            "device": device.to_string(),
+            "device": run.device.to_string(),
             "batch_size": b,
             "size": [h, w],
             "classes": k,

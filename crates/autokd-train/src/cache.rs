@@ -2,7 +2,7 @@
 //! and its logits, pooled embeddings and tapped features are kept in device memory, indexed by
 //! position in the split. A proxy trial reads them; no teacher pass happens during a search.
 
-use autokd_data::{DataLoader, ItemTransform, LoaderConfig, Split};
+use autokd_data::{DataLoader, ItemTransform, Split};
 use autokd_models::{Backbone, Feature, Intermediates, Model, Prediction, TapRequest};
 use burn::prelude::*;
 
@@ -80,6 +80,17 @@ fn select(f: &Feature, idx: Tensor<1, Int>) -> Feature {
         Feature::Map(t) => Feature::Map(t.clone().select(0, idx)),
         Feature::Tokens(t) => Feature::Tokens(t.clone().select(0, idx)),
     }
+}
+
+/// `split` in order through `transform`, `batch_size` images a batch, one loader thread (an
+/// evaluation's loader).
+fn in_order(split: &Split, transform: &ItemTransform, batch_size: usize) -> Result<DataLoader> {
+    crate::task::EvalOptions {
+        batch_size,
+        workers: 1,
+        embeddings: 0,
+    }
+    .loader(split, transform)
 }
 
 /// Bytes the cache holds per image: the taps at `taps`, the embedding and the logits, as the
@@ -188,16 +199,7 @@ impl TeacherCache {
             )));
         }
         let frozen = teacher.valid();
-        let loader = DataLoader::with_transform(
-            split.clone(),
-            transform,
-            LoaderConfig {
-                batch_size,
-                shuffle: false,
-                workers: 1,
-                ..LoaderConfig::default()
-            },
-        )?;
+        let loader = in_order(split, &transform, batch_size)?;
         let request = TapRequest::indices(taps);
         let mut feats: Vec<Vec<Feature>> = vec![Vec::new(); taps.len()];
         let (mut logits, mut emb) = (Vec::new(), Vec::new());
@@ -239,16 +241,7 @@ impl TeacherCache {
         device: &Device,
     ) -> Result<Tensor<2>> {
         let frozen = teacher.valid();
-        let loader = DataLoader::with_transform(
-            split.clone(),
-            transform,
-            LoaderConfig {
-                batch_size,
-                shuffle: false,
-                workers: 1,
-                ..LoaderConfig::default()
-            },
-        )?;
+        let loader = in_order(split, &transform, batch_size)?;
         let mut emb = Vec::new();
         for batch in loader.epoch(0, device) {
             let out = frozen.forward_intermediates(batch?.images, &TapRequest::none());
