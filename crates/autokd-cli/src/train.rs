@@ -73,9 +73,10 @@ pub struct TrainArgs {
     /// Checkpoint every N epochs (and at the end).
     #[arg(long, default_value_t = 1)]
     pub checkpoint_every: usize,
-    /// Start a segmentation model's backbone from this ImageNet classification checkpoint
-    /// (torchvision's `resnet18`/`resnet50`/`resnet101` state dict, `.pth` or `.safetensors`;
-    /// loaded strictly, `fc` ignored); the recipe's `backbone_weights` otherwise.
+    /// Start a segmentation model's or a detector's backbone from this classification
+    /// checkpoint (torchvision's `resnet18`/`resnet50`/`resnet101` state dict, `.pth` or
+    /// `.safetensors`, or the `.bpk` of a ResNet classifier trained here; loaded strictly, `fc`
+    /// ignored); the recipe's `backbone_weights` otherwise.
     #[arg(long)]
     pub backbone_weights: Option<PathBuf>,
     /// Run folder.

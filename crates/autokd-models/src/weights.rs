@@ -132,7 +132,8 @@ pub fn load(mut model: Model, name: ModelName, path: &Path) -> Result<Model, Mod
 }
 
 /// Loads an ImageNet classification checkpoint of the backbone (torchvision's `resnet18` /
-/// `resnet50` / `resnet101` state dict: `conv1`, `bn1`, `layer1` … `layer4`, `fc`) into a
+/// `resnet50` / `resnet101` state dict: `conv1`, `bn1`, `layer1` … `layer4`, `fc`; or autokd's
+/// own `.bpk` of an ImageNet-style ResNet classifier, e.g. one pretrained here) into a
 /// segmentation model's or a detector's backbone, as torchvision's `weights_backbone` and
 /// CIRKD's `--student-pretrained-base` do; the heads (and a detector's FPN) keep their
 /// initialization.
@@ -155,7 +156,17 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
         return Err(weights_err(path, "file not found"));
     }
     let detector = matches!(model, Model::RetinaNet(_));
+    // A Burnpack's paths lead with the model's variant (`RetinaNet.`, `ResNet.`); PyTorch's
+    // and safetensors' do not.
+    let own_format = matches!(WeightFormat::of(path)?, WeightFormat::Burnpack);
+    let unvariant = |p: &str| -> String {
+        match p.split_once('.') {
+            Some((_, rest)) if own_format => rest.to_string(),
+            _ => p.to_string(),
+        }
+    };
     let backbone = |p: &str| {
+        let p = unvariant(p);
         if detector {
             p.starts_with("backbone.body.")
         } else {
@@ -169,16 +180,39 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
     let remap = KeyRemapper::from_patterns(backbone_key_patterns(name))
         .map_err(|e| weights_err(path, format!("key remapping: {e}")))?;
     let classifier = |k: &str| {
+        let k = unvariant(k);
         ["fc.", "features.18.", "classifier."]
             .iter()
             .any(|c| k.starts_with(c))
     };
     let result = match WeightFormat::of(path)? {
         WeightFormat::Burnpack => {
-            return Err(weights_err(
-                path,
-                "a backbone is read from a PyTorch or safetensors classification checkpoint",
-            ));
+            // autokd's own ImageNet-style ResNet classifier (`autokd train --model resnet18`):
+            // its stem and stages carry the backbone's names under the classifier's variant.
+            let target = match &model {
+                Model::RetinaNet(_) => "RetinaNet.backbone.body.",
+                Model::DeepLabV3(_) => "DeepLabV3.",
+                _ => {
+                    return Err(weights_err(
+                        path,
+                        format!(
+                            "{name}'s backbone is read from a PyTorch or safetensors checkpoint \
+                             (a .bpk backbone is an autokd ResNet classifier)"
+                        ),
+                    ));
+                }
+            };
+            let own = KeyRemapper::from_patterns(vec![(
+                r"^ResNet\.(conv1|bn1|layers)\.".to_string(),
+                format!("{target}$1."),
+            )])
+            .map_err(|e| weights_err(path, format!("key remapping: {e}")))?;
+            let mut store = BurnpackStore::from_file(path)
+                .remap(own)
+                .allow_partial(true);
+            model
+                .load_from(&mut store)
+                .map_err(|e| weights_err(path, format!("does not fit the backbone: {e}")))?
         }
         WeightFormat::Safetensors => {
             let mut store = SafetensorsStore::from_file(path)
@@ -238,6 +272,22 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
             "{} tensors of the file are not the backbone's (an ImageNet classification checkpoint holds the backbone and fc only): {}",
             unused.len(),
             unused.join(", ")
+        ));
+    }
+    // A whole model's checkpoint of the same kind (a detector's own `.bpk`) fits its heads too:
+    // only the backbone may be read from the file.
+    let foreign: Vec<&str> = result
+        .applied
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !backbone(p))
+        .collect();
+    if !foreign.is_empty() {
+        let shown = foreign.iter().take(6).copied().collect::<Vec<_>>().join(", ");
+        problems.push(format!(
+            "{} tensors of the file are not the backbone's (a classification checkpoint holds the backbone and its classifier only): {shown}{}",
+            foreign.len(),
+            if foreign.len() > 6 { ", …" } else { "" }
         ));
     }
     if !result.applied.iter().any(|p| backbone(p)) && problems.is_empty() {
@@ -741,6 +791,63 @@ mod tests {
         assert_eq!(a.len(), 2 * 8 * 8 * 8);
         assert_eq!(a, b);
         assert_ne!(stage1(&retinanet()), b);
+
+        // autokd's own classifier checkpoint (a .bpk from `autokd train`) loads the same way,
+        // into a detector and into a DeepLabV3.
+        let dir = tempfile::tempdir().unwrap();
+        let bpk = dir.path().join("resnet18.bpk");
+        save(&cls, &bpk).unwrap();
+        let det = load_backbone(retinanet(), ModelName::RetinanetResnet18, &bpk).unwrap();
+        assert_eq!(stage1(&det), b);
+        let deeplab = || {
+            let cfg = crate::deeplab::DeepLabV3Config::new(
+                "deeplabv3_resnet18".into(),
+                3,
+                5,
+                vec![2, 2, 2, 2],
+                false,
+            )
+            .with_planes(vec![8, 16, 32, 64])
+            .with_stem_channels(8)
+            .with_channels(16);
+            Model::DeepLabV3(cfg.init(&mut crate::init::InitRng::new(0), &device))
+        };
+        let seg = load_backbone(deeplab(), ModelName::Deeplabv3Resnet18, &bpk).unwrap();
+        assert_eq!(stage1(&seg), b);
+        // A detector's own checkpoint is not a classifier's: its tensors are named.
+        let own = dir.path().join("retinanet.bpk");
+        save(&retinanet(), &own).unwrap();
+        let err = load_backbone(retinanet(), ModelName::RetinanetResnet18, &own)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("retinanet.bpk"), "{err}");
+        assert!(err.contains("not the backbone's"), "{err}");
+        assert!(err.contains("backbone.fpn."), "{err}");
+        // A classifier of other widths does not fit, and says which tensors.
+        let wide = dir.path().join("wide.bpk");
+        let cfg = ResNetConfig::new(
+            "resnet18".into(),
+            3,
+            10,
+            crate::resnet::Stem::ImageNet,
+            16,
+            vec![16, 32, 64, 128],
+            vec![2, 2, 2, 2],
+            false,
+        );
+        save(
+            &Model::ResNet(cfg.init(&mut crate::init::InitRng::new(0), &device)),
+            &wide,
+        )
+        .unwrap();
+        let err = load_backbone(retinanet(), ModelName::RetinanetResnet18, &wide)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wide.bpk"), "{err}");
+        assert!(
+            ["does not fit", "do not fit"].iter().any(|w| err.contains(w)),
+            "{err}"
+        );
     }
 
     #[test]

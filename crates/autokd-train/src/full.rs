@@ -129,8 +129,8 @@ pub struct Recipe {
     pub schedule: Schedule,
     /// Seed of initialization, data order, augmentation and masks.
     pub seed: u64,
-    /// An ImageNet classification checkpoint of the model's backbone to start from (a
-    /// segmentation model: torchvision's `weights_backbone`, CIRKD's `--student-pretrained-base`;
+    /// A classification checkpoint of the model's backbone to start from (a segmentation model
+    /// or a detector: torchvision's `weights_backbone`, CIRKD's `--student-pretrained-base`;
     /// [`autokd_models::load_backbone`]); `None`: from scratch.
     pub backbone_weights: Option<std::path::PathBuf>,
     /// Linear warm-up of the first optimizer steps, on top of the schedule (the detection
