@@ -87,6 +87,8 @@ model_names! {
     RetinanetResnet18 => "retinanet_resnet18_fpn", Detection;
     RetinanetResnet50 => "retinanet_resnet50_fpn", Detection;
     RetinanetResnet101 => "retinanet_resnet101_fpn", Detection;
+    RetinanetResnet18Gn => "retinanet_resnet18_fpn_gn", Detection;
+    RetinanetResnet50Gn => "retinanet_resnet50_fpn_gn", Detection;
 }
 
 /// Where an architecture comes from, which fixes its reference input and class count.
@@ -299,10 +301,16 @@ impl ModelSpec {
             N::Deeplabv3Mobilenetv2 => Model::DeepLabV3MobileNet(
                 crate::deeplab_mobilenet::DeepLabV3MobileNetConfig::new(c, k).init(rng, device),
             ),
-            N::RetinanetResnet18 | N::RetinanetResnet50 | N::RetinanetResnet101 => {
+            N::RetinanetResnet18
+            | N::RetinanetResnet50
+            | N::RetinanetResnet101
+            | N::RetinanetResnet18Gn
+            | N::RetinanetResnet50Gn => {
                 let preset = match self.name {
                     N::RetinanetResnet18 => RetinaNetConfig::resnet18(k),
                     N::RetinanetResnet50 => RetinaNetConfig::resnet50(k),
+                    N::RetinanetResnet18Gn => RetinaNetConfig::resnet18(k).gn_head(),
+                    N::RetinanetResnet50Gn => RetinaNetConfig::resnet50(k).gn_head(),
                     _ => RetinaNetConfig::resnet101(k),
                 };
                 Model::RetinaNet(
@@ -438,6 +446,11 @@ mod tests {
         (ModelName::RetinanetResnet18, 21_038_871),
         (ModelName::RetinanetResnet50, 34_014_999),
         (ModelName::RetinanetResnet101, 52_954_903),
+        // The GroupNorm head: 8 convolutions lose their 256 biases and gain 8 group norms of
+        // 2 × 256 affine terms, +2,048 (checked with torchvision's `RetinaNetHead(256, 9, 91,
+        // norm_layer=partial(GroupNorm, 32))` on the v1 extractor, see `retinanet.rs`).
+        (ModelName::RetinanetResnet18Gn, 21_040_919),
+        (ModelName::RetinanetResnet50Gn, 34_017_047),
     ];
 
     #[test]

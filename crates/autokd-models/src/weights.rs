@@ -363,7 +363,11 @@ pub fn backbone_key_patterns(name: ModelName) -> Vec<(String, String)> {
             add(r"\.downsample\.0\.", ".downsample.conv.");
             add(r"\.downsample\.1\.", ".downsample.bn.");
         }
-        N::RetinanetResnet18 | N::RetinanetResnet50 | N::RetinanetResnet101 => {
+        N::RetinanetResnet18
+        | N::RetinanetResnet50
+        | N::RetinanetResnet101
+        | N::RetinanetResnet18Gn
+        | N::RetinanetResnet50Gn => {
             // The ResNet is the detector's `backbone.body`.
             for i in 1..=4 {
                 add(
@@ -438,7 +442,11 @@ pub fn pytorch_key_patterns(name: ModelName) -> Vec<(String, String)> {
             add(r"\.(downsample|shortcut)\.1\.", ".downsample.bn.");
             add(r"^linear\.", "fc.");
         }
-        N::RetinanetResnet18 | N::RetinanetResnet50 | N::RetinanetResnet101 => {
+        N::RetinanetResnet18
+        | N::RetinanetResnet50
+        | N::RetinanetResnet101
+        | N::RetinanetResnet18Gn
+        | N::RetinanetResnet50Gn => {
             // torchvision's `retinanet_resnet50_fpn` layout: `backbone.body` (IntermediateLayerGetter
             // over the ResNet), `backbone.fpn` (Conv2dNormActivation wrappers: `.0`), the heads'
             // `conv.{i}.0` stacks and their `cls_logits` / `bbox_reg` outputs.
@@ -457,6 +465,11 @@ pub fn pytorch_key_patterns(name: ModelName) -> Vec<(String, String)> {
             add(
                 r"^head\.(classification_head|regression_head)\.conv\.(\d+)\.0\.",
                 "head.$1.conv.$2.",
+            );
+            // The GroupNorm head's norms (`retinanet_resnet50_fpn_v2`'s layout).
+            add(
+                r"^head\.(classification_head|regression_head)\.conv\.(\d+)\.1\.",
+                "head.$1.norm.$2.",
             );
             add(
                 r"^head\.classification_head\.cls_logits\.",

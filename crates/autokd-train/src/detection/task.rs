@@ -829,6 +829,150 @@ mod tests {
     }
 
     /// RetinaNet's anchors (torchvision's), the default task.
+    /// A detector memorizes one batch: two 64×64 images, each with a bright square (class 0)
+    /// and a grey one (class 1), trained on alone (SGD 0.01, a narrow RetinaNet-R18). With the
+    /// GroupNorm head the focal loss leaves the prior's plateau at once; with torchvision's v1
+    /// head (no norm, `N(0, 0.01²)` weights) the signal through its four convolutions nearly
+    /// vanishes and it sits there. Measured on flex, AVX-512: the loss of the 20th step is 0.137
+    /// with the GN head against 1.65 without (1.83 at the first; the plain head escapes only
+    /// after about 200 steps, its focal loss 0.001 at step 600).
+    #[test]
+    fn a_retinanet_memorizes_one_batch() {
+        let (gn, plain) = (memorize_loss(true), memorize_loss(false));
+        assert!(gn < 0.4, "{gn}");
+        assert!(plain > 1.0, "{plain}");
+    }
+
+    /// The total loss after 20 steps on the batch of [`a_retinanet_memorizes_one_batch`].
+    fn memorize_loss(head_norm: bool) -> f64 {
+        use crate::fit::{Fit, MaskSeeds, TeacherFeed};
+        use crate::full::{Length, Recipe};
+        use crate::step::DistillStudent;
+        use autokd_data::{DataLoader, LoaderConfig};
+        use autokd_distill::{Distiller, DistillerSpec};
+        use autokd_models::InitRng;
+        use autokd_models::retinanet::RetinaNetConfig;
+
+        #[derive(Debug)]
+        struct Two;
+        const SQ: [[[usize; 3]; 2]; 2] = [[[4, 6, 20], [36, 30, 24]], [[30, 4, 16], [8, 36, 22]]];
+        impl ImageSource for Two {
+            fn len(&self) -> usize {
+                2
+            }
+            fn label(&self, _: usize) -> usize {
+                0
+            }
+            fn image(&self, i: usize) -> autokd_data::Result<Image> {
+                let mut px = vec![0u8; 64 * 64];
+                for (c, [x, y, s]) in SQ[i].iter().copied().enumerate() {
+                    for r in y..y + s {
+                        px[r * 64 + x..r * 64 + x + s].fill(if c == 0 { 255 } else { 120 });
+                    }
+                }
+                Image::new(1, 64, 64, px)
+            }
+            fn annotation(&self, i: usize) -> autokd_data::Result<Annotation> {
+                Ok(Annotation::Boxes(
+                    SQ[i]
+                        .iter()
+                        .enumerate()
+                        .map(|(c, &[x, y, s])| {
+                            let [x, y, s] = [x, y, s].map(|v| v as f32);
+                            gt([x, y, x + s, y + s], c as u16)
+                        })
+                        .collect(),
+                ))
+            }
+        }
+        let device = Device::flex();
+        let ad = device.clone().autodiff();
+        let info = DatasetInfo {
+            name: "two".into(),
+            channels: 1,
+            height: 64,
+            width: 64,
+            num_classes: 2,
+            class_names: vec!["bright".into(), "grey".into()],
+            pixel_max: 255.0,
+            mean: vec![0.1],
+            std: vec![0.3],
+            anchor_base: Some(16.0),
+        };
+        let pipeline = DensePipeline {
+            steps: Vec::new(),
+            pad_multiple: 32,
+        };
+        let transform: ItemTransform = DenseTransform::new(&info, pipeline).unwrap().into();
+        let split = Split::all(Arc::new(Two));
+        let loader = DataLoader::with_transform(
+            split,
+            transform,
+            LoaderConfig {
+                batch_size: 2,
+                shuffle: false,
+                seed: 0,
+                workers: 0,
+                ..LoaderConfig::default()
+            },
+        )
+        .unwrap();
+        let mut rng = InitRng::new(0);
+        let config = RetinaNetConfig {
+            in_channels: 1,
+            ..RetinaNetConfig::resnet18(2)
+        }
+        .with_planes(vec![8, 16, 32, 64])
+        .with_stem_channels(8)
+        .with_channels(32)
+        .with_head_norm(head_norm);
+        let student = config.init(&mut rng, &ad);
+        let spec = DistillerSpec::baseline("vanilla").unwrap();
+        let distiller = Distiller::new(
+            &spec,
+            "retinanet",
+            &student.feature_info(),
+            "none",
+            &[],
+            &mut rng,
+            &ad,
+        )
+        .unwrap();
+        let recipe = Recipe {
+            length: Length::Epochs(20),
+            batch_size: 2,
+            lr: 0.01,
+            schedule: crate::full::Schedule::MultiStep {
+                milestones: Vec::new(),
+                gamma: 0.1,
+            },
+            ..Recipe::preset("digits").unwrap()
+        };
+        let task = Detection::for_dataset(&info);
+        let fit = Fit {
+            task: &task,
+            loader: &loader,
+            recipe: &recipe,
+            teacher: TeacherFeed::None,
+            masks: MaskSeeds::Once(0),
+            devices: std::slice::from_ref(&device),
+            explode_factor: None,
+            eval: None,
+            eval_each_epoch: false,
+            select: None,
+            run_dir: None,
+            stop_after: None,
+        };
+        let (_, outcome) = fit
+            .run(
+                DistillStudent { student, distiller },
+                recipe.optimizer(),
+                &mut |_| {},
+            )
+            .unwrap();
+        outcome.last_losses.iter().map(|(_, v)| v).sum()
+    }
+
     fn task_for_retinanet() -> Detection {
         Detection::default()
     }
