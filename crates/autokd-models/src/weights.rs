@@ -863,6 +863,64 @@ mod tests {
         );
     }
 
+    /// torchvision's own RetinaNet, v1 head and v2's GroupNorm head (`make_detector_fixtures.py`:
+    /// a narrow ResNet-18 body, FPN at 16 / 32 channels, 3 classes, every weight and frozen
+    /// statistic redrawn, saved with `torch.save`): its state dict loads strictly, and our class
+    /// logits and box deltas for the same [2, 3, 64, 48] input equal torchvision's head outputs
+    /// (ΣA = 594 anchors per image, the same row order) to 1e-4 of their largest magnitude.
+    #[test]
+    fn torchvision_retinanet_checkpoints_match_the_reference_forward() {
+        let device = Device::flex();
+        let text = std::fs::read_to_string(fixtures().join("retinanet_expected.json")).unwrap();
+        let all: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let v: Vec<f32> = (0..2 * 3 * 64 * 48)
+            .map(|i| {
+                let i = i as f64;
+                ((0.37 * i).sin() + 0.5 * (0.11 * i).cos()) as f32
+            })
+            .collect();
+        let x = Tensor::<4>::from_data(TensorData::new(v, [2, 3, 64, 48]), &device);
+        for (file, name, channels, gn) in [
+            ("retinanet_narrow", ModelName::RetinanetResnet18, 16, false),
+            ("retinanet_gn_narrow", ModelName::RetinanetResnet18Gn, 32, true),
+        ] {
+            let cfg = crate::retinanet::RetinaNetConfig::resnet18(3)
+                .with_planes(vec![8, 16, 32, 64])
+                .with_stem_channels(8)
+                .with_channels(channels)
+                .with_head_norm(gn);
+            let fresh = Model::RetinaNet(cfg.init(&mut crate::init::InitRng::new(0), &device));
+            let m = load(fresh, name, &fixtures().join(format!("{file}.pth"))).unwrap();
+            let out = m
+                .valid()
+                .forward_intermediates(x.clone(), &crate::TapRequest::none());
+            let crate::Prediction::Anchors(logits) = out.logits else {
+                panic!("{file}: anchor scores");
+            };
+            assert_eq!(logits.dims(), [2, 594, 3], "{file}");
+            let deltas = out.box_deltas.unwrap();
+            assert_eq!(deltas.dims(), [2, 594, 4], "{file}");
+            let want = |k: &str| -> Vec<f32> {
+                all[file][k]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            };
+            assert_close(
+                logits.reshape([2 * 594, 3]),
+                &want("cls_logits"),
+                &format!("{file} logits"),
+            );
+            assert_close(
+                deltas.reshape([2 * 594, 4]),
+                &want("bbox_regression"),
+                &format!("{file} deltas"),
+            );
+        }
+    }
+
     #[test]
     fn burnpack_round_trip_is_exact() {
         let device = Device::flex();
