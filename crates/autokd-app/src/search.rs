@@ -288,6 +288,34 @@ impl RunSpace {
     }
 }
 
+/// Where the teacher `cfg` trains is cached: `<cache>/teachers/<model>-<hash>.bpk`, the hash over
+/// the architecture, the dataset, the teacher's recipe and the initialization scheme (the same
+/// seed under another scheme trains another teacher), and over the contents of a pretrained
+/// backbone when the recipe names one (the same path holding other weights trains another
+/// teacher; keys without one are as before).
+fn teacher_cache_path(
+    cfg: &SearchConfig,
+    spec: &ModelSpec,
+    dataset: &str,
+    cache_dir: &Path,
+) -> Result<PathBuf> {
+    let mut key = serde_json::to_string(&(
+        spec,
+        dataset,
+        &cfg.teacher_training,
+        autokd_models::init::INIT_SCHEME,
+    ))?;
+    if let Some(path) = &cfg.teacher_training.backbone_weights {
+        let bytes = std::fs::read(path).map_err(|e| AppError::io(path, e))?;
+        key.push_str(&format!("|backbone {:016x}", fnv1a(&bytes)));
+    }
+    Ok(cache_dir.join("teachers").join(format!(
+        "{}-{:016x}.bpk",
+        cfg.teacher,
+        fnv1a(key.as_bytes())
+    )))
+}
+
 /// The teacher: `model` (its architecture, freshly initialized) loaded from the config's
 /// weights or from the cache, or a teacher trained and cached.
 pub(crate) fn teacher(
@@ -303,20 +331,7 @@ pub(crate) fn teacher(
         let model = load_weights(model, cfg.teacher, w)?;
         return Ok((model, TeacherOrigin::Weights(w.clone())));
     }
-    // The initialization scheme is part of the key: the same seed under another scheme trains
-    // another teacher.
-    let key = serde_json::to_string(&(
-        spec,
-        dataset.info.name.as_str(),
-        &cfg.teacher_training,
-        autokd_models::init::INIT_SCHEME,
-    ))?;
-    let dir = cache_dir.join("teachers");
-    let path = dir.join(format!(
-        "{}-{:016x}.bpk",
-        cfg.teacher,
-        fnv1a(key.as_bytes())
-    ));
+    let path = teacher_cache_path(cfg, spec, &dataset.info.name, cache_dir)?;
     if path.is_file() {
         let model = load_weights(model, cfg.teacher, &path)?;
         let top1 = autokd_train::accuracy(&model, dataset, device)?;
@@ -358,7 +373,8 @@ pub(crate) fn teacher(
         },
     )?;
     let top1 = summary.last_top1;
-    std::fs::create_dir_all(&dir).map_err(|e| AppError::io(&dir, e))?;
+    let dir = path.parent().unwrap_or(cache_dir);
+    std::fs::create_dir_all(dir).map_err(|e| AppError::io(dir, e))?;
     save_weights(&model, &path)?;
     std::fs::remove_dir_all(&run_dir).map_err(|e| AppError::io(&run_dir, e))?;
     Ok((
@@ -1103,6 +1119,52 @@ pub fn best_so_far(records: &[TrialRecord]) -> Vec<Option<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The teacher's cache name: unchanged for a recipe without a backbone (the hash of the
+    /// architecture, dataset, recipe and init scheme, as before), and for one with a backbone it
+    /// follows the file's contents, not only its path; an unreadable backbone names the file.
+    #[test]
+    fn a_pretrained_backbone_is_part_of_the_teachers_cache_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SearchConfig::default();
+        let spec = ModelSpec {
+            name: cfg.teacher,
+            in_channels: 1,
+            num_classes: 10,
+            image_size: 8,
+        };
+        let plain = teacher_cache_path(&cfg, &spec, "digits", dir.path()).unwrap();
+        let key = serde_json::to_string(&(
+            &spec,
+            "digits",
+            &cfg.teacher_training,
+            autokd_models::init::INIT_SCHEME,
+        ))
+        .unwrap();
+        assert_eq!(
+            plain,
+            dir.path().join("teachers").join(format!(
+                "{}-{:016x}.bpk",
+                cfg.teacher,
+                fnv1a(key.as_bytes())
+            ))
+        );
+        let weights = dir.path().join("backbone.bpk");
+        let mut with = cfg.clone();
+        with.teacher_training.backbone_weights = Some(weights.clone());
+        let err = teacher_cache_path(&with, &spec, "digits", dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backbone.bpk"), "{err}");
+        std::fs::write(&weights, b"one").unwrap();
+        let a = teacher_cache_path(&with, &spec, "digits", dir.path()).unwrap();
+        std::fs::write(&weights, b"two").unwrap();
+        let b = teacher_cache_path(&with, &spec, "digits", dir.path()).unwrap();
+        assert_ne!(a, plain);
+        assert_ne!(a, b);
+        std::fs::write(&weights, b"one").unwrap();
+        assert_eq!(a, teacher_cache_path(&with, &spec, "digits", dir.path()).unwrap());
+    }
     use autokd_distill::{GlobalTransform, SearchSpace};
 
     /// The report's noise line: the median per-image SD over √n, and the top rewards' span;
