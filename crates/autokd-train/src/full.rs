@@ -136,9 +136,9 @@ pub struct Recipe {
     /// Linear warm-up of the first optimizer steps, on top of the schedule (the detection
     /// recipes').
     pub warmup: Option<Warmup>,
-    /// Gradient clipping by L2 norm: each parameter tensor's gradient is scaled down to this
-    /// norm when above it (burn's `GradientClipping::Norm`; PyTorch's `clip_grad_norm_`, as
-    /// mmdet's `grad_clip`, scales all gradients by their joint norm instead).
+    /// Gradient clipping by L2 norm: all gradients are scaled together so that their joint norm
+    /// is at most this, as PyTorch's `clip_grad_norm_` and mmdet's `grad_clip` do
+    /// ([`crate::step::clip_grad_norm`], before each optimizer step).
     pub clip_grad_norm: Option<f64>,
 }
 
@@ -239,7 +239,7 @@ pub struct RecipeFile {
     /// The warm-up's factor at its first step.
     #[serde(skip_serializing_if = "is_default_warmup_ratio")]
     pub warmup_ratio: f64,
-    /// Gradient clipping by norm (per parameter tensor).
+    /// Gradient clipping by the joint norm of all gradients (PyTorch's `clip_grad_norm_`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_grad_norm: Option<f64>,
 }

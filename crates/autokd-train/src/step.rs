@@ -52,6 +52,65 @@ fn step_loss<N: Net>(
     Ok((total, terms))
 }
 
+/// Scales the gradients of `model` in `grads` so that their joint L2 norm (all parameters as one
+/// vector) is at most `max_norm`, as PyTorch's `clip_grad_norm_` (mmdet's `grad_clip`) does:
+/// `g ← g · min(1, max_norm / (‖g‖ + 1e-6))`. Returns the norm before clipping. burn's
+/// `GradientClipping::Norm` clips each tensor on its own; after this no tensor's norm exceeds
+/// `max_norm`, so that clipping then changes nothing.
+pub fn clip_grad_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
+    struct SumSquares<'a> {
+        grads: &'a GradientsParams,
+        total: Option<Tensor<1>>,
+    }
+    impl burn::module::ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                let s = g.powi_scalar(2).sum();
+                self.total = Some(match self.total.take() {
+                    Some(t) => t + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl burn::module::ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.grads.register(param.id, g.mul_scalar(self.factor));
+            }
+        }
+    }
+    let mut sum = SumSquares { grads, total: None };
+    model.visit(&mut sum);
+    let Some(total) = sum.total else {
+        return 0.0;
+    };
+    let norm = f64::from(total.into_scalar::<f32>()).sqrt();
+    let factor = max_norm / (norm + 1e-6);
+    if factor < 1.0 {
+        model.visit(&mut Scale { grads, factor });
+    }
+    norm
+}
+
+/// The optimizer's step, after [`clip_grad_norm`] when the optimizer clips by norm (the
+/// recipe's `clip_grad_norm`): the norm is the joint one, as in PyTorch.
+fn clipped_step<M: Module>(
+    optim: &mut ModuleOptimizer,
+    lr: f64,
+    model: M,
+    mut grads: GradientsParams,
+) -> M {
+    if let Some(burn::grad_clipping::GradientClipping::Norm(max)) = optim.grad_clipping() {
+        clip_grad_norm(&model, &mut grads, f64::from(*max));
+    }
+    optim.step(lr, model, grads)
+}
+
 fn scalars(terms: &[(String, Tensor<1>)], share: f64) -> Vec<(String, f64)> {
     terms
         .iter()
@@ -77,7 +136,7 @@ pub fn distill_step<N: Net>(
     }
     let terms = scalars(&terms, 1.0);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optim.step(lr, model, grads);
+    let model = clipped_step(optim, lr, model, grads);
     Ok((model, StepLosses { total, terms }))
 }
 
@@ -191,7 +250,7 @@ pub fn data_parallel_step<N: Net>(
     if !total.is_finite() {
         return Err(TrainError::NonFinite(format!("total {total}")));
     }
-    let model = optim.step(lr, model, acc.grads());
+    let model = clipped_step(optim, lr, model, acc.grads());
     Ok((model, StepLosses { total, terms }))
 }
 
@@ -201,6 +260,46 @@ mod tests {
     use crate::task::Classification;
     use autokd_distill::DistillerSpec;
     use autokd_models::{Backbone, ModelName, ModelSpec};
+
+    /// Joint clipping by hand: a `Linear(3, 2)` whose weight gradient is all 3 (6 entries) and
+    /// bias gradient all 4 (2 entries) has joint norm √(54 + 32) = √86 ≈ 9.2736; at max 5 every
+    /// entry is scaled by 5 / (√86 + 1e-6), so the weight's 3 becomes 1.6175 (burn's per-tensor
+    /// clipping would leave the weight at norm 5, 2.0412 each, and the bias' norm 5.657 at 5, not
+    /// 2.8868); at max 20 nothing changes.
+    #[test]
+    fn clip_grad_norm_is_the_joint_norm() {
+        let device = Device::flex();
+        let linear = burn::nn::LinearConfig::new(3, 2).init(&device);
+        let grads = || {
+            let mut g = GradientsParams::new();
+            g.register(linear.weight.id, Tensor::<2>::full([3, 2], 3.0, &device));
+            if let Some(b) = &linear.bias {
+                g.register(b.id, Tensor::<1>::full([2], 4.0, &device));
+            }
+            g
+        };
+        let values = |g: &GradientsParams| -> (Vec<f32>, Vec<f32>) {
+            let w = g.get::<2>(linear.weight.id).unwrap();
+            let b = g.get::<1>(linear.bias.as_ref().unwrap().id).unwrap();
+            (
+                w.into_data().try_to_vec::<f32>().unwrap(),
+                b.into_data().try_to_vec::<f32>().unwrap(),
+            )
+        };
+        let want_norm = 86f64.sqrt();
+        let mut g = grads();
+        let norm = clip_grad_norm(&linear, &mut g, 5.0);
+        assert!((norm - want_norm).abs() < 1e-5, "{norm}");
+        let f = 5.0 / (want_norm + 1e-6);
+        let (w, b) = values(&g);
+        assert!(w.iter().all(|&v| (f64::from(v) - 3.0 * f).abs() < 1e-5), "{w:?}");
+        assert!(b.iter().all(|&v| (f64::from(v) - 4.0 * f).abs() < 1e-5), "{b:?}");
+        assert!((3.0 * f - 1.6175).abs() < 1e-4);
+        let mut g = grads();
+        clip_grad_norm(&linear, &mut g, 20.0);
+        let (w, b) = values(&g);
+        assert!(w.iter().all(|&v| v == 3.0) && b.iter().all(|&v| v == 4.0));
+    }
 
     fn batch(images: Tensor<4>, targets: Tensor<1, Int>) -> Batch {
         let b = images.dims()[0];
