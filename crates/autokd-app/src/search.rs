@@ -1163,7 +1163,10 @@ mod tests {
         assert_ne!(a, plain);
         assert_ne!(a, b);
         std::fs::write(&weights, b"one").unwrap();
-        assert_eq!(a, teacher_cache_path(&with, &spec, "digits", dir.path()).unwrap());
+        assert_eq!(
+            a,
+            teacher_cache_path(&with, &spec, "digits", dir.path()).unwrap()
+        );
     }
     use autokd_distill::{GlobalTransform, SearchSpace};
 

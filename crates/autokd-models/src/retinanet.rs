@@ -344,7 +344,7 @@ impl RetinaNetConfig {
         };
         let normal = ConvInit::Normal(0.01);
         let head_norm = self.head_norm;
-        let groups = if c % 32 == 0 { 32 } else { c };
+        let groups = if c.is_multiple_of(32) { 32 } else { c };
         let branch = |out: usize, rng: &mut InitRng| HeadBranch {
             conv: (0..4)
                 .map(|_| {

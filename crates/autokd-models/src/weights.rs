@@ -283,7 +283,12 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
         .filter(|p| !backbone(p))
         .collect();
     if !foreign.is_empty() {
-        let shown = foreign.iter().take(6).copied().collect::<Vec<_>>().join(", ");
+        let shown = foreign
+            .iter()
+            .take(6)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
         problems.push(format!(
             "{} tensors of the file are not the backbone's (a classification checkpoint holds the backbone and its classifier only): {shown}{}",
             foreign.len(),
@@ -858,7 +863,9 @@ mod tests {
             .to_string();
         assert!(err.contains("wide.bpk"), "{err}");
         assert!(
-            ["does not fit", "do not fit"].iter().any(|w| err.contains(w)),
+            ["does not fit", "do not fit"]
+                .iter()
+                .any(|w| err.contains(w)),
             "{err}"
         );
     }
@@ -882,7 +889,12 @@ mod tests {
         let x = Tensor::<4>::from_data(TensorData::new(v, [2, 3, 64, 48]), &device);
         for (file, name, channels, gn) in [
             ("retinanet_narrow", ModelName::RetinanetResnet18, 16, false),
-            ("retinanet_gn_narrow", ModelName::RetinanetResnet18Gn, 32, true),
+            (
+                "retinanet_gn_narrow",
+                ModelName::RetinanetResnet18Gn,
+                32,
+                true,
+            ),
         ] {
             let cfg = crate::retinanet::RetinaNetConfig::resnet18(3)
                 .with_planes(vec![8, 16, 32, 64])

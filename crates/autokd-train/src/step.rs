@@ -292,8 +292,14 @@ mod tests {
         assert!((norm - want_norm).abs() < 1e-5, "{norm}");
         let f = 5.0 / (want_norm + 1e-6);
         let (w, b) = values(&g);
-        assert!(w.iter().all(|&v| (f64::from(v) - 3.0 * f).abs() < 1e-5), "{w:?}");
-        assert!(b.iter().all(|&v| (f64::from(v) - 4.0 * f).abs() < 1e-5), "{b:?}");
+        assert!(
+            w.iter().all(|&v| (f64::from(v) - 3.0 * f).abs() < 1e-5),
+            "{w:?}"
+        );
+        assert!(
+            b.iter().all(|&v| (f64::from(v) - 4.0 * f).abs() < 1e-5),
+            "{b:?}"
+        );
         assert!((3.0 * f - 1.6175).abs() < 1e-4);
         let mut g = grads();
         clip_grad_norm(&linear, &mut g, 20.0);
