@@ -129,6 +129,7 @@ pub fn run(args: &SegBenchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 &ad,
             )),
             sizes: vec![(h, w); b],
+            original_sizes: Vec::new(),
             boxes: vec![Vec::new(); b],
         }),
     };
@@ -197,6 +198,7 @@ pub fn run_detection(args: &DetBenchArgs, out: &mut dyn Write) -> anyhow::Result
             valid: Tensor::<3>::ones([b, h, w], &ad),
             masks: None,
             sizes: vec![(h, w); b],
+            original_sizes: Vec::new(),
             boxes,
         }),
     };

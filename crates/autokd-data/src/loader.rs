@@ -78,6 +78,9 @@ pub struct DenseTargets {
     pub valid: Vec<u8>,
     /// Each image's `(height, width)` after the pipeline, before padding.
     pub sizes: Vec<(usize, usize)>,
+    /// Each image's `(height, width)` as read, before the pipeline (an evaluation maps its
+    /// boxes back to it, as mmdet rescales detections to the original image).
+    pub original_sizes: Vec<(usize, usize)>,
     /// Each image's annotation after the pipeline (masks padded with [`crate::IGNORE`]).
     pub annotations: Vec<Annotation>,
 }
@@ -105,6 +108,9 @@ pub struct DenseBatch {
     pub masks: Option<Tensor<3, Int>>,
     /// Each image's `(height, width)` before padding.
     pub sizes: Vec<(usize, usize)>,
+    /// Each image's `(height, width)` before the pipeline; empty where unknown (batches made
+    /// by hand): the sizes before padding stand for them.
+    pub original_sizes: Vec<(usize, usize)>,
     /// Each image's boxes (empty for images without boxes), in the padded frame's pixels.
     pub boxes: Vec<Vec<BoxAnnotation>>,
 }
@@ -141,6 +147,7 @@ impl DenseTargets {
             valid,
             masks,
             sizes: self.sizes,
+            original_sizes: self.original_sizes,
             boxes,
         }
     }
@@ -161,6 +168,11 @@ impl Batch {
                     .as_ref()
                     .map(|m| m.clone().narrow(0, start, len).to_device(device)),
                 sizes: d.sizes[start..start + len].to_vec(),
+                original_sizes: d
+                    .original_sizes
+                    .get(start..start + len)
+                    .map(<[_]>::to_vec)
+                    .unwrap_or_default(),
                 boxes: d.boxes[start..start + len].to_vec(),
             }),
         }
@@ -314,9 +326,12 @@ impl DataLoader {
     ) -> Result<HostBatch> {
         let mut items = Vec::with_capacity(positions.len());
         let mut targets = Vec::with_capacity(positions.len());
+        let mut original_sizes = Vec::with_capacity(positions.len());
         for &pos in &positions {
             let mut rng = ChaCha8Rng::seed_from_u64(derive(seed, epoch, pos as u64));
-            items.push(transform.apply(split.annotated(pos)?, &mut rng)?);
+            let item = split.annotated(pos)?;
+            original_sizes.push(item.size());
+            items.push(transform.apply(item, &mut rng)?);
             targets.push(split.label(pos) as i64);
         }
         let (images, padded) = transform.collate(&items)?;
@@ -333,6 +348,7 @@ impl DataLoader {
             dense: Some(DenseTargets {
                 valid: padded.valid,
                 sizes: padded.sizes,
+                original_sizes,
                 annotations: padded.annotations,
             }),
         })
@@ -641,6 +657,7 @@ mod tests {
             for (k, &i) in b.positions.iter().enumerate() {
                 let (ih, iw) = (4 + i, 10 - i);
                 assert_eq!(d.sizes[k], (ih, iw));
+                assert_eq!(d.original_sizes[k], (ih, iw));
                 let Annotation::Mask(m) = &d.annotations[k] else {
                     panic!("not a mask")
                 };
@@ -684,6 +701,7 @@ mod tests {
             dense: Some(DenseTargets {
                 valid: [[1u8; 12], [1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0]].concat(),
                 sizes: vec![(3, 4), (2, 2)],
+                original_sizes: vec![(6, 8), (4, 4)],
                 annotations: vec![
                     Annotation::Boxes(vec![b(0.0, 1), b(1.0, 2)]),
                     Annotation::Boxes(vec![]),
@@ -698,6 +716,7 @@ mod tests {
         let second = batch.narrow(1, 1, &device);
         let d2 = second.dense.unwrap();
         assert_eq!((second.positions, d2.sizes), (vec![9], vec![(2, 2)]));
+        assert_eq!(d2.original_sizes, vec![(4, 4)]);
         assert!(d2.boxes[0].is_empty());
         assert_eq!(d2.valid.sum().into_scalar::<f32>(), 4.0);
     }

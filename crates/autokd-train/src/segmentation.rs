@@ -332,6 +332,7 @@ mod tests {
                 valid: Tensor::ones([1, 1, 3], &device),
                 masks: Some(masks),
                 sizes: vec![(1, 3)],
+                original_sizes: Vec::new(),
                 boxes: vec![Vec::new()],
             }),
         };

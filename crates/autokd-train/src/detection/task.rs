@@ -288,6 +288,35 @@ impl Detection {
     }
 }
 
+/// Boxes and detections of an image resized from `original` to `resized` (`(height, width)`)
+/// mapped back to the original's pixels, where COCO's evaluation counts them (its small /
+/// medium / large ranges are areas in the original image; mmdet rescales its detections so).
+/// The evaluation pipeline resizes and pads only, so the map is a scale per axis.
+fn to_original_frame(
+    mut truth: Vec<BoxAnnotation>,
+    mut found: Detections,
+    resized: (usize, usize),
+    original: (usize, usize),
+) -> (Vec<BoxAnnotation>, Detections) {
+    if resized == original || resized.0 == 0 || resized.1 == 0 {
+        return (truth, found);
+    }
+    let sy = original.0 as f32 / resized.0 as f32;
+    let sx = original.1 as f32 / resized.1 as f32;
+    let scale = |b: &mut Xyxy| {
+        b[0] *= sx;
+        b[2] *= sx;
+        b[1] *= sy;
+        b[3] *= sy;
+    };
+    for t in &mut truth {
+        scale(&mut t.xyxy);
+        t.area *= sx * sy;
+    }
+    found.boxes.iter_mut().for_each(scale);
+    (truth, found)
+}
+
 impl Task for Detection {
     fn name(&self) -> &'static str {
         "detection"
@@ -366,7 +395,11 @@ impl Task for Detection {
             let found = self.detect_outputs(o, &sizes, &anchors, &sizes_of, device)?;
             for (image, (d, &(ih, iw))) in found.into_iter().zip(&sizes_of).enumerate() {
                 let truth = boxes.get(image).cloned().unwrap_or_default();
-                images.push(((iw as u32, ih as u32), truth, d));
+                let original = dense
+                    .and_then(|d| d.original_sizes.get(image).copied())
+                    .unwrap_or((ih, iw));
+                let (truth, d) = to_original_frame(truth, d, (ih, iw), original);
+                images.push(((original.1 as u32, original.0 as u32), truth, d));
             }
         }
         let views: Vec<EvalImage<'_>> = images
@@ -485,6 +518,7 @@ mod tests {
                 valid: Tensor::ones([2, 32, 32], &device),
                 masks: None,
                 sizes: vec![(32, 32); 2],
+                original_sizes: Vec::new(),
                 boxes,
             }),
         };
@@ -572,6 +606,7 @@ mod tests {
                 valid: Tensor::ones([2, 4, 4], &device),
                 masks: None,
                 sizes: vec![(4, 4); 2],
+                original_sizes: Vec::new(),
                 boxes,
             }),
         };
@@ -585,6 +620,44 @@ mod tests {
             want[i] = 1.0;
         }
         assert_eq!(fg.into_data().try_to_vec::<f32>().unwrap(), want);
+    }
+
+    /// A 64×48 image (height × width) evaluated at 128×120: boxes and detections return to the
+    /// original pixels (x by 48/120 = 0.4, y by 0.5; areas by 0.2), where COCO sizes them. A
+    /// box of 40×40 at evaluation size is 16×20 = 320 px² in the original, a small object:
+    /// scored there, AP small is 1 and AP medium has no objects (−1); in the resized frame it
+    /// would have been a medium one (1,600 px²).
+    #[test]
+    fn evaluation_counts_in_the_original_image() {
+        let truth = vec![gt([40.0, 20.0, 80.0, 60.0], 0)];
+        let found = Detections {
+            boxes: vec![[40.0, 20.0, 80.0, 60.0]],
+            scores: vec![0.9],
+            labels: vec![0],
+        };
+        let (t, d) = to_original_frame(truth.clone(), found.clone(), (128, 120), (64, 48));
+        assert_eq!(t[0].xyxy, [16.0, 10.0, 32.0, 30.0]);
+        assert!((t[0].area - 320.0).abs() < 1e-3, "{}", t[0].area);
+        assert_eq!(d.boxes[0], [16.0, 10.0, 32.0, 30.0]);
+        assert_eq!((d.scores.clone(), d.labels.clone()), (vec![0.9], vec![0]));
+        let metrics = |size: (u32, u32), t: &[BoxAnnotation], d: &Detections| {
+            coco_metrics(
+                &[EvalImage {
+                    size,
+                    truth: t,
+                    detections: d,
+                }],
+                1,
+            )
+            .unwrap()
+        };
+        let original = metrics((48, 64), &t, &d);
+        assert!((original.ap_small - 1.0).abs() < 1e-9 && original.ap_medium == -1.0);
+        let resized = metrics((120, 128), &truth, &found);
+        assert!(resized.ap_small == -1.0 && (resized.ap_medium - 1.0).abs() < 1e-9);
+        // The same size is left alone.
+        let (t2, d2) = to_original_frame(truth.clone(), found.clone(), (64, 48), (64, 48));
+        assert_eq!((t2, d2.boxes), (truth, found.boxes));
     }
 
     /// Two 32×32 images: both have a class-1 box at `[8,8,24,24]`, which the detector finds
