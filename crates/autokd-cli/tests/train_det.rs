@@ -34,7 +34,7 @@ fn train_det_trains_a_detector_by_default_and_takes_overrides() {
         det.to_str().unwrap(),
     ]);
     assert!(
-        text.contains("retinanet_resnet18_fpn on boxscenes") && text.contains("AP50"),
+        text.contains("retinanet_resnet18_fpn_gn on boxscenes") && text.contains("AP50"),
         "{text}"
     );
     assert!(det.join("seed0/model.bpk").is_file());
