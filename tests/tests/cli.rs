@@ -41,7 +41,7 @@ fn info_lists_backends_devices_and_datasets() {
     for form in autokd_data::DATASET_FORMS {
         assert!(text.contains(form), "{form} missing from:\n{text}");
     }
-    assert!(text.contains("models (35;"), "{text}");
+    assert!(text.contains("models (37;"), "{text}");
     for m in autokd_models::ModelName::ALL {
         assert!(text.contains(m.as_str()), "{m} missing from:\n{text}");
     }
