@@ -158,7 +158,8 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
     let detector = matches!(model, Model::RetinaNet(_));
     // A Burnpack's paths lead with the model's variant (`RetinaNet.`, `ResNet.`); PyTorch's
     // and safetensors' do not.
-    let own_format = matches!(WeightFormat::of(path)?, WeightFormat::Burnpack);
+    let format = WeightFormat::of(path)?;
+    let own_format = matches!(format, WeightFormat::Burnpack);
     let unvariant = |p: &str| -> String {
         match p.split_once('.') {
             Some((_, rest)) if own_format => rest.to_string(),
@@ -185,7 +186,7 @@ pub fn load_backbone(mut model: Model, name: ModelName, path: &Path) -> Result<M
             .iter()
             .any(|c| k.starts_with(c))
     };
-    let result = match WeightFormat::of(path)? {
+    let result = match format {
         WeightFormat::Burnpack => {
             // autokd's own ImageNet-style ResNet classifier (`autokd train --model resnet18`):
             // its stem and stages carry the backbone's names under the classifier's variant.
@@ -670,6 +671,32 @@ mod tests {
         .unwrap()
     }
 
+    /// A DeepLabV3 on the narrow ResNet-18 of the fixtures (5 classes, head 16 channels).
+    fn narrow_deeplab(device: &Device) -> Model {
+        let cfg = crate::deeplab::DeepLabV3Config::new(
+            "deeplabv3_resnet18".into(),
+            3,
+            5,
+            vec![2, 2, 2, 2],
+            false,
+        )
+        .with_planes(vec![8, 16, 32, 64])
+        .with_stem_channels(8)
+        .with_channels(16);
+        Model::DeepLabV3(cfg.init(&mut crate::init::InitRng::new(0), device))
+    }
+
+    /// The `stage1` tap of `m` on the fixed input.
+    fn stage1_of(m: &Model, device: &Device) -> Vec<f32> {
+        let info = m.feature_info();
+        let req = crate::TapRequest::by_names("m", &info, &["stage1"]).unwrap();
+        let out = m.valid().forward_intermediates(fixed_input(device), &req);
+        match &out.features[0] {
+            crate::Feature::Map(x) => x.clone().into_data().try_to_vec::<f32>().unwrap(),
+            crate::Feature::Tokens(_) => panic!("a map"),
+        }
+    }
+
     fn narrow_resnet18(device: &Device) -> Model {
         let cfg = ResNetConfig::new(
             "resnet18".into(),
@@ -730,30 +757,10 @@ mod tests {
     fn an_imagenet_checkpoint_loads_into_the_backbone() {
         let device = Device::flex();
         let pth = fixtures().join("resnet18_narrow.pth");
-        let deeplab = || {
-            let cfg = crate::deeplab::DeepLabV3Config::new(
-                "deeplabv3_resnet18".into(),
-                3,
-                5,
-                vec![2, 2, 2, 2],
-                false,
-            )
-            .with_planes(vec![8, 16, 32, 64])
-            .with_stem_channels(8)
-            .with_channels(16);
-            Model::DeepLabV3(cfg.init(&mut crate::init::InitRng::new(0), &device))
-        };
+        let deeplab = || narrow_deeplab(&device);
         let seg = load_backbone(deeplab(), ModelName::Deeplabv3Resnet18, &pth).unwrap();
         let cls = load(narrow_resnet18(&device), ModelName::Resnet18, &pth).unwrap();
-        let stage1 = |m: &Model| {
-            let info = m.feature_info();
-            let req = crate::TapRequest::by_names("m", &info, &["stage1"]).unwrap();
-            let out = m.valid().forward_intermediates(fixed_input(&device), &req);
-            match &out.features[0] {
-                crate::Feature::Map(x) => x.clone().into_data().try_to_vec::<f32>().unwrap(),
-                crate::Feature::Tokens(_) => panic!("a map"),
-            }
-        };
+        let stage1 = |m: &Model| stage1_of(m, &device);
         let (a, b) = (stage1(&seg), stage1(&cls));
         assert_eq!(a.len(), 2 * 8 * 8 * 8);
         assert_eq!(a, b);
@@ -796,15 +803,7 @@ mod tests {
         };
         let det = load_backbone(retinanet(), ModelName::RetinanetResnet18, &pth).unwrap();
         let cls = load(narrow_resnet18(&device), ModelName::Resnet18, &pth).unwrap();
-        let stage1 = |m: &Model| {
-            let info = m.feature_info();
-            let req = crate::TapRequest::by_names("m", &info, &["stage1"]).unwrap();
-            let out = m.valid().forward_intermediates(fixed_input(&device), &req);
-            match &out.features[0] {
-                crate::Feature::Map(x) => x.clone().into_data().try_to_vec::<f32>().unwrap(),
-                crate::Feature::Tokens(_) => panic!("a map"),
-            }
-        };
+        let stage1 = |m: &Model| stage1_of(m, &device);
         let (a, b) = (stage1(&det), stage1(&cls));
         assert_eq!(a.len(), 2 * 8 * 8 * 8);
         assert_eq!(a, b);
@@ -817,19 +816,7 @@ mod tests {
         save(&cls, &bpk).unwrap();
         let det = load_backbone(retinanet(), ModelName::RetinanetResnet18, &bpk).unwrap();
         assert_eq!(stage1(&det), b);
-        let deeplab = || {
-            let cfg = crate::deeplab::DeepLabV3Config::new(
-                "deeplabv3_resnet18".into(),
-                3,
-                5,
-                vec![2, 2, 2, 2],
-                false,
-            )
-            .with_planes(vec![8, 16, 32, 64])
-            .with_stem_channels(8)
-            .with_channels(16);
-            Model::DeepLabV3(cfg.init(&mut crate::init::InitRng::new(0), &device))
-        };
+        let deeplab = || narrow_deeplab(&device);
         let seg = load_backbone(deeplab(), ModelName::Deeplabv3Resnet18, &bpk).unwrap();
         assert_eq!(stage1(&seg), b);
         // A detector's own checkpoint is not a classifier's: its tensors are named.
